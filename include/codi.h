@@ -1,0 +1,141 @@
+/* codi — LLM inference engine. The one public header of libcodi.
+ *
+ * Conventions: handles are opaque; functions that can fail return 0 or a
+ * negative CODI_E* code and, where they take (err, errlen), write a one-line
+ * message there. Nothing in the library prints to the user or exits. */
+#ifndef CODI_H
+#define CODI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    CODI_OK = 0,
+    CODI_EINVAL = -1,      /* bad argument from the caller */
+    CODI_EIO = -2,         /* file could not be opened / read */
+    CODI_EFORMAT = -3,     /* file contents are malformed */
+    CODI_ENOMEM = -4,      /* allocation failed */
+    CODI_ERANGE = -5,      /* value out of range (context full, bad id) */
+    CODI_EUNSUPPORTED = -6,/* valid but not supported (arch, type, template) */
+    CODI_ENOTFOUND = -7,   /* key / tensor not present */
+};
+
+const char *codi_strerror(int code);
+
+typedef struct codi_model codi_model;
+typedef struct codi_context codi_context;
+typedef struct codi_sampler codi_sampler;
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct codi_model_params {
+    int reserved; /* zero-initialise; room for future options */
+} codi_model_params;
+
+int codi_model_load(const char *path, const codi_model_params *params,
+                    codi_model **out, char *err, size_t errlen);
+void codi_model_free(codi_model *model);
+
+int32_t codi_model_n_vocab(const codi_model *model);
+int32_t codi_model_n_ctx_train(const codi_model *model);
+int32_t codi_model_n_embd(const codi_model *model);
+int32_t codi_model_n_layer(const codi_model *model);
+const char *codi_model_arch(const codi_model *model);
+/* Bytes of tensor data the model maps. */
+uint64_t codi_model_size_bytes(const codi_model *model);
+/* Metadata string value for key, or NULL. Valid as long as the model. */
+const char *codi_model_meta_str(const codi_model *model, const char *key);
+
+/* ------------------------------------------------------------ vocabulary */
+
+int32_t codi_token_bos(const codi_model *model); /* -1 when none */
+int32_t codi_token_eos(const codi_model *model);
+bool codi_token_is_eog(const codi_model *model, int32_t token);
+/* True when the model's metadata asks for BOS at the start. */
+bool codi_model_add_bos(const codi_model *model);
+
+/* Tokenize text[0..len). add_special: prepend BOS/append EOS as the model's
+ * metadata asks. parse_special: recognise special-token text such as
+ * "<|im_start|>". Returns the number of tokens; when n_max is too small
+ * returns -(number needed). Returns CODI_EINVAL-like negatives never: any
+ * negative is a size. */
+int32_t codi_tokenize(const codi_model *model, const char *text, size_t len,
+                      int32_t *tokens, int32_t n_max, bool add_special,
+                      bool parse_special);
+
+/* Bytes of one token (raw, possibly a partial UTF-8 sequence). special:
+ * render control tokens' text too. Returns bytes written, -(needed) when buf
+ * is too small, or CODI_ERANGE-sized... 0 for an out-of-range id. */
+int32_t codi_token_to_piece(const codi_model *model, int32_t token,
+                            char *buf, int32_t len, bool special);
+
+/* Render a chat with the model's template (tokenizer.chat_template), or
+ * with tmpl when not NULL. roles[i] / contents[i], n messages.
+ * add_assistant: append the prefix that starts the assistant's turn.
+ * Writes a NUL-terminated string into a malloc'd *out. */
+int codi_chat_apply(const codi_model *model, const char *tmpl,
+                    const char *const *roles, const char *const *contents,
+                    size_t n, bool add_assistant, char **out, char *err,
+                    size_t errlen);
+
+/* -------------------------------------------------------------- context */
+
+typedef struct codi_context_params {
+    int32_t n_ctx;     /* KV cache size in tokens; 0 = min(train ctx, 4096) */
+    int32_t n_batch;   /* max tokens per codi_decode call; 0 = 512 */
+    int32_t n_threads; /* 0 = number of cores */
+} codi_context_params;
+
+codi_context_params codi_context_default_params(void);
+
+int codi_context_create(codi_model *model, const codi_context_params *params,
+                        codi_context **out, char *err, size_t errlen);
+void codi_context_free(codi_context *ctx);
+int32_t codi_context_n_ctx(const codi_context *ctx);
+
+/* Evaluate n tokens at positions pos..pos+n-1 (pos must equal the number of
+ * tokens already in the cache, or less to overwrite a suffix). When
+ * logits_all, logits of every token are kept, else only the last one's.
+ * n may exceed n_batch: it is split internally. */
+int codi_decode(codi_context *ctx, const int32_t *tokens, int32_t n,
+                int32_t pos, bool logits_all, char *err, size_t errlen);
+
+/* Logits of the i-th token of the last codi_decode call (i = -1: last).
+ * NULL if not kept. */
+const float *codi_get_logits(const codi_context *ctx, int32_t i);
+
+/* Forget cached tokens from position pos on. */
+void codi_kv_truncate(codi_context *ctx, int32_t pos);
+
+/* ------------------------------------------------------------- sampling */
+
+typedef struct codi_sampler_params {
+    float temp;           /* <= 0: greedy */
+    int32_t top_k;        /* <= 0: off */
+    float top_p;          /* >= 1: off */
+    float min_p;          /* <= 0: off */
+    float repeat_penalty; /* 1: off */
+    int32_t repeat_last_n;/* tokens looked back for the penalty */
+    uint64_t seed;
+} codi_sampler_params;
+
+codi_sampler_params codi_sampler_default_params(void);
+int codi_sampler_create(const codi_sampler_params *params, int32_t n_vocab,
+                        codi_sampler **out, char *err, size_t errlen);
+void codi_sampler_free(codi_sampler *s);
+/* Pick the next token from logits[n_vocab]. Does not modify logits. */
+int32_t codi_sampler_sample(codi_sampler *s, const float *logits);
+/* Tell the sampler a token was appended (for the repetition penalty). */
+void codi_sampler_accept(codi_sampler *s, int32_t token);
+void codi_sampler_reset(codi_sampler *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
