@@ -482,11 +482,13 @@ static int check_tensor(reader *r, const codi_gguf *g, codi_gguf_tensor *t) {
     uint64_t avail = g->size > g->data_offset ? g->size - g->data_offset : 0;
     if (t->offset > avail || nbytes > avail - t->offset)
         return fail(r, CODI_EFORMAT,
-                    "truncated file: tensor '%s' data (offset %llu, %llu "
-                    "bytes) runs past end of file (size %llu)",
-                    t->name,
-                    (unsigned long long)(g->data_offset + t->offset),
-                    (unsigned long long)nbytes, (unsigned long long)g->size);
+                    "truncated file: tensor '%s' data (%llu bytes at data "
+                    "offset %llu, data section at %llu) runs past end of "
+                    "file (size %llu)",
+                    t->name, (unsigned long long)nbytes,
+                    (unsigned long long)t->offset,
+                    (unsigned long long)g->data_offset,
+                    (unsigned long long)g->size);
     t->data = (const uint8_t *)g->map + g->data_offset + t->offset;
     return 0;
 }
