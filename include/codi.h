@@ -48,8 +48,8 @@ int32_t codi_model_n_layer(const codi_model *model);
 const char *codi_model_arch(const codi_model *model);
 /* Bytes of tensor data the model maps. */
 uint64_t codi_model_size_bytes(const codi_model *model);
-/* Metadata string value for key, or NULL. Valid as long as the model. */
-const char *codi_model_meta_str(const codi_model *model, const char *key);
+/* The model's tokenizer.chat_template, or NULL. Valid as long as the model. */
+const char *codi_model_chat_template(const codi_model *model);
 
 /* ------------------------------------------------------------ vocabulary */
 
@@ -111,6 +111,31 @@ const float *codi_get_logits(const codi_context *ctx, int32_t i);
 
 /* Forget cached tokens from position pos on. */
 void codi_kv_truncate(codi_context *ctx, int32_t pos);
+
+/* ------------------------------------------------------ file inspection */
+
+/* A GGUF file opened for inspection only (any architecture). */
+typedef struct codi_file codi_file;
+
+typedef struct codi_tensor_info {
+    const char *name;      /* valid as long as the file */
+    const char *type_name; /* "Q4_1", ... */
+    int n_dims;
+    int64_t ne[4];
+    uint64_t nbytes;
+    uint64_t offset;       /* within the data section */
+} codi_tensor_info;
+
+int codi_file_open(const char *path, codi_file **out, char *err, size_t errlen);
+void codi_file_close(codi_file *f);
+uint32_t codi_file_version(const codi_file *f);
+int64_t codi_file_n_meta(const codi_file *f);
+const char *codi_file_meta_key(const codi_file *f, int64_t i);
+/* Value of metadata entry i as text (arrays: type, length and the first
+ * few elements). Returns the length it needed, like snprintf. */
+int codi_file_meta_format(const codi_file *f, int64_t i, char *buf, size_t len);
+int64_t codi_file_n_tensors(const codi_file *f);
+int codi_file_tensor(const codi_file *f, int64_t i, codi_tensor_info *info);
 
 /* ------------------------------------------------------------- sampling */
 

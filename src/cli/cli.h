@@ -1,0 +1,49 @@
+/* The codi command line: the only code that prints for users or exits. */
+#ifndef CODI_CLI_H
+#define CODI_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codi.h"
+
+enum cli_cmd {
+    CMD_RUN = 1 << 0,
+    CMD_CHAT = 1 << 1,
+    CMD_PPL = 1 << 2,
+    CMD_TOKENIZE = 1 << 3,
+    CMD_INSPECT = 1 << 4,
+};
+
+typedef struct cli_opts {
+    int cmd;
+    const char *cmd_name;
+    const char *model;
+    const char *prompt;
+    const char *file;
+    const char *system;
+    const char *kl_base;
+    const char *kl;
+    const char *positional;
+    int32_t n_ctx;
+    int32_t n_threads;
+    int32_t n_batch;
+    int32_t n_predict;
+    int32_t chunks;
+    codi_sampler_params sp;
+    bool no_display_prompt;
+} cli_opts;
+
+int cmd_run(const cli_opts *o);
+int cmd_chat(const cli_opts *o);
+int cmd_ppl(const cli_opts *o);
+
+/* Shared helpers (main.c). */
+int cli_load(const cli_opts *o, codi_model **m, codi_context **c);
+char *cli_read_file(const char *path, size_t *len);
+/* Tokenize text; prints an error and returns NULL on failure. */
+int32_t *cli_tokenize(const codi_model *m, const char *text, size_t len,
+                      bool add_special, bool parse_special, int32_t *n_out);
+double cli_now(void);
+
+#endif

@@ -1,0 +1,409 @@
+/* codi CLI: argument parsing, help, and the small commands (tokenize,
+ * inspect). Bad input -> one line on stderr and a non-zero exit. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+#define ALL_MODEL (CMD_RUN | CMD_CHAT | CMD_PPL | CMD_TOKENIZE)
+#define GEN (CMD_RUN | CMD_CHAT)
+#define EVAL (CMD_RUN | CMD_CHAT | CMD_PPL)
+
+typedef enum {
+    O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
+    O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
+    O_KLBASE, O_KL, O_CHUNKS, O_NODISP,
+} opt_id;
+
+typedef struct {
+    opt_id id;
+    const char *s, *l; /* short, long */
+    const char *arg;   /* NULL: flag without value */
+    int cmds;
+    const char *help;
+} opt_def;
+
+static const opt_def OPTS[] = {
+    {O_MODEL, "-m", "--model", "FILE", ALL_MODEL, "model file (GGUF)"},
+    {O_PROMPT, "-p", "--prompt", "TEXT", CMD_RUN | CMD_TOKENIZE, "prompt text"},
+    {O_FILE, "-f", "--file", "FILE", CMD_RUN | CMD_PPL | CMD_TOKENIZE, "read the prompt / text from FILE"},
+    {O_NPREDICT, "-n", "--n-predict", "N", GEN, "tokens to generate (default 128; -1 = until the context is full)"},
+    {O_TEMP, NULL, "--temp", "T", GEN, "temperature (default 0.8; 0 = greedy)"},
+    {O_TOPK, NULL, "--top-k", "K", GEN, "top-k sampling (default 40; 0 = off)"},
+    {O_TOPP, NULL, "--top-p", "P", GEN, "top-p sampling (default 0.95; 1 = off)"},
+    {O_MINP, NULL, "--min-p", "P", GEN, "min-p sampling (default 0.05; 0 = off)"},
+    {O_REPPEN, NULL, "--repeat-penalty", "R", GEN, "repetition penalty (default 1.0 = off)"},
+    {O_REPLAST, NULL, "--repeat-last-n", "N", GEN, "tokens the penalty looks back (default 64)"},
+    {O_SEED, "-s", "--seed", "S", ALL_MODEL, "random seed (default 49361)"},
+    {O_CTX, "-c", "--ctx-size", "N", ALL_MODEL, "context size in tokens (default: 4096 or the model's, smaller; ppl: 512)"},
+    {O_THREADS, "-t", "--threads", "N", ALL_MODEL, "compute threads (default: all cores)"},
+    {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
+    {O_SYSTEM, NULL, "--system", "TEXT", CMD_CHAT, "system message"},
+    {O_KLBASE, NULL, "--kl-base", "FILE", CMD_PPL, "save the next-token distributions to FILE"},
+    {O_KL, NULL, "--kl", "FILE", CMD_PPL, "compare with distributions saved by --kl-base"},
+    {O_CHUNKS, NULL, "--chunks", "N", CMD_PPL, "evaluate at most N windows (default: all)"},
+    {O_NODISP, NULL, "--no-display-prompt", NULL, CMD_RUN, "do not echo the prompt"},
+};
+#define N_OPTS (sizeof(OPTS) / sizeof(OPTS[0]))
+
+static const struct {
+    const char *name;
+    int cmd;
+    const char *usage;
+    const char *what;
+} CMDS[] = {
+    {"run", CMD_RUN, "codi run -m MODEL -p TEXT [options]", "generate a continuation of a prompt"},
+    {"chat", CMD_CHAT, "codi chat -m MODEL [--system TEXT] [options]", "interactive chat with the model's template"},
+    {"ppl", CMD_PPL, "codi ppl -m MODEL -f TEXTFILE [-c CTX] [--kl-base FILE | --kl FILE]", "perplexity (and KL divergence) over a text"},
+    {"tokenize", CMD_TOKENIZE, "codi tokenize -m MODEL (-p TEXT | -f FILE)", "print token ids"},
+    {"inspect", CMD_INSPECT, "codi inspect MODEL", "print metadata and the tensor table"},
+};
+#define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
+
+static void usage_main(FILE *f) {
+    fprintf(f, "usage: codi COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < N_CMDS; i++)
+        fprintf(f, "  %-10s %s\n", CMDS[i].name, CMDS[i].what);
+    fprintf(f, "\ncommon options (same meaning in every command):\n"
+               "  -m, --model FILE     model file (GGUF)\n"
+               "  -c, --ctx-size N     context size in tokens\n"
+               "  -t, --threads N      compute threads\n"
+               "  -s, --seed S         random seed\n"
+               "\n'codi COMMAND --help' lists a command's options.\n");
+}
+
+static void usage_cmd(FILE *f, int ci) {
+    fprintf(f, "usage: %s\n%s\n\noptions:\n", CMDS[ci].usage, CMDS[ci].what);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        if (!(OPTS[i].cmds & CMDS[ci].cmd))
+            continue;
+        char lhs[64];
+        snprintf(lhs, sizeof(lhs), "%s%s%s %s", OPTS[i].s ? OPTS[i].s : "",
+                 OPTS[i].s ? ", " : "    ", OPTS[i].l, OPTS[i].arg ? OPTS[i].arg : "");
+        fprintf(f, "  %-28s %s\n", lhs, OPTS[i].help);
+    }
+    fprintf(f, "  %-28s %s\n", "-h, --help", "show this help");
+}
+
+static int bad(const char *fmt, const char *a, const char *b) {
+    fprintf(stderr, "codi: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, " (see 'codi --help')\n");
+    return 2;
+}
+
+static int parse_i32(const char *name, const char *v, int32_t lo, int32_t hi, int32_t *out) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "codi: %s expects an integer in [%d, %d], got '%s'\n", name, lo, hi, v);
+        return 2;
+    }
+    *out = (int32_t)x;
+    return 0;
+}
+
+static int parse_f32(const char *name, const char *v, float lo, float hi, float *out) {
+    char *end;
+    errno = 0;
+    float x = strtof(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "codi: %s expects a number in [%g, %g], got '%s'\n", name, lo, hi, v);
+        return 2;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            *help = 1;
+            return 0;
+        }
+        if (a[0] != '-' || a[1] == '\0') {
+            if (o->cmd == CMD_INSPECT && !o->positional) {
+                o->positional = a;
+                continue;
+            }
+            return bad("unexpected argument '%s' for '%s'", a, o->cmd_name);
+        }
+        const char *val = NULL;
+        char name[64];
+        const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
+        if (eq) {
+            snprintf(name, sizeof(name), "%.*s", (int)(eq - a), a);
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof(name), "%s", a);
+        }
+        const opt_def *d = NULL;
+        for (size_t k = 0; k < N_OPTS; k++)
+            if ((OPTS[k].s && !strcmp(name, OPTS[k].s)) || !strcmp(name, OPTS[k].l))
+                d = &OPTS[k];
+        if (!d)
+            return bad("unknown option '%s' for '%s'", name, o->cmd_name);
+        if (!(d->cmds & o->cmd))
+            return bad("option '%s' does not apply to '%s'", name, o->cmd_name);
+        if (d->arg && !val) {
+            if (i + 1 >= argc)
+                return bad("option '%s' needs a value%s", name, "");
+            val = argv[++i];
+        } else if (!d->arg && val) {
+            return bad("option '%s' takes no value%s", name, "");
+        }
+        int rc = 0;
+        switch (d->id) {
+        case O_MODEL: o->model = val; break;
+        case O_PROMPT: o->prompt = val; break;
+        case O_FILE: o->file = val; break;
+        case O_SYSTEM: o->system = val; break;
+        case O_KLBASE: o->kl_base = val; break;
+        case O_KL: o->kl = val; break;
+        case O_NODISP: o->no_display_prompt = true; break;
+        case O_NPREDICT: rc = parse_i32(name, val, -1, 1 << 24, &o->n_predict); break;
+        case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
+        case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;
+        case O_BATCH: rc = parse_i32(name, val, 1, 1 << 16, &o->n_batch); break;
+        case O_CHUNKS: rc = parse_i32(name, val, 1, 1 << 24, &o->chunks); break;
+        case O_TOPK: rc = parse_i32(name, val, 0, 1 << 24, &o->sp.top_k); break;
+        case O_REPLAST: rc = parse_i32(name, val, 0, 1 << 24, &o->sp.repeat_last_n); break;
+        case O_TEMP: rc = parse_f32(name, val, 0.0f, 100.0f, &o->sp.temp); break;
+        case O_TOPP: rc = parse_f32(name, val, 0.0f, 1.0f, &o->sp.top_p); break;
+        case O_MINP: rc = parse_f32(name, val, 0.0f, 1.0f, &o->sp.min_p); break;
+        case O_REPPEN: rc = parse_f32(name, val, 0.0f, 100.0f, &o->sp.repeat_penalty); break;
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(val, &end, 10);
+            if (errno || end == val || *end || val[0] == '-') {
+                fprintf(stderr, "codi: %s expects a non-negative integer, got '%s'\n", name, val);
+                return 2;
+            }
+            o->sp.seed = s;
+            break;
+        }
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+char *cli_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "codi: cannot open '%s': %s\n", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (n < cap) {
+            if (ferror(f)) {
+                fprintf(stderr, "codi: error reading '%s'\n", path);
+                free(buf);
+                buf = NULL;
+            }
+            break;
+        }
+        if (cap > ((size_t)1 << 31)) {
+            fprintf(stderr, "codi: '%s' is too large\n", path);
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        cap *= 2;
+        char *nb = realloc(buf, cap + 1);
+        if (!nb)
+            free(buf);
+        buf = nb;
+    }
+    fclose(f);
+    if (!buf)
+        return NULL;
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+int32_t *cli_tokenize(const codi_model *m, const char *text, size_t len,
+                      bool add_special, bool parse_special, int32_t *n_out) {
+    int32_t cap = (int32_t)(len < (1u << 28) ? len + 8 : (1u << 28));
+    int32_t *toks = malloc((size_t)cap * sizeof(int32_t));
+    if (!toks) {
+        fprintf(stderr, "codi: out of memory tokenizing %zu bytes\n", len);
+        return NULL;
+    }
+    int32_t n = codi_tokenize(m, text, len, toks, cap, add_special, parse_special);
+    if (n < 0) {
+        cap = -n;
+        int32_t *nt = realloc(toks, (size_t)cap * sizeof(int32_t));
+        if (!nt) {
+            free(toks);
+            fprintf(stderr, "codi: out of memory tokenizing %zu bytes\n", len);
+            return NULL;
+        }
+        toks = nt;
+        n = codi_tokenize(m, text, len, toks, cap, add_special, parse_special);
+        if (n < 0) {
+            free(toks);
+            fprintf(stderr, "codi: tokenization failed\n");
+            return NULL;
+        }
+    }
+    *n_out = n;
+    return toks;
+}
+
+int cli_load(const cli_opts *o, codi_model **m, codi_context **c) {
+    char err[512];
+    *m = NULL;
+    if (c)
+        *c = NULL;
+    if (!o->model) {
+        fprintf(stderr, "codi: %s needs a model: -m FILE\n", o->cmd_name);
+        return 2;
+    }
+    if (codi_model_load(o->model, NULL, m, err, sizeof(err))) {
+        fprintf(stderr, "codi: %s\n", err);
+        return 1;
+    }
+    if (!c)
+        return 0;
+    codi_context_params cp = codi_context_default_params();
+    cp.n_ctx = o->n_ctx;
+    cp.n_threads = o->n_threads;
+    if (o->n_batch)
+        cp.n_batch = o->n_batch;
+    if (codi_context_create(*m, &cp, c, err, sizeof(err))) {
+        fprintf(stderr, "codi: %s\n", err);
+        codi_model_free(*m);
+        *m = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_tokenize(const cli_opts *o) {
+    if (!!o->prompt == !!o->file) {
+        fprintf(stderr, "codi: tokenize needs exactly one of -p TEXT or -f FILE\n");
+        return 2;
+    }
+    codi_model *m;
+    int rc = cli_load(o, &m, NULL);
+    if (rc)
+        return rc;
+    size_t len = 0;
+    char *text = NULL;
+    if (o->file) {
+        text = cli_read_file(o->file, &len);
+        if (!text) {
+            codi_model_free(m);
+            return 1;
+        }
+    }
+    const char *src = text ? text : o->prompt;
+    if (!text)
+        len = strlen(src);
+    int32_t n = 0;
+    int32_t *toks = cli_tokenize(m, src, len, true, true, &n);
+    if (toks) {
+        for (int32_t i = 0; i < n; i++)
+            printf(i ? " %d" : "%d", toks[i]);
+        printf("\n");
+    }
+    free(toks);
+    free(text);
+    codi_model_free(m);
+    return toks ? 0 : 1;
+}
+
+static int cmd_inspect(const cli_opts *o) {
+    const char *path = o->positional ? o->positional : o->model;
+    if (!path) {
+        fprintf(stderr, "codi: inspect needs a model file: codi inspect MODEL\n");
+        return 2;
+    }
+    char err[512];
+    codi_file *f;
+    if (codi_file_open(path, &f, err, sizeof(err))) {
+        fprintf(stderr, "codi: %s\n", err);
+        return 1;
+    }
+    printf("file: %s\nGGUF version: %u\nmetadata: %" PRId64 " entries\n", path,
+           codi_file_version(f), codi_file_n_meta(f));
+    char val[1024];
+    for (int64_t i = 0; i < codi_file_n_meta(f); i++) {
+        codi_file_meta_format(f, i, val, sizeof(val));
+        printf("  %-45s = %s\n", codi_file_meta_key(f, i), val);
+    }
+    printf("tensors: %" PRId64 "\n", codi_file_n_tensors(f));
+    printf("  %-5s %-40s %-6s %-24s %12s\n", "#", "name", "type", "shape", "bytes");
+    uint64_t total = 0;
+    for (int64_t i = 0; i < codi_file_n_tensors(f); i++) {
+        codi_tensor_info ti;
+        codi_file_tensor(f, i, &ti);
+        char shape[64];
+        int p = snprintf(shape, sizeof(shape), "[");
+        for (int d = 0; d < ti.n_dims; d++)
+            p += snprintf(shape + p, sizeof(shape) - (size_t)p, d ? ", %" PRId64 : "%" PRId64, ti.ne[d]);
+        snprintf(shape + p, sizeof(shape) - (size_t)p, "]");
+        printf("  %-5" PRId64 " %-40s %-6s %-24s %12" PRIu64 "\n", i, ti.name, ti.type_name, shape, ti.nbytes);
+        total += ti.nbytes;
+    }
+    printf("total tensor bytes: %" PRIu64 " (%.2f MiB)\n", total, total / 1048576.0);
+    codi_file_close(f);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage_main(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    int ci = -1;
+    for (size_t i = 0; i < N_CMDS; i++)
+        if (!strcmp(argv[1], CMDS[i].name))
+            ci = (int)i;
+    if (ci < 0) {
+        fprintf(stderr, "codi: unknown command '%s' (see 'codi --help')\n", argv[1]);
+        return 2;
+    }
+    cli_opts o;
+    memset(&o, 0, sizeof(o));
+    o.cmd = CMDS[ci].cmd;
+    o.cmd_name = CMDS[ci].name;
+    o.sp = codi_sampler_default_params();
+    o.n_predict = 128;
+    int help = 0;
+    int rc = parse_args(argc, argv, &o, &help);
+    if (rc)
+        return rc;
+    if (help) {
+        usage_cmd(stdout, ci);
+        return 0;
+    }
+    switch (o.cmd) {
+    case CMD_RUN: return cmd_run(&o);
+    case CMD_CHAT: return cmd_chat(&o);
+    case CMD_PPL: return cmd_ppl(&o);
+    case CMD_TOKENIZE: return cmd_tokenize(&o);
+    case CMD_INSPECT: return cmd_inspect(&o);
+    }
+    return 2;
+}

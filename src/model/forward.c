@@ -1,0 +1,439 @@
+/* Context (KV cache + scratch, allocated once) and the llama-family forward
+ * pass over a batch of tokens:
+ *   x = embd[tok]
+ *   per layer: x += Wo * attn(rope(Wq n(x)), rope(Wk n(x)), Wv n(x))
+ *              x += Wdown * (silu(Wgate n(x)) * Wup n(x))
+ *   logits = Wout n(x)
+ * Matrix products quantize the activations once per row into the weight
+ * type's vec_dot_type (as llama.cpp does) and split output rows across the
+ * thread pool. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "kernels/kernels.h"
+#include "model/model.h"
+#include "tensor/types.h"
+
+#define MAX_FUSED 3
+
+struct codi_context {
+    codi_model *m;
+    int32_t n_ctx, n_batch, n_threads;
+    codi_threadpool *pool;
+    uint16_t *kc, *vc; /* [n_layer][n_ctx][kv_dim] fp16 */
+    int32_t n_past;
+    /* scratch for n_batch tokens */
+    float *x, *xn, *q, *k, *v, *att, *g, *u;
+    void *xq;
+    size_t xq_stride; /* bytes per token row in xq */
+    float *scores;    /* [n_threads][n_ctx] */
+    float *rope_theta;/* [n_rot/2] per-pair frequency */
+    /* logits of the last decode call */
+    float *logits;
+    size_t logits_cap; /* rows */
+    int32_t n_logits;  /* rows kept */
+    int32_t logits_first; /* batch index of row 0 */
+    int32_t n_last;       /* tokens in the last decode call */
+};
+
+codi_context_params codi_context_default_params(void) {
+    codi_context_params p = {0, 512, 0};
+    return p;
+}
+
+static void *xaligned(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0)
+        bytes = 64;
+    if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) != 0)
+        return NULL;
+    return p;
+}
+
+int codi_context_create(codi_model *m, const codi_context_params *params,
+                        codi_context **out, char *err, size_t errlen) {
+    if (!out || !m)
+        return codi_errorf(err, errlen, CODI_EINVAL, "codi_context_create: NULL argument");
+    *out = NULL;
+    codi_context_params p = params ? *params : codi_context_default_params();
+    const codi_hparams *hp = &m->hp;
+    if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
+        return codi_errorf(err, errlen, CODI_EINVAL, "context size, batch and threads must not be negative");
+    if (p.n_ctx == 0)
+        p.n_ctx = CODI_MIN(hp->n_ctx_train, 4096);
+    if (p.n_ctx > (1 << 20))
+        return codi_errorf(err, errlen, CODI_EINVAL, "context size %d is too large", p.n_ctx);
+    if (p.n_batch == 0)
+        p.n_batch = 512;
+    p.n_batch = CODI_MIN(p.n_batch, p.n_ctx);
+    if (p.n_threads == 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        p.n_threads = nc > 0 ? (int32_t)CODI_MIN(nc, 64) : 1;
+    }
+    if (p.n_threads > 256)
+        return codi_errorf(err, errlen, CODI_EINVAL, "too many threads (%d)", p.n_threads);
+
+    codi_context *c = calloc(1, sizeof(*c));
+    if (!c)
+        return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
+    c->m = m;
+    c->n_ctx = p.n_ctx;
+    c->n_batch = p.n_batch;
+    c->n_threads = p.n_threads;
+    const size_t B = (size_t)p.n_batch, d = (size_t)hp->n_embd,
+                 dq = (size_t)hp->n_head * hp->head_dim,
+                 dkv = (size_t)hp->n_head_kv * hp->head_dim, ff = (size_t)hp->n_ff;
+    const size_t kv_elems = (size_t)hp->n_layer * (size_t)p.n_ctx * dkv;
+    c->kc = xaligned(kv_elems * sizeof(uint16_t));
+    c->vc = xaligned(kv_elems * sizeof(uint16_t));
+    size_t wide = CODI_MAX(CODI_MAX(d, dq), ff);
+    c->x = xaligned(B * d * sizeof(float));
+    c->xn = xaligned(B * wide * sizeof(float));
+    c->q = xaligned(B * dq * sizeof(float));
+    c->k = xaligned(B * dkv * sizeof(float));
+    c->v = xaligned(B * dkv * sizeof(float));
+    c->att = xaligned(B * dq * sizeof(float));
+    c->g = xaligned(B * ff * sizeof(float));
+    c->u = xaligned(B * ff * sizeof(float));
+    /* Largest quantized activation row over every weight's vec_dot_type. */
+    size_t qrow = wide * sizeof(float);
+    const codi_weight *ws[] = {&m->tok_embd, &m->output};
+    for (int i = 0; i < 2; i++) {
+        const codi_type_traits *t = codi_type_get(ws[i]->type);
+        size_t r = codi_row_size(t->vec_dot_type, (int64_t)wide);
+        qrow = CODI_MAX(qrow, r);
+    }
+    for (int l = 0; l < hp->n_layer; l++) {
+        const codi_layer *L = &m->layers[l];
+        const codi_weight *lw[] = {&L->wq, &L->wo, &L->w_gate, &L->w_down};
+        for (int i = 0; i < 4; i++) {
+            const codi_type_traits *t = codi_type_get(lw[i]->type);
+            qrow = CODI_MAX(qrow, codi_row_size(t->vec_dot_type, (int64_t)wide));
+        }
+    }
+    c->xq_stride = (qrow + 63) & ~(size_t)63;
+    c->xq = xaligned(B * c->xq_stride);
+    c->scores = xaligned((size_t)p.n_threads * (size_t)p.n_ctx * sizeof(float));
+    c->rope_theta = xaligned((size_t)(hp->n_rot / 2) * sizeof(float));
+    c->logits_cap = 1;
+    c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
+    c->pool = codi_threadpool_create(p.n_threads);
+    if (!c->kc || !c->vc || !c->x || !c->xn || !c->q || !c->k || !c->v ||
+        !c->att || !c->g || !c->u || !c->xq || !c->scores || !c->rope_theta ||
+        !c->logits || !c->pool) {
+        codi_context_free(c);
+        return codi_errorf(err, errlen, CODI_ENOMEM,
+                           "out of memory creating a context of %d tokens", p.n_ctx);
+    }
+    /* theta_i = base^(-2i/n_rot), computed the way ggml does (repeated
+     * multiplication in float) so positions match llama.cpp closely. */
+    const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
+    float th = 1.0f;
+    for (int i = 0; i < hp->n_rot / 2; i++) {
+        c->rope_theta[i] = th;
+        th *= theta_scale;
+    }
+    *out = c;
+    return 0;
+}
+
+void codi_context_free(codi_context *c) {
+    if (!c)
+        return;
+    codi_threadpool_free(c->pool);
+    free(c->kc);
+    free(c->vc);
+    free(c->x);
+    free(c->xn);
+    free(c->q);
+    free(c->k);
+    free(c->v);
+    free(c->att);
+    free(c->g);
+    free(c->u);
+    free(c->xq);
+    free(c->scores);
+    free(c->rope_theta);
+    free(c->logits);
+    free(c);
+}
+
+int32_t codi_context_n_ctx(const codi_context *c) { return c->n_ctx; }
+
+void codi_kv_truncate(codi_context *c, int32_t pos) {
+    if (pos < 0)
+        pos = 0;
+    if (pos < c->n_past)
+        c->n_past = pos;
+}
+
+/* ------------------------------------------------------------ matmul */
+
+typedef struct {
+    int n_w;
+    const codi_weight *w[MAX_FUSED];
+    float *y[MAX_FUSED];    /* y[i][b * ne1 + r] */
+    codi_vec_dot_fn dot[MAX_FUSED];
+    const void *xq;         /* quantized activations, B rows */
+    size_t xq_stride;
+    int B;
+} matmul_job;
+
+static void matmul_task(void *arg, int ith, int nth) {
+    const matmul_job *j = arg;
+    int64_t total = 0;
+    for (int i = 0; i < j->n_w; i++)
+        total += j->w[i]->ne1;
+    /* contiguous chunk of the concatenated output rows */
+    const int64_t r0 = total * ith / nth, r1 = total * (ith + 1) / nth;
+    int64_t base = 0;
+    for (int i = 0; i < j->n_w; i++) {
+        const codi_weight *w = j->w[i];
+        int64_t a = CODI_MAX(r0 - base, 0), e = CODI_MIN(r1 - base, w->ne1);
+        for (int64_t r = a; r < e; r++) {
+            const uint8_t *wr = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+            for (int b = 0; b < j->B; b++)
+                j->dot[i](w->ne0, &j->y[i][(size_t)b * w->ne1 + r], wr,
+                          (const uint8_t *)j->xq + (size_t)b * j->xq_stride);
+        }
+        base += w->ne1;
+    }
+}
+
+typedef struct {
+    const float *x;
+    int64_t n;
+    int B;
+    void *xq;
+    size_t xq_stride;
+    codi_from_float_fn q;
+} quant_job;
+
+static void quant_task(void *arg, int ith, int nth) {
+    const quant_job *j = arg;
+    for (int b = ith; b < j->B; b += nth)
+        j->q(j->x + (size_t)b * j->n, (uint8_t *)j->xq + (size_t)b * j->xq_stride, j->n);
+}
+
+/* y_i = W_i x for every token row of x (B rows of n_in floats). All W_i
+ * share in-features and activation type. */
+static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
+                   float *const *y, const float *x, int B) {
+    const codi_type_traits *t = codi_type_get(w[0]->type);
+    const int vdt = t->vec_dot_type;
+    matmul_job j = {.n_w = n_w, .B = B, .xq_stride = c->xq_stride};
+    for (int i = 0; i < n_w; i++) {
+        j.w[i] = w[i];
+        j.y[i] = y[i];
+        j.dot[i] = codi_kernel_vec_dot(w[i]->type);
+        CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt);
+    }
+    if (vdt == CODI_TYPE_F32) {
+        j.xq = x;
+        j.xq_stride = (size_t)w[0]->ne0 * sizeof(float);
+    } else {
+        quant_job qj = {x, w[0]->ne0, B, c->xq, c->xq_stride, codi_kernel_from_float(vdt)};
+        CODI_ASSERT(qj.q != NULL);
+        codi_threadpool_run(c->pool, quant_task, &qj);
+        j.xq = c->xq;
+    }
+    codi_threadpool_run(c->pool, matmul_task, &j);
+}
+
+static void matmul1(codi_context *c, const codi_weight *w, float *y,
+                    const float *x, int B) {
+    const codi_weight *ws[1] = {w};
+    float *ys[1] = {y};
+    matmul(c, 1, ws, ys, x, B);
+}
+
+/* ------------------------------------------------------------ attention */
+
+typedef struct {
+    codi_context *c;
+    int layer, B, pos;
+} attn_job;
+
+static void rope_row(const codi_context *c, float *v, int n_heads, int pos) {
+    const codi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, half = hp->n_rot / 2;
+    const float p = (float)pos * hp->rope_freq_scale;
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * hd;
+        for (int i = 0; i < half; i++) {
+            const float theta = p * c->rope_theta[i];
+            const float cs = cosf(theta), sn = sinf(theta);
+            int i0, i1;
+            if (hp->rope_neox) {
+                i0 = i;
+                i1 = i + half;
+            } else {
+                i0 = 2 * i;
+                i1 = 2 * i + 1;
+            }
+            const float x0 = x[i0], x1 = x[i1];
+            x[i0] = x0 * cs - x1 * sn;
+            x[i1] = x0 * sn + x1 * cs;
+        }
+    }
+}
+
+static void attn_task(void *arg, int ith, int nth) {
+    const attn_job *j = arg;
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
+    const size_t dkv = (size_t)hp->n_head_kv * hd, dq = (size_t)nh * hd;
+    const uint16_t *kl = c->kc + (size_t)j->layer * c->n_ctx * dkv;
+    const uint16_t *vl = c->vc + (size_t)j->layer * c->n_ctx * dkv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *sc = c->scores + (size_t)ith * c->n_ctx;
+    const int total = j->B * nh;
+    for (int w = ith; w < total; w += nth) {
+        const int b = w / nh, h = w % nh, kh = h / gqa;
+        const int n_kv = j->pos + b + 1; /* causal: positions 0..pos+b */
+        const float *q = c->q + (size_t)b * dq + (size_t)h * hd;
+        for (int t = 0; t < n_kv; t++) {
+            const uint16_t *k = kl + (size_t)t * dkv + (size_t)kh * hd;
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++)
+                s += q[i] * codi_fp16_to_fp32(k[i]);
+            sc[t] = s * scale;
+        }
+        codi_softmax_inplace(sc, n_kv);
+        float *o = c->att + (size_t)b * dq + (size_t)h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int t = 0; t < n_kv; t++) {
+            const uint16_t *v = vl + (size_t)t * dkv + (size_t)kh * hd;
+            const float p = sc[t];
+            for (int i = 0; i < hd; i++)
+                o[i] += p * codi_fp16_to_fp32(v[i]);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ forward */
+
+static void forward_batch(codi_context *c, const int32_t *tokens, int B,
+                          int pos, int logit_from, float *logits) {
+    const codi_model *m = c->m;
+    const codi_hparams *hp = &m->hp;
+    const int d = hp->n_embd, ff = hp->n_ff;
+    const size_t dq = (size_t)hp->n_head * hp->head_dim,
+                 dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    codi_to_float_fn emb = codi_kernel_to_float(m->tok_embd.type);
+    for (int b = 0; b < B; b++)
+        emb((const uint8_t *)m->tok_embd.data + (size_t)tokens[b] * m->tok_embd.row_bytes,
+            c->x + (size_t)b * d, d);
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const codi_layer *L = &m->layers[l];
+        for (int b = 0; b < B; b++)
+            codi_rmsnorm(c->xn + (size_t)b * d, c->x + (size_t)b * d, L->attn_norm, d, hp->norm_eps);
+        {
+            const codi_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+            float *ys[3] = {c->q, c->k, c->v};
+            matmul(c, 3, ws, ys, c->xn, B);
+        }
+        uint16_t *kl = c->kc + (size_t)l * c->n_ctx * dkv;
+        uint16_t *vl = c->vc + (size_t)l * c->n_ctx * dkv;
+        for (int b = 0; b < B; b++) {
+            rope_row(c, c->q + (size_t)b * dq, hp->n_head, pos + b);
+            rope_row(c, c->k + (size_t)b * dkv, hp->n_head_kv, pos + b);
+            uint16_t *kd = kl + (size_t)(pos + b) * dkv, *vd = vl + (size_t)(pos + b) * dkv;
+            for (size_t i = 0; i < dkv; i++) {
+                kd[i] = codi_fp32_to_fp16(c->k[(size_t)b * dkv + i]);
+                vd[i] = codi_fp32_to_fp16(c->v[(size_t)b * dkv + i]);
+            }
+        }
+        attn_job aj = {c, l, B, pos};
+        codi_threadpool_run(c->pool, attn_task, &aj);
+        matmul1(c, &L->wo, c->xn, c->att, B);
+        for (size_t i = 0; i < (size_t)B * d; i++)
+            c->x[i] += c->xn[i];
+
+        for (int b = 0; b < B; b++)
+            codi_rmsnorm(c->xn + (size_t)b * d, c->x + (size_t)b * d, L->ffn_norm, d, hp->norm_eps);
+        {
+            const codi_weight *ws[2] = {&L->w_gate, &L->w_up};
+            float *ys[2] = {c->g, c->u};
+            matmul(c, 2, ws, ys, c->xn, B);
+        }
+        for (size_t i = 0; i < (size_t)B * ff; i++) {
+            const float gv = c->g[i];
+            c->g[i] = gv / (1.0f + expf(-gv)) * c->u[i];
+        }
+        matmul1(c, &L->w_down, c->xn, c->g, B);
+        for (size_t i = 0; i < (size_t)B * d; i++)
+            c->x[i] += c->xn[i];
+    }
+    if (logit_from < B) {
+        const int nl = B - logit_from;
+        for (int b = 0; b < nl; b++)
+            codi_rmsnorm(c->xn + (size_t)b * d, c->x + (size_t)(logit_from + b) * d,
+                         m->out_norm, d, hp->norm_eps);
+        matmul1(c, &m->output, logits, c->xn, nl);
+    }
+}
+
+int codi_decode(codi_context *c, const int32_t *tokens, int32_t n, int32_t pos,
+                bool logits_all, char *err, size_t errlen) {
+    if (!c || !tokens || n <= 0)
+        return codi_errorf(err, errlen, CODI_EINVAL, "codi_decode: no tokens");
+    if (pos < 0 || pos > c->n_past)
+        return codi_errorf(err, errlen, CODI_EINVAL,
+                           "codi_decode: position %d is past the %d cached tokens", pos, c->n_past);
+    if ((int64_t)pos + n > c->n_ctx)
+        return codi_errorf(err, errlen, CODI_ERANGE,
+                           "%d tokens at position %d exceed the context size %d",
+                           n, pos, c->n_ctx);
+    const int32_t nv = c->m->hp.n_vocab;
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= nv)
+            return codi_errorf(err, errlen, CODI_ERANGE,
+                               "token id %d out of range (vocabulary has %d)", tokens[i], nv);
+    const size_t need = logits_all ? (size_t)n : 1;
+    if (need > c->logits_cap) {
+        float *nl = xaligned(need * (size_t)nv * sizeof(float));
+        if (!nl)
+            return codi_errorf(err, errlen, CODI_ENOMEM,
+                               "out of memory for the logits of %d tokens", n);
+        free(c->logits);
+        c->logits = nl;
+        c->logits_cap = need;
+    }
+    c->n_past = pos; /* overwrite any suffix beyond pos */
+    for (int32_t s = 0; s < n; s += c->n_batch) {
+        const int B = (int)CODI_MIN(c->n_batch, n - s);
+        const bool last = s + B == n;
+        int from;
+        float *out;
+        if (logits_all) {
+            from = 0;
+            out = c->logits + (size_t)s * nv;
+        } else {
+            from = last ? B - 1 : B;
+            out = c->logits;
+        }
+        forward_batch(c, tokens + s, B, pos + s, from, out);
+        c->n_past = pos + s + B;
+    }
+    c->n_last = n;
+    c->n_logits = (int32_t)need;
+    c->logits_first = logits_all ? 0 : n - 1;
+    return 0;
+}
+
+const float *codi_get_logits(const codi_context *c, int32_t i) {
+    if (!c || c->n_logits == 0)
+        return NULL;
+    if (i < 0)
+        i = c->n_last + i;
+    const int32_t r = i - c->logits_first;
+    if (r < 0 || r >= c->n_logits)
+        return NULL;
+    return c->logits + (size_t)r * c->m->hp.n_vocab;
+}

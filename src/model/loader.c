@@ -1,0 +1,334 @@
+/* Model loader: GGUF metadata -> hyper-parameters, tensor table -> weight
+ * views, each checked for presence, type and shape before use. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_template.h"
+#include "common.h"
+#include "model/model.h"
+#include "tensor/types.h"
+
+static int get_u32_arch(const codi_gguf *g, const char *arch, const char *key,
+                        uint32_t *out, bool required, char *err, size_t errlen) {
+    char full[128];
+    snprintf(full, sizeof(full), "%s.%s", arch, key);
+    int rc = codi_gguf_get_u32(g, full, out);
+    if (rc == CODI_ENOTFOUND && !required)
+        return 0;
+    if (rc == CODI_ENOTFOUND)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "missing required key '%s'", full);
+    if (rc)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "key '%s' has the wrong type or an out-of-range value", full);
+    return 0;
+}
+
+static int get_f32_arch(const codi_gguf *g, const char *arch, const char *key,
+                        float *out, bool required, char *err, size_t errlen) {
+    char full[128];
+    snprintf(full, sizeof(full), "%s.%s", arch, key);
+    int rc = codi_gguf_get_f32(g, full, out);
+    if (rc == CODI_ENOTFOUND && !required)
+        return 0;
+    if (rc == CODI_ENOTFOUND)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "missing required key '%s'", full);
+    if (rc)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "key '%s' has the wrong type", full);
+    return 0;
+}
+
+int codi_model_validate_hparams(const codi_hparams *hp, char *err, size_t errlen) {
+#define BAD(...) return codi_errorf(err, errlen, CODI_EFORMAT, __VA_ARGS__)
+    if (hp->n_embd <= 0 || hp->n_embd > 65536) BAD("bad embedding_length %d", hp->n_embd);
+    if (hp->n_layer <= 0 || hp->n_layer > 512) BAD("bad block_count %d", hp->n_layer);
+    if (hp->n_head <= 0 || hp->n_head > 1024) BAD("bad attention.head_count %d", hp->n_head);
+    if (hp->n_head_kv <= 0 || hp->n_head_kv > hp->n_head)
+        BAD("bad attention.head_count_kv %d (head_count %d)", hp->n_head_kv, hp->n_head);
+    if (hp->n_head % hp->n_head_kv != 0)
+        BAD("attention.head_count %d is not a multiple of head_count_kv %d", hp->n_head, hp->n_head_kv);
+    if (hp->head_dim <= 0 || hp->head_dim > 1024 || hp->head_dim % 2 != 0)
+        BAD("bad head dimension %d", hp->head_dim);
+    if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
+        BAD("bad rope.dimension_count %d (head dimension %d)", hp->n_rot, hp->head_dim);
+    if (hp->n_ff <= 0 || hp->n_ff > 1 << 20) BAD("bad feed_forward_length %d", hp->n_ff);
+    if (hp->n_vocab <= 0) BAD("bad vocabulary size %d", hp->n_vocab);
+    if (hp->n_ctx_train <= 0) BAD("bad context_length %d", hp->n_ctx_train);
+    if (!(hp->norm_eps > 0.0f && hp->norm_eps < 1.0f)) BAD("bad layer_norm_rms_epsilon %g", hp->norm_eps);
+    if (!(hp->rope_base > 0.0f) || !isfinite(hp->rope_base)) BAD("bad rope.freq_base %g", hp->rope_base);
+    if (!(hp->rope_freq_scale > 0.0f) || !isfinite(hp->rope_freq_scale)) BAD("bad rope scaling factor");
+#undef BAD
+    return 0;
+}
+
+static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
+                       int64_t ne1, codi_weight *w, bool required, char *err,
+                       size_t errlen) {
+    const codi_gguf_tensor *t = codi_gguf_find_tensor(g, name);
+    if (!t) {
+        if (!required) {
+            memset(w, 0, sizeof(*w));
+            return 0;
+        }
+        return codi_errorf(err, errlen, CODI_EFORMAT, "missing tensor '%s'", name);
+    }
+    if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return codi_errorf(err, errlen, CODI_EFORMAT,
+                           "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
+                           name, (long long)t->ne[0], (long long)t->ne[1],
+                           (long long)t->ne[2], (long long)t->ne[3],
+                           (long long)ne0, (long long)ne1);
+    const codi_type_traits *tr = codi_type_get(t->type);
+    if (!tr || !tr->vec_dot || !tr->to_float)
+        return codi_errorf(err, errlen, CODI_EUNSUPPORTED,
+                           "tensor '%s' has type %s, which codi cannot multiply",
+                           name, codi_type_name(t->type));
+    w->data = t->data;
+    w->type = t->type;
+    w->ne0 = ne0;
+    w->ne1 = ne1;
+    w->row_bytes = codi_row_size(t->type, ne0);
+    return 0;
+}
+
+static int bind_norm(const codi_gguf *g, const char *name, int64_t n,
+                     const float **out, char *err, size_t errlen) {
+    const codi_gguf_tensor *t = codi_gguf_find_tensor(g, name);
+    if (!t)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "missing tensor '%s'", name);
+    if (t->type != CODI_TYPE_F32)
+        return codi_errorf(err, errlen, CODI_EUNSUPPORTED,
+                           "tensor '%s' has type %s, expected F32", name,
+                           codi_type_name(t->type));
+    if (t->n_dims != 1 || t->ne[0] != n)
+        return codi_errorf(err, errlen, CODI_EFORMAT,
+                           "tensor '%s' has %lld elements, expected %lld", name,
+                           (long long)t->ne[0], (long long)n);
+    if (((uintptr_t)t->data & 3) != 0)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "tensor '%s' is misaligned", name);
+    *out = t->data;
+    return 0;
+}
+
+static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
+                        size_t errlen) {
+    char *arch = NULL;
+    int rc = codi_gguf_get_str(g, "general.architecture", &arch);
+    if (rc == CODI_ENOTFOUND)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "missing required key 'general.architecture'");
+    if (rc)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "key 'general.architecture' is not a string");
+    if (strcmp(arch, "llama") != 0) {
+        rc = codi_errorf(err, errlen, CODI_EUNSUPPORTED,
+                         "unsupported model architecture '%.40s' (supported: llama)", arch);
+        free(arch);
+        return rc;
+    }
+    snprintf(hp->arch, sizeof(hp->arch), "%s", arch);
+    free(arch);
+
+    uint32_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0,
+             n_ctx = 0, n_rot = 0, key_len = 0, n_vocab = 0;
+    float eps = 0.0f, base = 10000.0f, scale = 1.0f;
+    if ((rc = get_u32_arch(g, hp->arch, "embedding_length", &n_embd, true, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "block_count", &n_layer, true, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "attention.head_count", &n_head, true, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "feed_forward_length", &n_ff, true, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "context_length", &n_ctx, true, err, errlen)) ||
+        (rc = get_f32_arch(g, hp->arch, "attention.layer_norm_rms_epsilon", &eps, true, err, errlen)) ||
+        (rc = get_f32_arch(g, hp->arch, "rope.freq_base", &base, false, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "attention.head_count_kv", &n_head_kv, false, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "attention.key_length", &key_len, false, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "rope.dimension_count", &n_rot, false, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "vocab_size", &n_vocab, false, err, errlen)))
+        return rc;
+    char key[128];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", hp->arch);
+    char *stype = NULL;
+    if (codi_gguf_get_str(g, key, &stype) == 0) {
+        bool ok = strcmp(stype, "none") == 0 || strcmp(stype, "linear") == 0;
+        if (!ok) {
+            rc = codi_errorf(err, errlen, CODI_EUNSUPPORTED,
+                             "unsupported rope scaling type '%.40s'", stype);
+            free(stype);
+            return rc;
+        }
+        if (strcmp(stype, "linear") == 0) {
+            float factor = 1.0f;
+            if ((rc = get_f32_arch(g, hp->arch, "rope.scaling.factor", &factor, false, err, errlen)))
+                return rc;
+            if (factor > 0.0f)
+                scale = 1.0f / factor;
+        }
+        free(stype);
+    }
+    if (n_head_kv == 0)
+        n_head_kv = n_head;
+    hp->n_embd = (int32_t)CODI_MIN(n_embd, (uint32_t)INT32_MAX);
+    hp->n_layer = (int32_t)CODI_MIN(n_layer, (uint32_t)INT32_MAX);
+    hp->n_head = (int32_t)CODI_MIN(n_head, (uint32_t)INT32_MAX);
+    hp->n_head_kv = (int32_t)CODI_MIN(n_head_kv, (uint32_t)INT32_MAX);
+    hp->n_ff = (int32_t)CODI_MIN(n_ff, (uint32_t)INT32_MAX);
+    hp->n_ctx_train = (int32_t)CODI_MIN(n_ctx, (uint32_t)INT32_MAX);
+    if (n_head == 0)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "bad attention.head_count 0");
+    hp->head_dim = key_len ? (int32_t)CODI_MIN(key_len, 4096u) : (int32_t)(n_embd / n_head);
+    if (!key_len && n_embd % n_head != 0)
+        return codi_errorf(err, errlen, CODI_EFORMAT,
+                           "embedding_length %u is not a multiple of head_count %u", n_embd, n_head);
+    hp->n_rot = n_rot ? (int32_t)CODI_MIN(n_rot, 4096u) : hp->head_dim;
+    hp->rope_neox = false; /* llama uses the normal (interleaved-pair) layout */
+    hp->rope_base = base;
+    hp->rope_freq_scale = scale;
+    hp->norm_eps = eps;
+    hp->n_vocab = (int32_t)CODI_MIN(n_vocab, (uint32_t)INT32_MAX);
+    return 0;
+}
+
+static int load_weights(codi_model *m, char *err, size_t errlen) {
+    const codi_gguf *g = m->gguf;
+    const codi_hparams *hp = &m->hp;
+    int rc;
+    const int64_t d = hp->n_embd, dq = (int64_t)hp->n_head * hp->head_dim,
+                  dkv = (int64_t)hp->n_head_kv * hp->head_dim;
+    if ((rc = bind_weight(g, "token_embd.weight", d, hp->n_vocab, &m->tok_embd, true, err, errlen)))
+        return rc;
+    if ((rc = bind_norm(g, "output_norm.weight", d, &m->out_norm, err, errlen)))
+        return rc;
+    if ((rc = bind_weight(g, "output.weight", d, hp->n_vocab, &m->output, false, err, errlen)))
+        return rc;
+    if (!m->output.data)
+        m->output = m->tok_embd; /* tied embeddings */
+    m->layers = calloc((size_t)hp->n_layer, sizeof(codi_layer));
+    if (!m->layers)
+        return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
+    char name[96];
+    for (int l = 0; l < hp->n_layer; l++) {
+        codi_layer *L = &m->layers[l];
+#define W(field, suffix, a, b)                                                   \
+    snprintf(name, sizeof(name), "blk.%d." suffix ".weight", l);                 \
+    if ((rc = bind_weight(g, name, a, b, &L->field, true, err, errlen)))         \
+        return rc;
+#define N(field, suffix)                                                         \
+    snprintf(name, sizeof(name), "blk.%d." suffix ".weight", l);                 \
+    if ((rc = bind_norm(g, name, d, &L->field, err, errlen)))                    \
+        return rc;
+        N(attn_norm, "attn_norm")
+        W(wq, "attn_q", d, dq)
+        W(wk, "attn_k", d, dkv)
+        W(wv, "attn_v", d, dkv)
+        W(wo, "attn_output", dq, d)
+        N(ffn_norm, "ffn_norm")
+        W(w_gate, "ffn_gate", d, hp->n_ff)
+        W(w_up, "ffn_up", d, hp->n_ff)
+        W(w_down, "ffn_down", hp->n_ff, d)
+#undef W
+#undef N
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        m->weight_bytes += g->tensors[i].nbytes;
+    return 0;
+}
+
+int codi_model_load(const char *path, const codi_model_params *params,
+                    codi_model **out, char *err, size_t errlen) {
+    (void)params;
+    if (!out)
+        return codi_errorf(err, errlen, CODI_EINVAL, "codi_model_load: out is NULL");
+    *out = NULL;
+    if (!path)
+        return codi_errorf(err, errlen, CODI_EINVAL, "codi_model_load: path is NULL");
+    codi_model *m = calloc(1, sizeof(*m));
+    if (!m)
+        return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
+    char sub[400];
+    int rc = codi_gguf_open(path, &m->gguf, err, errlen);
+    if (rc)
+        goto fail;
+    if ((rc = load_hparams(m->gguf, &m->hp, sub, sizeof(sub))))
+        goto fail_sub;
+    if ((rc = codi_vocab_load(m->gguf, &m->vocab, sub, sizeof(sub))))
+        goto fail_sub;
+    if (m->hp.n_vocab == 0)
+        m->hp.n_vocab = codi_vocab_n_tokens(m->vocab);
+    if (m->hp.n_vocab != codi_vocab_n_tokens(m->vocab)) {
+        rc = codi_errorf(sub, sizeof(sub), CODI_EFORMAT,
+                         "vocab_size %d does not match the %d tokens of the tokenizer",
+                         m->hp.n_vocab, codi_vocab_n_tokens(m->vocab));
+        goto fail_sub;
+    }
+    if ((rc = codi_model_validate_hparams(&m->hp, sub, sizeof(sub))))
+        goto fail_sub;
+    if ((rc = load_weights(m, sub, sizeof(sub))))
+        goto fail_sub;
+    {
+        char *tmpl = NULL;
+        if (codi_gguf_get_str(m->gguf, "tokenizer.chat_template", &tmpl) == 0)
+            m->chat_template = tmpl;
+        int32_t bos = codi_vocab_bos(m->vocab);
+        char buf[256] = "";
+        int32_t n = bos >= 0 ? codi_vocab_token_to_piece(m->vocab, bos, buf, (int32_t)sizeof(buf) - 1, true) : 0;
+        buf[n > 0 ? n : 0] = '\0';
+        m->bos_text = strdup(buf);
+        if (!m->bos_text) {
+            rc = codi_errorf(sub, sizeof(sub), CODI_ENOMEM, "out of memory");
+            goto fail_sub;
+        }
+    }
+    *out = m;
+    return 0;
+fail_sub:
+    codi_errorf(err, errlen, rc, "%s: %s", path, sub);
+fail:
+    codi_model_free(m);
+    return rc;
+}
+
+void codi_model_free(codi_model *m) {
+    if (!m)
+        return;
+    codi_vocab_free(m->vocab);
+    codi_gguf_close(m->gguf);
+    free(m->layers);
+    free(m->chat_template);
+    free(m->bos_text);
+    free(m);
+}
+
+int32_t codi_model_n_vocab(const codi_model *m) { return m->hp.n_vocab; }
+int32_t codi_model_n_ctx_train(const codi_model *m) { return m->hp.n_ctx_train; }
+int32_t codi_model_n_embd(const codi_model *m) { return m->hp.n_embd; }
+int32_t codi_model_n_layer(const codi_model *m) { return m->hp.n_layer; }
+const char *codi_model_arch(const codi_model *m) { return m->hp.arch; }
+uint64_t codi_model_size_bytes(const codi_model *m) { return m->weight_bytes; }
+
+const char *codi_model_chat_template(const codi_model *m) { return m->chat_template; }
+
+/* ---- vocabulary and chat wrappers of the public API ---- */
+
+int32_t codi_token_bos(const codi_model *m) { return codi_vocab_bos(m->vocab); }
+int32_t codi_token_eos(const codi_model *m) { return codi_vocab_eos(m->vocab); }
+bool codi_token_is_eog(const codi_model *m, int32_t t) { return codi_vocab_is_eog(m->vocab, t); }
+bool codi_model_add_bos(const codi_model *m) { return codi_vocab_add_bos(m->vocab); }
+
+int32_t codi_tokenize(const codi_model *m, const char *text, size_t len,
+                      int32_t *tokens, int32_t n_max, bool add_special,
+                      bool parse_special) {
+    return codi_vocab_tokenize(m->vocab, text, len, tokens, n_max, add_special, parse_special);
+}
+
+int32_t codi_token_to_piece(const codi_model *m, int32_t token, char *buf,
+                            int32_t len, bool special) {
+    return codi_vocab_token_to_piece(m->vocab, token, buf, len, special);
+}
+
+int codi_chat_apply(const codi_model *m, const char *tmpl,
+                    const char *const *roles, const char *const *contents,
+                    size_t n, bool add_assistant, char **out, char *err,
+                    size_t errlen) {
+    const char *t = tmpl ? tmpl : m->chat_template;
+    if (!t)
+        return codi_errorf(err, errlen, CODI_EUNSUPPORTED,
+                           "the model has no chat template (tokenizer.chat_template); pass one explicitly");
+    return codi_chat_render(t, m->bos_text, roles, contents, n, add_assistant, out, err, errlen);
+}

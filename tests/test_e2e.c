@@ -1,0 +1,324 @@
+/* End to end against llama.cpp on the same GGUF (fixtures written by
+ * tools/make_reference.py with llama-cpp-python 0.3.36):
+ *   - next-token distributions: top-1 agreement >= 98%, mean KL <= 0.01;
+ *   - greedy generation of 32 tokens identical for most prompts;
+ *   - perplexity within 1% of llama.cpp's on tests/data/eval.txt.
+ * Uses only the public API. CODI_TEST_QUICK=1 (sanitizer builds) checks a
+ * subset. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "codi.h"
+
+#define MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define FIX "tests/fixtures/ref/"
+
+static codi_model *g_model;
+static int g_quick;
+
+static int setup(void **state) {
+    (void)state;
+    char err[512];
+    const char *q = getenv("CODI_TEST_QUICK");
+    g_quick = q && *q && *q != '0';
+    if (codi_model_load(MODEL, NULL, &g_model, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cannot load %s (run tools/fetch_models.sh): %s\n", MODEL, err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    codi_model_free(g_model);
+    return 0;
+}
+
+static codi_context *new_ctx(int32_t n_ctx) {
+    codi_context_params p = codi_context_default_params();
+    p.n_ctx = n_ctx;
+    p.n_threads = 2;
+    codi_context *c = NULL;
+    char err[512];
+    int rc = codi_context_create(g_model, &p, &c, err, sizeof(err));
+    if (rc)
+        fprintf(stderr, "%s\n", err);
+    assert_int_equal(rc, 0);
+    return c;
+}
+
+static void read_exact(FILE *f, void *p, size_t n) {
+    assert_int_equal(fread(p, 1, n, f), n);
+}
+
+static void test_logits_vs_llamacpp(void **state) {
+    (void)state;
+    FILE *f = fopen(FIX "logits_smollm2.bin", "rb");
+    assert_non_null(f);
+    char magic[8];
+    uint32_t ver, n_prompts;
+    read_exact(f, magic, 8);
+    assert_memory_equal(magic, "CODIREF1", 8);
+    read_exact(f, &ver, 4);
+    assert_int_equal(ver, 1);
+    read_exact(f, &n_prompts, 4);
+    assert_true(n_prompts > 0 && n_prompts < 100);
+    codi_context *c = new_ctx(512);
+    const int32_t nv = codi_model_n_vocab(g_model);
+    double *lp = malloc((size_t)nv * sizeof(double));
+    assert_non_null(lp);
+    int64_t positions = 0, agree = 0;
+    double kl_sum = 0.0, kl_max = 0.0;
+    for (uint32_t pi = 0; pi < n_prompts; pi++) {
+        uint32_t n, k;
+        read_exact(f, &n, 4);
+        assert_true(n > 0 && n <= 512);
+        int32_t *toks = malloc(n * sizeof(int32_t));
+        read_exact(f, toks, n * sizeof(int32_t));
+        read_exact(f, &k, 4);
+        assert_true(k > 0 && k <= 1000);
+        int32_t *ids = malloc(k * sizeof(int32_t));
+        float *vals = malloc(k * sizeof(float));
+        const bool run = !g_quick || pi < 2;
+        if (run) {
+            char err[256];
+            int rc = codi_decode(c, toks, (int32_t)n, 0, true, err, sizeof(err));
+            if (rc)
+                fprintf(stderr, "%s\n", err);
+            assert_int_equal(rc, 0);
+        }
+        for (uint32_t p = 0; p < n; p++) {
+            float lse_ref;
+            read_exact(f, &lse_ref, 4);
+            for (uint32_t j = 0; j < k; j++) {
+                read_exact(f, &ids[j], 4);
+                read_exact(f, &vals[j], 4);
+            }
+            if (!run)
+                continue;
+            const float *lg = codi_get_logits(c, (int32_t)p);
+            assert_non_null(lg);
+            double mx = lg[0];
+            int best = 0;
+            for (int32_t i = 1; i < nv; i++)
+                if (lg[i] > mx)
+                    mx = lg[i], best = (int)i;
+            double s = 0.0;
+            for (int32_t i = 0; i < nv; i++)
+                s += exp(lg[i] - mx);
+            const double lse = mx + log(s);
+            /* KL(ref || codi) over the reference's top-k, plus the rest of
+             * the mass as one bucket. */
+            double kl = 0.0, pr_sum = 0.0, pc_sum = 0.0;
+            for (uint32_t j = 0; j < k; j++) {
+                const double lr = vals[j] - lse_ref, lc = lg[ids[j]] - lse;
+                const double pr = exp(lr);
+                kl += pr * (lr - lc);
+                pr_sum += pr;
+                pc_sum += exp(lc);
+            }
+            const double rr = 1.0 - pr_sum, rc_ = 1.0 - pc_sum;
+            if (rr > 1e-9 && rc_ > 1e-9)
+                kl += rr * log(rr / rc_);
+            kl = kl < 0.0 ? 0.0 : kl;
+            kl_sum += kl;
+            kl_max = kl > kl_max ? kl : kl_max;
+            /* top-1 agreement; a near-tie (ref logits within 1e-3) counts
+             * as agreement if codi picked the other tied token */
+            int ok = best == ids[0];
+            if (!ok && k > 1 && fabsf(vals[0] - vals[1]) < 1e-3f && best == ids[1])
+                ok = 1;
+            agree += ok;
+            positions++;
+        }
+        free(toks);
+        free(ids);
+        free(vals);
+    }
+    fclose(f);
+    free(lp);
+    codi_context_free(c);
+    const double agree_pct = 100.0 * (double)agree / (double)positions;
+    const double kl_mean = kl_sum / (double)positions;
+    printf("logits vs llama.cpp: %lld positions, top-1 agreement %.2f%%, mean KL %.6f, max KL %.6f\n",
+           (long long)positions, agree_pct, kl_mean, kl_max);
+    assert_true(agree_pct >= 98.0);
+    assert_true(kl_mean <= 0.01);
+}
+
+/* Read the next "X ids..." line of the given tag; returns count. */
+static int read_ids(FILE *f, char tag, int32_t *out, int max) {
+    char line[65536];
+    while (fgets(line, sizeof(line), f)) {
+        if (line[0] == '#' || line[0] == '\n')
+            continue;
+        assert_int_equal(line[0], tag);
+        int n = 0;
+        char *p = line + 1, *end;
+        for (;;) {
+            long v = strtol(p, &end, 10);
+            if (end == p)
+                break;
+            assert_true(n < max);
+            out[n++] = (int32_t)v;
+            p = end;
+        }
+        return n;
+    }
+    return -1;
+}
+
+static void test_greedy_vs_llamacpp(void **state) {
+    (void)state;
+    FILE *f = fopen(FIX "greedy_smollm2.txt", "r");
+    assert_non_null(f);
+    codi_context *c = new_ctx(512);
+    int32_t prompt[4096], gen[256];
+    int n_prompts = 0, n_same = 0, tok_same = 0, tok_total = 0;
+    char err[256];
+    for (;;) {
+        int np = read_ids(f, 'P', prompt, 4096);
+        if (np < 0)
+            break;
+        int ng = read_ids(f, 'G', gen, 256);
+        assert_true(ng > 0);
+        if (g_quick && n_prompts >= 2)
+            continue;
+        n_prompts++;
+        int rc = codi_decode(c, prompt, np, 0, false, err, sizeof(err));
+        assert_int_equal(rc, 0);
+        int match = 1, i;
+        for (i = 0; i < ng; i++) {
+            const float *lg = codi_get_logits(c, -1);
+            int32_t best = 0;
+            for (int32_t v = 1; v < codi_model_n_vocab(g_model); v++)
+                if (lg[v] > lg[best])
+                    best = v;
+            if (best != gen[i]) {
+                match = 0;
+                break;
+            }
+            tok_same++;
+            if (codi_token_is_eog(g_model, best))
+                break;
+            rc = codi_decode(c, &best, 1, np + i, false, err, sizeof(err));
+            assert_int_equal(rc, 0);
+        }
+        tok_total += ng;
+        n_same += match;
+    }
+    fclose(f);
+    codi_context_free(c);
+    printf("greedy vs llama.cpp: %d of %d prompts identical over 32 tokens (%d of %d tokens before the first difference)\n",
+           n_same, n_prompts, tok_same, tok_total);
+    assert_true(n_prompts > 0);
+    /* "most prompts": at least 70% identical */
+    assert_true(n_same * 10 >= n_prompts * 7);
+}
+
+static void test_ppl_vs_llamacpp(void **state) {
+    (void)state;
+    if (g_quick) {
+        skip();
+    }
+    FILE *f = fopen(FIX "ppl_smollm2.txt", "r");
+    assert_non_null(f);
+    char line[512];
+    double ref = -1.0;
+    while (fgets(line, sizeof(line), f)) {
+        int ctx, chunks;
+        double v;
+        if (sscanf(line, "ctx %d chunks %d ppl %lf", &ctx, &chunks, &v) == 3 && ctx == 128 && chunks == 4)
+            ref = v;
+    }
+    fclose(f);
+    assert_true(ref > 0.0);
+    FILE *t = fopen("tests/data/eval.txt", "rb");
+    assert_non_null(t);
+    static char text[1 << 20];
+    size_t len = fread(text, 1, sizeof(text), t);
+    fclose(t);
+    const int n_ctx = 128, n_chunks = 4;
+    int32_t *toks = malloc(sizeof(int32_t) * (len + 16));
+    int32_t n = codi_tokenize(g_model, text, len, toks, (int32_t)len + 16, true, false);
+    assert_true(n >= n_ctx * n_chunks);
+    codi_context *c = new_ctx(n_ctx);
+    const int32_t nv = codi_model_n_vocab(g_model);
+    double nll = 0.0;
+    int count = 0;
+    char err[256];
+    for (int ch = 0; ch < n_chunks; ch++) {
+        int32_t *w = toks + ch * n_ctx;
+        if (codi_model_add_bos(g_model))
+            w[0] = codi_token_bos(g_model);
+        assert_int_equal(codi_decode(c, w, n_ctx, 0, true, err, sizeof(err)), 0);
+        for (int j = n_ctx / 2; j < n_ctx - 1; j++) {
+            const float *lg = codi_get_logits(c, j);
+            double mx = lg[0];
+            for (int32_t i = 1; i < nv; i++)
+                mx = lg[i] > mx ? lg[i] : mx;
+            double s = 0.0;
+            for (int32_t i = 0; i < nv; i++)
+                s += exp(lg[i] - mx);
+            nll += mx + log(s) - lg[w[j + 1]];
+            count++;
+        }
+    }
+    const double ppl = exp(nll / count);
+    printf("ppl ctx 128 x 4: codi %.4f, llama.cpp %.4f, diff %.3f%%\n", ppl, ref,
+           100.0 * fabs(ppl - ref) / ref);
+    assert_true(fabs(ppl - ref) / ref <= 0.01);
+    free(toks);
+    codi_context_free(c);
+}
+
+/* Splitting one prompt across decode calls and batches gives the same
+ * logits as one batch. */
+static void test_batch_split_consistent(void **state) {
+    (void)state;
+    const char *text = "The quick brown fox jumps over the lazy dog. It was a sunny day";
+    int32_t toks[64];
+    int32_t n = codi_tokenize(g_model, text, strlen(text), toks, 64, true, false);
+    assert_true(n > 8);
+    codi_context *a = new_ctx(64), *b;
+    codi_context_params p = codi_context_default_params();
+    p.n_ctx = 64;
+    p.n_batch = 3;
+    p.n_threads = 1;
+    char err[256];
+    assert_int_equal(codi_context_create(g_model, &p, &b, err, sizeof(err)), 0);
+    assert_int_equal(codi_decode(a, toks, n, 0, false, err, sizeof(err)), 0);
+    assert_int_equal(codi_decode(b, toks, 5, 0, false, err, sizeof(err)), 0);
+    assert_int_equal(codi_decode(b, toks + 5, n - 5, 5, false, err, sizeof(err)), 0);
+    const float *la = codi_get_logits(a, -1), *lb = codi_get_logits(b, -1);
+    double maxd = 0.0;
+    for (int32_t i = 0; i < codi_model_n_vocab(g_model); i++)
+        maxd = fmax(maxd, fabs(la[i] - lb[i]));
+    assert_true(maxd < 1e-3);
+    /* out-of-range token and context overflow are errors, not crashes */
+    int32_t bad = codi_model_n_vocab(g_model);
+    assert_int_equal(codi_decode(b, &bad, 1, n, false, err, sizeof(err)), CODI_ERANGE);
+    int32_t many[80] = {0};
+    assert_int_equal(codi_decode(b, many, 80, 0, false, err, sizeof(err)), CODI_ERANGE);
+    assert_int_equal(codi_decode(b, many, 1, 70, false, err, sizeof(err)), CODI_EINVAL);
+    codi_context_free(a);
+    codi_context_free(b);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_batch_split_consistent),
+        cmocka_unit_test(test_logits_vs_llamacpp),
+        cmocka_unit_test(test_greedy_vs_llamacpp),
+        cmocka_unit_test(test_ppl_vs_llamacpp),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
