@@ -1451,8 +1451,10 @@ static int spm_fragment(const codi_vocab *v, scratch *s, const char *text,
 int32_t codi_vocab_tokenize(const codi_vocab *v, const char *text, size_t len,
                             int32_t *tokens, int32_t n_max, bool add_special,
                             bool parse_special) {
-    if (!text)
+    if (!text || len == 0) {
+        text = "";
         len = 0;
+    }
     if (len > INT32_MAX / 4)
         return INT32_MIN; /* offsets inside are 32-bit */
     frags fr = {0};

@@ -444,7 +444,7 @@ static void test_invalid_utf8(void **state) {
     static const char *const cases[] = {
         "\xff", "\x80", "\xc3", "\xe4\xb8", "\xf0\x9f\x98", "\xf4\x90\x80\x80",
         "\xf7\xbf\xbf\xbf", "\xf8\x88\x80\x80\x80", "\xed\xa0\x80",
-        "\xc0\x80", "a\xff" "b\xfe c", "<|im_start|>\xff<|im_end\xff|>",
+        "\xc0\x80", "a\xff\x62\xfe c", "<|im_start|>\xff<|im_end\xff|>",
     };
     char buf[512];
     for (int which = 0; which < 2; which++) {
@@ -693,7 +693,7 @@ static void test_tiny_spm(void **state) {
     gbuf b = {0}, file;
     static const char *const toks[] = {
         "<unk>", "<s>", "</s>", "<0x41>", "<0x0A>", "\xE2\x96\x81",
-        "a",     "b",   "ab",  "\xE2\x96\x81" "ab",
+        "a",     "b",   "ab",  "\xE2\x96\x81\x61\x62",
     };
     const float scores[] = {0, 0, 0, 0, 0, -1, -2, -2, -1, -0.5f};
     const int32_t types[] = {2, 3, 3, 6, 6, 1, 1, 1, 1, 1};
