@@ -70,38 +70,15 @@ static const char *ggml_type_name(int type) {
     return names[type];
 }
 
-/* Elements per block and bytes per block of the tensor types codi
- * implements (ggml numbering). This mirrors codi_type_get() in
- * tensor/types.c; test_gguf checks that the two agree. */
-static const struct {
-    const char *name;
-    int64_t blck;
-    uint64_t tsize;
-} type_sizes[] = {
-    [CODI_TYPE_F32] = {"F32", 1, 4},       [CODI_TYPE_F16] = {"F16", 1, 2},
-    [CODI_TYPE_Q4_0] = {"Q4_0", 32, 18},   [CODI_TYPE_Q4_1] = {"Q4_1", 32, 20},
-    [CODI_TYPE_Q5_0] = {"Q5_0", 32, 22},   [CODI_TYPE_Q5_1] = {"Q5_1", 32, 24},
-    [CODI_TYPE_Q8_0] = {"Q8_0", 32, 34},   [CODI_TYPE_Q8_1] = {"Q8_1", 32, 36},
-    [CODI_TYPE_Q2_K] = {"Q2_K", 256, 84},  [CODI_TYPE_Q3_K] = {"Q3_K", 256, 110},
-    [CODI_TYPE_Q4_K] = {"Q4_K", 256, 144}, [CODI_TYPE_Q5_K] = {"Q5_K", 256, 176},
-    [CODI_TYPE_Q6_K] = {"Q6_K", 256, 210}, [CODI_TYPE_Q8_K] = {"Q8_K", 256, 292},
-    [CODI_TYPE_BF16] = {"BF16", 1, 2},
-};
-
-/* false for a type id codi does not implement. */
+/* Elements per block and bytes per block of a tensor type codi implements
+ * (the traits table in tensor/types.c); false for anything else. */
 static bool type_layout(int type, int64_t *blck, uint64_t *tsize) {
-    if (type < 0 || (size_t)type >= sizeof type_sizes / sizeof type_sizes[0] ||
-        type_sizes[type].blck == 0)
+    const codi_type_traits *t = codi_type_get(type);
+    if (!t || t->blck_size <= 0 || t->type_size == 0)
         return false;
-    *blck = type_sizes[type].blck;
-    *tsize = type_sizes[type].tsize;
+    *blck = t->blck_size;
+    *tsize = t->type_size;
     return true;
-}
-
-static const char *type_name(int type) {
-    int64_t blck;
-    uint64_t tsize;
-    return type_layout(type, &blck, &tsize) ? type_sizes[type].name : "?";
 }
 
 /* ------------------------------------------------------------ reading */
@@ -459,7 +436,7 @@ static int check_tensor(reader *r, const codi_gguf *g, codi_gguf_tensor *t) {
                     "tensor '%s': ne[0] = %lld is not a multiple of the block "
                     "size %lld of type %s",
                     t->name, (long long)t->ne[0], (long long)blck,
-                    type_name(t->type));
+                    codi_type_name(t->type));
     /* Bytes: (ne0 / blck) * tsize * ne1 * ne2 * ne3, each step checked. */
     uint64_t nbytes = (uint64_t)(t->ne[0] / blck);
     bool overflow = nbytes > UINT64_MAX / tsize;
