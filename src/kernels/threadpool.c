@@ -32,7 +32,7 @@ static void *worker_main(void *v) {
     codi_threadpool *p = wa->p;
     int ith = wa->ith;
     free(wa);
-    unsigned seen = atomic_load(&p->gen);
+    unsigned seen = 0; /* gen at creation: a job posted before this thread ran is not missed */
     for (;;) {
         unsigned g;
         int spins = 0;

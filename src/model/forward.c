@@ -295,7 +295,12 @@ static void attn_task(void *arg, int ith, int nth) {
     for (int w = ith; w < total; w += nth) {
         const int b = w / nh, h = w % nh, kh = h / gqa;
         const int n_kv = j->pos + b + 1; /* causal: positions 0..pos+b */
-        const float *q = c->q + (size_t)b * dq + (size_t)h * hd;
+        /* llama.cpp multiplies the fp16 cache with fp16-rounded queries and
+         * fp16-rounded attention weights; round the same way. */
+        float q[1024];
+        const float *qs = c->q + (size_t)b * dq + (size_t)h * hd;
+        for (int i = 0; i < hd; i++)
+            q[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qs[i]));
         for (int t = 0; t < n_kv; t++) {
             const uint16_t *k = kl + (size_t)t * dkv + (size_t)kh * hd;
             float s = 0.0f;
@@ -308,7 +313,7 @@ static void attn_task(void *arg, int ith, int nth) {
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int t = 0; t < n_kv; t++) {
             const uint16_t *v = vl + (size_t)t * dkv + (size_t)kh * hd;
-            const float p = sc[t];
+            const float p = codi_fp16_to_fp32(codi_fp32_to_fp16(sc[t]));
             for (int i = 0; i < hd; i++)
                 o[i] += p * codi_fp16_to_fp32(v[i]);
         }
