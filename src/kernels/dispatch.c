@@ -1,42 +1,132 @@
+/* Runtime choice of kernels: the CPU is probed once; AVX2 kernels
+ * (kernels/avx2.c) are used when the CPU has AVX2, FMA and F16C and the
+ * environment does not set CODI_FORCE_SCALAR to a non-empty value other
+ * than "0"; otherwise the references from src/tensor/. */
 #include "kernels/kernels.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/avx2.h"
+#include "tensor/quants.h"
 
 static codi_cpu_features g_features;
-static int g_probed;
+static int g_use_avx2;
+static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
+
+static void probe(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    /* libgcc/compiler-rt also check that the OS saves the YMM state. */
+    g_features.avx2 = __builtin_cpu_supports("avx2");
+    g_features.fma = __builtin_cpu_supports("fma");
+    {
+        unsigned a, b, c, d;
+        __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+        g_features.f16c = (c >> 29) & 1;
+    }
+#endif
+    const char *force = getenv("CODI_FORCE_SCALAR");
+    const int forced = force && *force && strcmp(force, "0") != 0;
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    g_use_avx2 = !forced && g_features.avx2 && g_features.fma && g_features.f16c;
+#else
+    (void)forced;
+#endif
+}
 
 const codi_cpu_features *codi_cpu_get_features(void) {
-    if (!g_probed) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_cpu_init();
-        g_features.avx2 = __builtin_cpu_supports("avx2");
-        g_features.fma = __builtin_cpu_supports("fma");
-        g_features.f16c = 0;
-        {
-            unsigned a, b, c, d;
-            __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
-            g_features.f16c = (c >> 29) & 1;
-        }
-#endif
-        g_probed = 1;
-    }
+    pthread_once(&g_probe_once, probe);
     return &g_features;
+}
+
+static int use_avx2(void) {
+    pthread_once(&g_probe_once, probe);
+    return g_use_avx2;
+}
+
+const char *codi_kernel_backend(void) {
+    return use_avx2() ? "avx2" : "scalar";
 }
 
 codi_vec_dot_fn codi_kernel_vec_dot(int type) {
     const codi_type_traits *t = codi_type_get(type);
-    return t ? t->vec_dot : NULL;
+    if (!t)
+        return NULL;
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        switch (type) {
+        case CODI_TYPE_F32: return codi_vec_dot_f32_avx2;
+        case CODI_TYPE_F16: return codi_vec_dot_f16_avx2;
+        case CODI_TYPE_Q4_0: return codi_vec_dot_q4_0_q8_0_avx2;
+        case CODI_TYPE_Q4_1: return codi_vec_dot_q4_1_q8_1_avx2;
+        case CODI_TYPE_Q5_0: return codi_vec_dot_q5_0_q8_0_avx2;
+        case CODI_TYPE_Q5_1: return codi_vec_dot_q5_1_q8_1_avx2;
+        case CODI_TYPE_Q8_0: return codi_vec_dot_q8_0_q8_0_avx2;
+        case CODI_TYPE_Q2_K: return codi_vec_dot_q2_K_q8_K_avx2;
+        case CODI_TYPE_Q3_K: return codi_vec_dot_q3_K_q8_K_avx2;
+        case CODI_TYPE_Q4_K: return codi_vec_dot_q4_K_q8_K_avx2;
+        case CODI_TYPE_Q5_K: return codi_vec_dot_q5_K_q8_K_avx2;
+        case CODI_TYPE_Q6_K: return codi_vec_dot_q6_K_q8_K_avx2;
+        default: break;
+        }
+    }
+#endif
+    return t->vec_dot;
 }
 
 codi_from_float_fn codi_kernel_from_float(int type) {
     const codi_type_traits *t = codi_type_get(type);
-    return t ? t->from_float : NULL;
+    if (!t)
+        return NULL;
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        switch (type) {
+        case CODI_TYPE_F16: return codi_quantize_row_f16_avx2;
+        case CODI_TYPE_Q8_0: return codi_quantize_row_q8_0_avx2;
+        case CODI_TYPE_Q8_1: return codi_quantize_row_q8_1_avx2;
+        case CODI_TYPE_Q8_K: return codi_quantize_row_q8_K_avx2;
+        default: break;
+        }
+    }
+#endif
+    return t->from_float;
 }
 
 codi_to_float_fn codi_kernel_to_float(int type) {
     const codi_type_traits *t = codi_type_get(type);
-    return t ? t->to_float : NULL;
+    if (!t)
+        return NULL;
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2() && type == CODI_TYPE_F16)
+        return codi_dequantize_row_f16_avx2;
+#endif
+    return t->to_float;
+}
+
+void codi_fp16_to_fp32_row(const uint16_t *x, float *y, int64_t n) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_fp16_to_fp32_row_avx2(x, y, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        y[i] = codi_fp16_to_fp32(x[i]);
+}
+
+void codi_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_fp32_to_fp16_row_avx2(x, y, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        y[i] = codi_fp32_to_fp16(x[i]);
 }
 
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {

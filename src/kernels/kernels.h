@@ -14,6 +14,11 @@ typedef struct codi_cpu_features {
 
 const codi_cpu_features *codi_cpu_get_features(void);
 
+/* "avx2" or "scalar": which kernels the selectors below hand out. The
+ * choice is made once per process: AVX2+FMA+F16C present, and
+ * CODI_FORCE_SCALAR unset (or "0"). */
+const char *codi_kernel_backend(void);
+
 /* Dot product kernel for weights of type `type` against activations of
  * codi_type_get(type)->vec_dot_type. NULL for an unsupported type. */
 codi_vec_dot_fn codi_kernel_vec_dot(int type);
@@ -21,6 +26,11 @@ codi_vec_dot_fn codi_kernel_vec_dot(int type);
 codi_from_float_fn codi_kernel_from_float(int type);
 /* Dequantize one row of `type`. */
 codi_to_float_fn codi_kernel_to_float(int type);
+
+/* fp16 <-> fp32 rows, element for element equal to codi_fp16_to_fp32 /
+ * codi_fp32_to_fp16 (round to nearest even); F16C when available. */
+void codi_fp16_to_fp32_row(const uint16_t *x, float *y, int64_t n);
+void codi_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n);
 
 /* Small fused float ops (scalar here; vectorised by the compiler). */
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps);

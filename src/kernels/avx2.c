@@ -1,0 +1,695 @@
+/* AVX2 + FMA + F16C kernels; see avx2.h for the contract. CMake compiles
+ * every file named *avx2* with -mavx2 -mfma -mf16c, so nothing here may run
+ * before dispatch.c has probed the CPU.
+ *
+ * The integer technique is ggml's x86 one:
+ *   - maddubs multiplies unsigned by signed bytes and adds adjacent pairs
+ *     into int16; madd against ones (or against per-sub-block scales)
+ *     adds those pairs into int32. Every bound below keeps the int16 step
+ *     from saturating as long as the activations lie in -127..127.
+ *   - a signed x signed product is |x| * (y with x's sign), so that
+ *     maddubs applies (sign_epi8 does both halves).
+ *   - weight offsets (-8, -16, -32, -4) are applied either to the bytes
+ *     before the product or as a second maddubs of the offset.
+ * Float accumulation follows ggml's AVX2 code (per-lane FMA, the same
+ * horizontal sums), so results track llama.cpp on x86 as well as the
+ * reference. */
+#include "kernels/avx2.h"
+
+#if defined(CODI_HAVE_AVX2_KERNELS)
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "common.h"
+#include "tensor/blocks.h"
+#include "tensor/types.h"
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF /* fused ops only where written as such */
+#endif
+
+/* ---- helpers ---- */
+
+static inline int64_t nblocks(int64_t n, int64_t bs) {
+    CODI_ASSERT(n >= 0 && n % bs == 0);
+    return n / bs;
+}
+
+static inline float fp16(uint16_t h) { return _cvtsh_ss(h); }
+
+static inline uint16_t to_fp16(float f) {
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+
+/* Sum of 8 floats: upper half onto lower, then 4 -> 2 -> 1. */
+static inline float hsum_f32x8(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+static inline float hsum_f32x4(__m128 r) {
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+static inline int hsum_i32x8(__m256i v) {
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(v),
+                              _mm256_extracti128_si256(v, 1));
+    r = _mm_add_epi32(r, _mm_unpackhi_epi64(r, r));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(r);
+}
+
+static inline int hsum_i32x4(__m128i r) {
+    r = _mm_add_epi32(r, _mm_unpackhi_epi64(r, r));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(r);
+}
+
+static inline __m256i load256(const void *p) {
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* 16 bytes of nibble pairs -> 32 bytes 0..15: the low nibbles (elements
+ * 0..15 of a legacy block), then the high ones (16..31). */
+static inline __m256i unpack_nibbles_32(const uint8_t *p) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)p);
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(v),
+                                                 _mm_srli_epi16(v, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+/* Little-endian 32-bit mask -> 32 bytes, byte j 0xFF where bit j is set. */
+static inline __m256i expand_bits_32(const uint8_t *p) {
+    uint32_t bits;
+    memcpy(&bits, p, sizeof bits);
+    /* Byte j takes source byte j / 8 (the shuffle works per 128-bit lane,
+     * and every lane holds all four source bytes). */
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1,
+                                          1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), pick);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+}
+
+/* Sums of four adjacent products x*y as 8 int32, x unsigned. The int16
+ * pair step is exact while 2 * x * |y| <= 32767: x <= 128 with |y| <= 127. */
+static inline __m256i dot_u8_i8(__m256i ux, __m256i y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ux, y), _mm256_set1_epi16(1));
+}
+
+/* The same for signed x: |x| * (y signed like x). */
+static inline __m256i dot_i8_i8(__m256i x, __m256i y) {
+    return dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+/* Sixteen int16: eight copies of scale byte 2k (sign-extended), then eight
+ * of byte 2k + 1. Matches a maddubs result over 32 bytes that span two
+ * 16-element sub-blocks. */
+static inline __m256i scale_pair_i16(__m128i scales8, int k) {
+    const __m128i idx = _mm_add_epi8(
+        _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        _mm_set1_epi8((char)(2 * k)));
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, idx));
+}
+
+/* Sixteen int16 copies of byte k of a 16-byte vector held in both lanes. */
+static inline __m256i scale_bcast_i16(__m256i scales8x2, int k) {
+    return _mm256_shuffle_epi8(scales8x2, _mm256_set1_epi16((short)(0x8000 | k)));
+}
+
+/* ---- F32, F16 ---- */
+
+/* Four accumulators of eight, reduced as ggml's GGML_F32_VEC_REDUCE. */
+static inline float reduce_f32x8x4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    a0 = _mm256_add_ps(a0, a2);
+    a1 = _mm256_add_ps(a1, a3);
+    a0 = _mm256_add_ps(a0, a1);
+    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(a0),
+                                 _mm256_extractf128_ps(a0, 1));
+    const __m128 t1 = _mm_hadd_ps(t0, t0);
+    return _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+}
+
+void codi_vec_dot_f32_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    double sum = reduce_f32x8x4(a0, a1, a2, a3);
+    for (; i < n; i++)
+        sum += (double)(x[i] * y[i]);
+    *s = (float)sum;
+}
+
+static inline __m256 load_f16x8(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+void codi_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const uint16_t *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
+    }
+    double sum = reduce_f32x8x4(a0, a1, a2, a3);
+    for (; i < n; i++)
+        sum += (double)(fp16(x[i]) * fp16(y[i]));
+    *s = (float)sum;
+}
+
+/* ---- legacy quants: one 32-element block per step ---- */
+
+void codi_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q4_0 *x = vx;
+    const codi_block_q8_0 *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
+        /* q - 8 in -8..7 */
+        const __m256i qx = _mm256_sub_epi8(unpack_nibbles_32(x[i].qs),
+                                           _mm256_set1_epi8(8));
+        const __m256i p = dot_i8_i8(qx, load256(y[i].qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    *s = hsum_f32x8(acc);
+}
+
+void codi_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q4_1 *x = vx;
+    const codi_block_q8_1 *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK);
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f; /* the offsets m times the activation sums s */
+    for (int64_t i = 0; i < nb; i++) {
+        summs += fp16(x[i].m) * fp16(y[i].s);
+        const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
+        const __m256i p = dot_u8_i8(unpack_nibbles_32(x[i].qs), load256(y[i].qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    *s = hsum_f32x8(acc) + summs;
+}
+
+void codi_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q5_0 *x = vx;
+    const codi_block_q8_0 *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
+        /* q - 16 as a byte: the nibble, with 0xF0 (-16) or-ed in where the
+         * fifth bit is clear. */
+        const __m256i hi = _mm256_andnot_si256(expand_bits_32(x[i].qh),
+                                               _mm256_set1_epi8((char)0xF0));
+        const __m256i qx = _mm256_or_si256(unpack_nibbles_32(x[i].qs), hi);
+        const __m256i p = dot_i8_i8(qx, load256(y[i].qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    *s = hsum_f32x8(acc);
+}
+
+void codi_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q5_1 *x = vx;
+    const codi_block_q8_1 *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK);
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        summs += fp16(x[i].m) * fp16(y[i].s);
+        const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
+        const __m256i hi = _mm256_and_si256(expand_bits_32(x[i].qh),
+                                            _mm256_set1_epi8(0x10));
+        const __m256i qx = _mm256_or_si256(unpack_nibbles_32(x[i].qs), hi);
+        const __m256i p = dot_u8_i8(qx, load256(y[i].qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    *s = hsum_f32x8(acc) + summs;
+}
+
+void codi_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q8_0 *x = vx;
+    const codi_block_q8_0 *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
+        const __m256i p = dot_i8_i8(load256(x[i].qs), load256(y[i].qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    *s = hsum_f32x8(acc);
+}
+
+/* ---- k-quants: one 256-element super-block per step ---- */
+
+/* Q2_K: 16 sub-blocks of 16, 4-bit scale and 4-bit min in each byte of
+ * scales[]. Quants for elements 128h + 32t + l sit at bits 2t of
+ * qs[32h + l]. */
+void codi_vec_dot_q2_K_q8_K_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q2_K *x = vx;
+    const codi_block_q8_K *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK_K);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16(x[i].d);
+        const float mdmin = -y[i].d * fp16(x[i].dmin);
+
+        const __m128i sm = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m128i scales8 = _mm_and_si128(sm, m4);
+        const __m128i mins8 = _mm_and_si128(_mm_srli_epi16(sm, 4), m4);
+        /* mins against the 16-element sums of y */
+        const __m256i mp = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins8),
+                                             load256(y[i].bsums));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(mdmin), _mm256_cvtepi32_ps(mp), acc);
+
+        const uint8_t *q2 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++, q2 += 32, q8 += 128) {
+            const __m256i bits = load256(q2);
+            const __m256i q0 = _mm256_and_si256(bits, m3);
+            const __m256i q1 = _mm256_and_si256(_mm256_srli_epi16(bits, 2), m3);
+            const __m256i q2v = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m3);
+            const __m256i q3 = _mm256_and_si256(_mm256_srli_epi16(bits, 6), m3);
+            const __m256i p0 = _mm256_madd_epi16(scale_pair_i16(scales8, 4 * h + 0),
+                                                 _mm256_maddubs_epi16(q0, load256(q8)));
+            const __m256i p1 = _mm256_madd_epi16(scale_pair_i16(scales8, 4 * h + 1),
+                                                 _mm256_maddubs_epi16(q1, load256(q8 + 32)));
+            const __m256i p2 = _mm256_madd_epi16(scale_pair_i16(scales8, 4 * h + 2),
+                                                 _mm256_maddubs_epi16(q2v, load256(q8 + 64)));
+            const __m256i p3 = _mm256_madd_epi16(scale_pair_i16(scales8, 4 * h + 3),
+                                                 _mm256_maddubs_epi16(q3, load256(q8 + 96)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1),
+                                                           _mm256_add_epi32(p2, p3)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_f32x8(acc);
+}
+
+/* The sixteen 6-bit Q3_K scales, offset removed (-32..31), as bytes. */
+static inline __m128i q3_K_scales(const uint8_t *packed) {
+    uint32_t a[3];
+    memcpy(a, packed, sizeof a);
+    const uint32_t lo4 = 0x0F0F0F0Fu, lo2 = 0x03030303u;
+    const __m128i sc = _mm_setr_epi32(
+        (int)((a[0] & lo4) | (((a[2] >> 0) & lo2) << 4)),        /* 0..3 */
+        (int)((a[1] & lo4) | (((a[2] >> 2) & lo2) << 4)),        /* 4..7 */
+        (int)(((a[0] >> 4) & lo4) | (((a[2] >> 4) & lo2) << 4)), /* 8..11 */
+        (int)(((a[1] >> 4) & lo4) | (((a[2] >> 6) & lo2) << 4))); /* 12..15 */
+    return _mm_sub_epi8(sc, _mm_set1_epi8(32));
+}
+
+/* Q3_K: as Q2_K's layout, plus hmask bit 4h + t of byte l for element
+ * 128h + 32t + l; a clear bit means -4. Computed as
+ * maddubs(low2, y) - maddubs(4 * !bit, y). */
+void codi_vec_dot_q3_K_q8_K_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q3_K *x = vx;
+    const codi_block_q8_K *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK_K);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m256i four = _mm256_set1_epi8(4);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16(x[i].d);
+        const __m128i scales8 = q3_K_scales(x[i].scales);
+        const __m256i hbits = load256(x[i].hmask);
+        const uint8_t *q3 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++, q3 += 32) {
+            const __m256i bits = load256(q3);
+            for (int t = 0; t < 4; t++, q8 += 32) {
+                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * t), m3);
+                const __m256i hb = _mm256_and_si256(hbits,
+                                                    _mm256_set1_epi8((char)(1u << (4 * h + t))));
+                const __m256i sub = _mm256_and_si256(_mm256_cmpeq_epi8(hb, zero), four);
+                const __m256i qy = load256(q8);
+                const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, qy),
+                                                     _mm256_maddubs_epi16(sub, qy));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair_i16(scales8, 4 * h + t), p16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_f32x8(acc);
+}
+
+/* The eight 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a
+ * Q4_K/Q5_K block: codi_k4_scale_min for j = 0..7 at once. */
+static inline __m128i k4_scales_mins(const uint8_t *packed) {
+    uint32_t a[3];
+    memcpy(a, packed, sizeof a);
+    const uint32_t lo6 = 0x3F3F3F3Fu, lo4 = 0x0F0F0F0Fu, lo2 = 0x03030303u;
+    return _mm_setr_epi32(
+        (int)(a[0] & lo6),                                       /* sc 0..3 */
+        (int)((a[2] & lo4) | (((a[0] >> 6) & lo2) << 4)),        /* sc 4..7 */
+        (int)(a[1] & lo6),                                       /* m 0..3 */
+        (int)(((a[2] >> 4) & lo4) | (((a[1] >> 6) & lo2) << 4))); /* m 4..7 */
+}
+
+/* Sum over the eight 32-element sub-blocks of min[j] * (bsums[2j] +
+ * bsums[2j+1]), as four int32 partial sums. */
+static inline __m128i k4_mins_dot(__m128i sm, const int16_t *bsums) {
+    const __m128i b0 = _mm_loadu_si128((const __m128i *)bsums);
+    const __m128i b1 = _mm_loadu_si128((const __m128i *)(bsums + 8));
+    const __m128i ysum = _mm_hadd_epi16(b0, b1); /* |sum| <= 4064 */
+    return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)), ysum);
+}
+
+/* Q4_K: 4 chunks of 64; low nibbles of qs[32c + l] are element 64c + l
+ * (sub-block 2c), high nibbles element 64c + 32 + l (sub-block 2c + 1). */
+void codi_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q4_K *x = vx;
+    const codi_block_q8_K *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16(x[i].d);
+        const float mdmin = -y[i].d * fp16(x[i].dmin);
+        const __m128i sm = k4_scales_mins(x[i].scales);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(mdmin),
+                             _mm_cvtepi32_ps(k4_mins_dot(sm, y[i].bsums)), acc_m);
+
+        const __m256i sm2 = _mm256_broadcastsi128_si256(sm);
+        const uint8_t *q4 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++, q4 += 32, q8 += 64) {
+            const __m256i bits = load256(q4);
+            const __m256i lo = _mm256_and_si256(bits, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            const __m256i pl = _mm256_madd_epi16(scale_bcast_i16(sm2, 2 * c),
+                                                 _mm256_maddubs_epi16(lo, load256(q8)));
+            const __m256i ph = _mm256_madd_epi16(scale_bcast_i16(sm2, 2 * c + 1),
+                                                 _mm256_maddubs_epi16(hi, load256(q8 + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_f32x8(acc) + hsum_f32x4(acc_m);
+}
+
+/* Q5_K: Q4_K plus a fifth bit: bit 2c of qh[l] for the low nibble of
+ * chunk c, bit 2c + 1 for the high one. */
+void codi_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q5_K *x = vx;
+    const codi_block_q8_K *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16(x[i].d);
+        const float mdmin = -y[i].d * fp16(x[i].dmin);
+        const __m128i sm = k4_scales_mins(x[i].scales);
+        summs += mdmin * (float)hsum_i32x4(k4_mins_dot(sm, y[i].bsums));
+
+        const __m256i sm2 = _mm256_broadcastsi128_si256(sm);
+        __m256i hbits = load256(x[i].qh);
+        const uint8_t *q5 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++, q5 += 32, q8 += 64) {
+            /* bits 0 and 1 of each byte of hbits belong to this chunk;
+             * the 16-bit shifts spill only into bits that are masked off */
+            const __m256i bits = load256(q5);
+            const __m256i lo = _mm256_or_si256(
+                _mm256_and_si256(bits, m4),
+                _mm256_and_si256(_mm256_slli_epi16(hbits, 4), b4));
+            const __m256i hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+                _mm256_and_si256(_mm256_slli_epi16(hbits, 3), b4));
+            hbits = _mm256_srli_epi16(hbits, 2);
+            const __m256i pl = _mm256_madd_epi16(scale_bcast_i16(sm2, 2 * c),
+                                                 _mm256_maddubs_epi16(lo, load256(q8)));
+            const __m256i ph = _mm256_madd_epi16(scale_bcast_i16(sm2, 2 * c + 1),
+                                                 _mm256_maddubs_epi16(hi, load256(q8 + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_f32x8(acc) + summs;
+}
+
+/* Q6_K: per half h (128 elements), ql[64h + l] holds elements l (low
+ * nibble) and l + 64 (high), ql[64h + 32 + l] elements l + 32 and l + 96;
+ * qh[32h + l] holds their two top bits at bits 0, 2, 4, 6. The -32 offset
+ * is a second maddubs of 32 * y. */
+void codi_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx,
+                                 const void *vy) {
+    const codi_block_q6_K *x = vx;
+    const codi_block_q8_K *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m30 = _mm256_set1_epi8(0x30);
+    const __m256i m32 = _mm256_set1_epi8(32);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16(x[i].d);
+        const __m128i scales8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const uint8_t *ql = x[i].ql;
+        const uint8_t *qh = x[i].qh;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++, ql += 64, qh += 32, q8 += 128) {
+            const __m256i l1 = load256(ql);
+            const __m256i l2 = load256(ql + 32);
+            const __m256i hb = load256(qh);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l2, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_and_si256(hb, m30));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+            for (int t = 0; t < 4; t++) {
+                const __m256i qy = load256(q8 + 32 * t);
+                const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[t], qy),
+                                                     _mm256_maddubs_epi16(m32, qy));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair_i16(scales8, 4 * h + t), p16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_f32x8(acc);
+}
+
+/* ---- activation quantizers ---- */
+
+static inline float hmax_f32x8(__m256 v) {
+    __m128 r = _mm_max_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_max_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+static inline __m256 abs_f32x8(__m256 v) {
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+/* roundf() on eight floats: nearest, halves away from zero (the reference
+ * rounds so; round_ps has only ties-to-even). v - trunc(v) is exact. */
+static inline __m256 round_half_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
+    return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+
+/* Thirty-two int32 (in -128..127) -> 32 int8 in order. */
+static inline void store_i8x32(int8_t *dst, __m256i a, __m256i b, __m256i c, __m256i e) {
+    /* packs work per 128-bit lane: the result holds 4-element groups in
+     * the order 0 2 4 6 1 3 5 7; the permute puts them back. */
+    const __m256i ab = _mm256_packs_epi32(a, b);
+    const __m256i ce = _mm256_packs_epi32(c, e);
+    const __m256i all = _mm256_packs_epi16(ab, ce);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    _mm256_storeu_si256((__m256i *)dst, _mm256_permutevar8x32_epi32(all, perm));
+}
+
+/* The low byte of each int32, sign-extended: what the reference's
+ * (int8_t) cast of a float converted by cvttss2si leaves. Only a row of
+ * magnitude below ~1e-36 (1 / d overflows) gets values outside -127..127. */
+static inline __m256i low_byte_i32(__m256i v) {
+    return _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 24);
+}
+
+/* One 32-element block, as codi_quantize_row_q8_0_ref; returns the quant
+ * sum (for Q8_1) and writes the fp16 scale to *dh, d to *dout. */
+static inline int quantize_block_q8(const float *x, int8_t *qs, uint16_t *dh,
+                                    float *dout) {
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        amax = _mm256_max_ps(amax, abs_f32x8(v[k]));
+    }
+    const float d = hmax_f32x8(amax) / 127;
+    const float id = d ? 1.0f / d : 0.0f;
+    *dh = to_fp16(d);
+    *dout = d;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++)
+        q[k] = low_byte_i32(_mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[k], vid))));
+    store_i8x32(qs, q[0], q[1], q[2], q[3]);
+    return hsum_i32x8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]),
+                                       _mm256_add_epi32(q[2], q[3])));
+}
+
+void codi_quantize_row_q8_0_avx2(const float *x, void *vy, int64_t n) {
+    codi_block_q8_0 *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK);
+    for (int64_t i = 0; i < nb; i++, x += CODI_QK) {
+        float d;
+        (void)quantize_block_q8(x, y[i].qs, &y[i].d, &d);
+    }
+}
+
+void codi_quantize_row_q8_1_avx2(const float *x, void *vy, int64_t n) {
+    codi_block_q8_1 *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK);
+    for (int64_t i = 0; i < nb; i++, x += CODI_QK) {
+        float d;
+        const int sum = quantize_block_q8(x, y[i].qs, &y[i].d, &d);
+        y[i].s = to_fp16(sum * d);
+    }
+}
+
+/* Sums of four groups of 16 quants: g[k] = q[2k] + q[2k + 1] (eight
+ * elements each) -> their four totals, in order. */
+static inline __m128i sum16_x4(const __m256i *q) {
+    const __m256i s0 = _mm256_add_epi32(q[0], q[1]);
+    const __m256i s1 = _mm256_add_epi32(q[2], q[3]);
+    const __m256i s2 = _mm256_add_epi32(q[4], q[5]);
+    const __m256i s3 = _mm256_add_epi32(q[6], q[7]);
+    /* per lane: [s0 s1 s2 s3] partial sums of its four elements */
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1),
+                                        _mm256_hadd_epi32(s2, s3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+void codi_quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n) {
+    codi_block_q8_K *y = vy;
+    const int64_t nb = nblocks(n, CODI_QK_K);
+    for (int64_t i = 0; i < nb; i++, x += CODI_QK_K) {
+        __m256 vmax = _mm256_setzero_ps();
+        for (int k = 0; k < CODI_QK_K; k += 8)
+            vmax = _mm256_max_ps(abs_f32x8(_mm256_loadu_ps(x + k)), vmax);
+        const float amax = hmax_f32x8(vmax);
+        if (!amax) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        /* The reference keeps the sign of the first element of largest
+         * magnitude. */
+        float max = 0.0f;
+        const __m256 va = _mm256_set1_ps(amax);
+        for (int k = 0; k < CODI_QK_K; k += 8) {
+            const __m256 v = _mm256_loadu_ps(x + k);
+            const int m = _mm256_movemask_ps(_mm256_cmp_ps(abs_f32x8(v), va, _CMP_EQ_OQ));
+            if (m) {
+                max = x[k + __builtin_ctz((unsigned)m)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+        /* The reference's nearest_int (add 1.5 * 2^23, read the low
+         * mantissa bits: ties to even), its MIN(127, v) and int8_t cast,
+         * step for step, so even a row whose iscale overflows matches. */
+        const __m256 magic = _mm256_set1_ps(12582912.f);
+        const __m256i mant = _mm256_set1_epi32(0x007FFFFF);
+        const __m256i half = _mm256_set1_epi32(0x00400000);
+        const __m256i q127 = _mm256_set1_epi32(127);
+        __m256i q[CODI_QK_K / 8];
+        for (int k = 0; k < CODI_QK_K / 8; k++) {
+            const __m256 f = _mm256_add_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(x + 8 * k)), magic);
+            const __m256i v = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(f), mant), half);
+            q[k] = low_byte_i32(_mm256_min_epi32(v, q127));
+        }
+        for (int k = 0; k < CODI_QK_K / 8; k += 4)
+            store_i8x32(y[i].qs + 8 * k, q[k], q[k + 1], q[k + 2], q[k + 3]);
+        for (int g = 0; g < 2; g++) {
+            const __m128i lo = sum16_x4(q + 16 * g);
+            const __m128i hi = sum16_x4(q + 16 * g + 8);
+            _mm_storeu_si128((__m128i *)(y[i].bsums + 8 * g), _mm_packs_epi32(lo, hi));
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+/* ---- fp16 rows ---- */
+
+/* F16C quiets signalling NaNs; the scalar conversion keeps the payload as
+ * it is. The rare row with a NaN takes the scalar path for those lanes. */
+void codi_fp16_to_fp32_row_avx2(const uint16_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = load_f16x8(x + i);
+        _mm256_storeu_ps(y + i, v);
+        int nan = _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        while (nan) {
+            const int k = __builtin_ctz((unsigned)nan);
+            y[i + k] = codi_fp16_to_fp32(x[i + k]);
+            nan &= nan - 1;
+        }
+    }
+    for (; i < n; i++)
+        y[i] = codi_fp16_to_fp32(x[i]);
+}
+
+void codi_fp32_to_fp16_row_avx2(const float *x, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = to_fp16(x[i]);
+}
+
+void codi_dequantize_row_f16_avx2(const void *x, float *y, int64_t n) {
+    codi_fp16_to_fp32_row_avx2(x, y, n);
+}
+
+void codi_quantize_row_f16_avx2(const float *x, void *y, int64_t n) {
+    codi_fp32_to_fp16_row_avx2(x, y, n);
+}
+
+#else
+typedef int codi_avx2_unused; /* not an x86 build: nothing to compile */
+#endif

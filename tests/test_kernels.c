@@ -1,0 +1,600 @@
+/* Kernels against their reference twins:
+ *   - dispatch: AVX2 kernels chosen when the CPU has them, references under
+ *     CODI_FORCE_SCALAR=1 (checked in a re-executed child, since the choice
+ *     is made once per process);
+ *   - fp16 rows: every half, and floats around every rounding boundary,
+ *     bit-equal to the scalar conversions;
+ *   - activation quantizers Q8_0/Q8_1/Q8_K: byte-equal to the reference on
+ *     random rows, exact rounding ties, zero blocks, tied maxima;
+ *   - dot products of every type: within 1e-5 of the sum of |terms|
+ *     (the integer sums are exact; only the float summation order
+ *     differs), lengths of 1..8 blocks, many seeds.
+ * The AVX2 cases are skipped on a CPU without AVX2+FMA+F16C. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kernels/avx2.h"
+#include "kernels/kernels.h"
+#include "tensor/blocks.h"
+#include "tensor/quants.h"
+#include "tensor/types.h"
+
+/* ---- helpers ---- */
+
+static uint64_t rng_state;
+
+static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
+
+static uint64_t rnd_u64(void) { /* splitmix64 */
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint32_t rnd_u32(void) { return (uint32_t)(rnd_u64() >> 32); }
+
+static double rnd_unit(void) { return (double)(rnd_u64() >> 11) * 0x1.0p-53; }
+
+static float rnd_gauss(void) {
+    double u1 = rnd_unit(), u2 = rnd_unit();
+    if (u1 < 1e-300)
+        u1 = 1e-300;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static int have_avx2(void) {
+    const codi_cpu_features *f = codi_cpu_get_features();
+    return f->avx2 && f->fma && f->f16c;
+}
+
+#define SKIP_WITHOUT_AVX2()                                                  \
+    do {                                                                     \
+        if (!have_avx2()) {                                                  \
+            print_message("no AVX2+FMA+F16C on this CPU: skipped\n");        \
+            skip();                                                          \
+        }                                                                    \
+    } while (0)
+
+/* ---- the table of kernels under test ---- */
+
+typedef struct dot_case {
+    int type;
+    codi_vec_dot_fn avx2;
+} dot_case;
+
+#if defined(CODI_HAVE_AVX2_KERNELS)
+static const dot_case dot_cases[] = {
+    {CODI_TYPE_F32, codi_vec_dot_f32_avx2},
+    {CODI_TYPE_F16, codi_vec_dot_f16_avx2},
+    {CODI_TYPE_Q4_0, codi_vec_dot_q4_0_q8_0_avx2},
+    {CODI_TYPE_Q4_1, codi_vec_dot_q4_1_q8_1_avx2},
+    {CODI_TYPE_Q5_0, codi_vec_dot_q5_0_q8_0_avx2},
+    {CODI_TYPE_Q5_1, codi_vec_dot_q5_1_q8_1_avx2},
+    {CODI_TYPE_Q8_0, codi_vec_dot_q8_0_q8_0_avx2},
+    {CODI_TYPE_Q2_K, codi_vec_dot_q2_K_q8_K_avx2},
+    {CODI_TYPE_Q3_K, codi_vec_dot_q3_K_q8_K_avx2},
+    {CODI_TYPE_Q4_K, codi_vec_dot_q4_K_q8_K_avx2},
+    {CODI_TYPE_Q5_K, codi_vec_dot_q5_K_q8_K_avx2},
+    {CODI_TYPE_Q6_K, codi_vec_dot_q6_K_q8_K_avx2},
+};
+#define N_DOT_CASES (sizeof dot_cases / sizeof dot_cases[0])
+
+typedef struct quant_case {
+    int type;
+    codi_from_float_fn ref, avx2;
+} quant_case;
+
+static const quant_case quant_cases[] = {
+    {CODI_TYPE_Q8_0, codi_quantize_row_q8_0_ref, codi_quantize_row_q8_0_avx2},
+    {CODI_TYPE_Q8_1, codi_quantize_row_q8_1_ref, codi_quantize_row_q8_1_avx2},
+    {CODI_TYPE_Q8_K, codi_quantize_row_q8_K_ref, codi_quantize_row_q8_K_avx2},
+};
+#define N_QUANT_CASES (sizeof quant_cases / sizeof quant_cases[0])
+#endif
+
+/* ---- dispatch ---- */
+
+static const char *g_argv0;
+
+/* Child mode (argv[1] == "--expect-scalar"): every selector must hand out
+ * the reference. Exit status 0 when so. */
+static int child_expect_scalar(void) {
+    if (strcmp(codi_kernel_backend(), "scalar") != 0)
+        return 1;
+    for (int type = 0; type < CODI_TYPE_COUNT; type++) {
+        const codi_type_traits *t = codi_type_get(type);
+        if (!t)
+            continue;
+        if (codi_kernel_vec_dot(type) != t->vec_dot ||
+            codi_kernel_from_float(type) != t->from_float ||
+            codi_kernel_to_float(type) != t->to_float)
+            return 2;
+    }
+    return 0;
+}
+
+static int run_child(const char *force_value) {
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        if (force_value)
+            setenv("CODI_FORCE_SCALAR", force_value, 1);
+        else
+            unsetenv("CODI_FORCE_SCALAR");
+        char *const args[] = {(char *)g_argv0, (char *)"--expect-scalar", NULL};
+        execv("/proc/self/exe", args);
+        _exit(127);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void test_dispatch_selects(void **state) {
+    (void)state;
+    const char *force = getenv("CODI_FORCE_SCALAR");
+    const int forced = force && *force && strcmp(force, "0") != 0;
+    const int avx2 = have_avx2() && !forced;
+    assert_string_equal(codi_kernel_backend(), avx2 ? "avx2" : "scalar");
+
+    assert_null(codi_kernel_vec_dot(-1));
+    assert_null(codi_kernel_vec_dot(CODI_TYPE_COUNT));
+    assert_null(codi_kernel_from_float(5)); /* unused ggml id */
+    assert_null(codi_kernel_to_float(4));
+    /* types without an AVX2 kernel keep the reference */
+    assert_ptr_equal(codi_kernel_vec_dot(CODI_TYPE_BF16),
+                     codi_type_get(CODI_TYPE_BF16)->vec_dot);
+    assert_ptr_equal(codi_kernel_from_float(CODI_TYPE_Q4_0),
+                     codi_type_get(CODI_TYPE_Q4_0)->from_float);
+    assert_ptr_equal(codi_kernel_to_float(CODI_TYPE_Q4_K),
+                     codi_type_get(CODI_TYPE_Q4_K)->to_float);
+    assert_null(codi_kernel_vec_dot(CODI_TYPE_Q8_K));
+
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (avx2) {
+        for (size_t i = 0; i < N_DOT_CASES; i++)
+            assert_ptr_equal(codi_kernel_vec_dot(dot_cases[i].type), dot_cases[i].avx2);
+        for (size_t i = 0; i < N_QUANT_CASES; i++)
+            assert_ptr_equal(codi_kernel_from_float(quant_cases[i].type),
+                             quant_cases[i].avx2);
+        assert_ptr_equal(codi_kernel_from_float(CODI_TYPE_F16), codi_quantize_row_f16_avx2);
+        assert_ptr_equal(codi_kernel_to_float(CODI_TYPE_F16), codi_dequantize_row_f16_avx2);
+    }
+#endif
+}
+
+static void test_dispatch_force_scalar(void **state) {
+    (void)state;
+    assert_int_equal(run_child("1"), 0);
+    assert_int_equal(run_child("yes"), 0);
+    if (have_avx2()) {
+        /* "0" and unset leave AVX2 on: the child's check must fail */
+        assert_int_not_equal(run_child("0"), 0);
+        assert_int_not_equal(run_child(NULL), 0);
+    }
+}
+
+/* ---- fp16 rows ---- */
+
+#define N_HALF 65536
+
+static void test_fp16_to_fp32_all(void **state) {
+    (void)state;
+    uint16_t *h = malloc(N_HALF * sizeof *h);
+    float *got = malloc(N_HALF * sizeof *got);
+    assert_non_null(h);
+    assert_non_null(got);
+    for (int i = 0; i < N_HALF; i++)
+        h[i] = (uint16_t)i;
+    /* through the dispatcher (whatever it chose), then the AVX2 kernel */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 0) {
+            codi_fp16_to_fp32_row(h, got, N_HALF);
+        } else {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+            if (!have_avx2())
+                break;
+            codi_fp16_to_fp32_row_avx2(h, got, N_HALF);
+#else
+            break;
+#endif
+        }
+        for (int i = 0; i < N_HALF; i++) {
+            const uint32_t want = f2u(codi_fp16_to_fp32(h[i]));
+            if (f2u(got[i]) != want)
+                fail_msg("pass %d: half 0x%04x -> 0x%08x, want 0x%08x", pass, i,
+                         f2u(got[i]), want);
+        }
+    }
+    free(h);
+    free(got);
+}
+
+/* Floats that stress rounding: every half, the midpoints between
+ * neighbouring halves and one ulp either side, specials, random bits. */
+static size_t fp16_hard_floats(float *out, size_t cap) {
+    size_t n = 0;
+    for (uint32_t h = 0; h < 0x7C00 && n + 8 <= cap; h++) {
+        const float a = codi_fp16_to_fp32((uint16_t)h);
+        const float b = codi_fp16_to_fp32((uint16_t)(h + 1));
+        const float mid = a + (b - a) / 2; /* exact: halves have 11 bits */
+        const float f[4] = {a, mid, u2f(f2u(mid) - 1), u2f(f2u(mid) + 1)};
+        for (int k = 0; k < 4; k++) {
+            out[n++] = f[k];
+            out[n++] = -f[k];
+        }
+    }
+    const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN,
+                              65504.0f, 65519.99f, 65520.0f, 1e30f, -1e30f,
+                              u2f(1), u2f(0x80000001u), u2f(0x33000000u),
+                              u2f(0x33000001u), u2f(0x7F800001u),
+                              u2f(0x7FC00001u), u2f(0xFFBFFFFFu)};
+    for (size_t k = 0; k < sizeof specials / sizeof specials[0] && n < cap; k++)
+        out[n++] = specials[k];
+    rng_seed(7);
+    while (n < cap)
+        out[n++] = u2f(rnd_u32());
+    return n;
+}
+
+static void test_fp32_to_fp16(void **state) {
+    (void)state;
+    const size_t cap = 8 * 0x7C00 + (1u << 20);
+    float *x = malloc(cap * sizeof *x);
+    uint16_t *got = malloc(cap * sizeof *got);
+    assert_non_null(x);
+    assert_non_null(got);
+    const size_t n = fp16_hard_floats(x, cap);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 0) {
+            codi_fp32_to_fp16_row(x, got, (int64_t)n);
+        } else {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+            if (!have_avx2())
+                break;
+            codi_fp32_to_fp16_row_avx2(x, got, (int64_t)n);
+#else
+            break;
+#endif
+        }
+        for (size_t i = 0; i < n; i++) {
+            const uint16_t want = codi_fp32_to_fp16(x[i]);
+            if (got[i] != want)
+                fail_msg("pass %d: float 0x%08x -> 0x%04x, want 0x%04x", pass,
+                         f2u(x[i]), got[i], want);
+        }
+    }
+    free(x);
+    free(got);
+}
+
+/* Every length 0..40 at every offset 0..7: the vector body, the scalar
+ * tail, and that nothing is written past n. */
+static void test_fp16_row_tails(void **state) {
+    (void)state;
+    SKIP_WITHOUT_AVX2();
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    rng_seed(11);
+    float x[64], y[64];
+    uint16_t h[64], g[64];
+    for (int i = 0; i < 64; i++)
+        x[i] = rnd_gauss() * 100.0f;
+    for (int off = 0; off < 8; off++) {
+        for (int n = 0; n <= 40; n++) {
+            memset(g, 0xAB, sizeof g);
+            codi_fp32_to_fp16_row_avx2(x + off, g + off, n);
+            for (int i = 0; i < 64; i++) {
+                const int in = i >= off && i < off + n;
+                assert_int_equal(g[i], in ? codi_fp32_to_fp16(x[i]) : 0xABAB);
+                h[i] = codi_fp32_to_fp16(x[i]);
+            }
+            memset(y, 0xAB, sizeof y);
+            codi_fp16_to_fp32_row_avx2(h + off, y + off, n);
+            for (int i = 0; i < 64; i++) {
+                const int in = i >= off && i < off + n;
+                assert_int_equal(f2u(y[i]), in ? f2u(codi_fp16_to_fp32(h[i])) : 0xABABABABu);
+            }
+        }
+    }
+#endif
+}
+
+/* ---- activation quantizers ---- */
+
+/* Row fillers. `kind` picks the distribution. */
+static void fill_row(float *x, int64_t n, int kind, int64_t bs) {
+    switch (kind) {
+    case 0: { /* gaussian, one scale per row, anywhere in 1e-6..1e6 */
+        const float sc = powf(10.0f, (float)(rnd_unit() * 12.0 - 6.0));
+        for (int64_t i = 0; i < n; i++)
+            x[i] = rnd_gauss() * sc;
+        break;
+    }
+    case 1: /* halves of integers after scaling by 127 / amax = 1: ties */
+        for (int64_t i = 0; i < n; i++) {
+            const int v = (int)(rnd_u32() % 253) - 126; /* -126..126 */
+            x[i] = (float)v + ((rnd_u32() & 1) ? 0.5f : 0.0f);
+            if (x[i] > 127.0f)
+                x[i] = 127.0f;
+        }
+        for (int64_t b = 0; b < n; b += bs) /* amax exactly 127 */
+            x[b + (int64_t)(rnd_u32() % (uint32_t)bs)] = (rnd_u32() & 1) ? 127.0f : -127.0f;
+        break;
+    case 2: /* blocks of zeros, blocks of a repeated +-max, sparse */
+        for (int64_t b = 0; b < n; b += bs) {
+            const uint32_t mode = rnd_u32() % 4;
+            for (int64_t i = b; i < b + bs; i++) {
+                switch (mode) {
+                case 0: x[i] = (rnd_u32() & 1) ? 0.0f : -0.0f; break;
+                case 1: x[i] = (rnd_u32() & 1) ? 3.5f : -3.5f; break;
+                case 2: x[i] = (rnd_u32() % 8 == 0) ? rnd_gauss() : 0.0f; break;
+                default: x[i] = (float)((int)(rnd_u32() % 9) - 4) * 0.25f; break;
+                }
+            }
+        }
+        break;
+    case 4:
+        for (int64_t i = 0; i < n; i++)
+            x[i] = rnd_gauss() * 1e-39f;
+        break;
+    default: /* tiny, down to where 1 / d still fits a float (below that
+              * the reference casts inf to int8_t: undefined) */
+        for (int64_t i = 0; i < n; i++)
+            x[i] = rnd_gauss() * 1e-34f;
+        break;
+    }
+}
+
+static void test_quantize_bytes(void **state) {
+    (void)state;
+    SKIP_WITHOUT_AVX2();
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    for (size_t c = 0; c < N_QUANT_CASES; c++) {
+        const quant_case *qc = &quant_cases[c];
+        const codi_type_traits *t = codi_type_get(qc->type);
+        const int64_t bs = t->blck_size;
+        float *x = malloc((size_t)(8 * bs) * sizeof *x);
+        uint8_t *a = malloc(8 * t->type_size);
+        uint8_t *b = malloc(8 * t->type_size);
+        assert_non_null(x);
+        assert_non_null(a);
+        assert_non_null(b);
+        for (int seed = 0; seed < 400; seed++) {
+            rng_seed((uint64_t)seed * 131 + c);
+            const int64_t n = bs * (1 + seed % 8);
+            const size_t bytes = codi_row_size(qc->type, n);
+            /* kind 4, Q8_K only: so small that iscale overflows, which the
+             * Q8_K reference handles without undefined behaviour */
+            const int kind = qc->type == CODI_TYPE_Q8_K ? seed % 5 : seed % 4;
+            fill_row(x, n, kind, bs);
+            memset(a, 0x5A, bytes);
+            memset(b, 0xA5, bytes);
+            qc->ref(x, a, n);
+            qc->avx2(x, b, n);
+            if (memcmp(a, b, bytes) != 0) {
+                size_t k = 0;
+                while (a[k] == b[k])
+                    k++;
+                fail_msg("%s seed %d n %lld: byte %zu differs (ref %02x, avx2 %02x)",
+                         t->name, seed, (long long)n, k, a[k], b[k]);
+            }
+        }
+        free(x);
+        free(a);
+        free(b);
+    }
+#endif
+}
+
+/* ---- dot products ---- */
+
+/* A random weight row: random bytes (every quant pattern), then each fp16
+ * field (d, m, dmin) set to a finite value of either sign. */
+static void fill_weights(int type, void *row, int64_t n) {
+    const codi_type_traits *t = codi_type_get(type);
+    const int64_t nb = n / t->blck_size;
+    uint8_t *p = row;
+    if (type == CODI_TYPE_F32) {
+        float *f = row;
+        for (int64_t i = 0; i < n; i++)
+            f[i] = rnd_gauss();
+        return;
+    }
+    if (type == CODI_TYPE_F16) {
+        uint16_t *h = row;
+        for (int64_t i = 0; i < n; i++)
+            h[i] = codi_fp32_to_fp16(rnd_gauss());
+        return;
+    }
+    for (size_t i = 0; i < (size_t)nb * t->type_size; i++)
+        p[i] = (uint8_t)rnd_u32();
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *blk = p + (size_t)b * t->type_size;
+        uint16_t h[2];
+        for (int k = 0; k < 2; k++)
+            h[k] = codi_fp32_to_fp16(rnd_gauss() * 0.01f);
+        size_t off[2] = {0, 0};
+        int nf = 0;
+        switch (type) {
+        case CODI_TYPE_Q4_0: case CODI_TYPE_Q5_0: case CODI_TYPE_Q8_0:
+            off[0] = 0; nf = 1; break;
+        case CODI_TYPE_Q4_1: case CODI_TYPE_Q5_1:
+            off[0] = 0; off[1] = 2; nf = 2; break;
+        case CODI_TYPE_Q2_K:
+            off[0] = offsetof(codi_block_q2_K, d);
+            off[1] = offsetof(codi_block_q2_K, dmin); nf = 2; break;
+        case CODI_TYPE_Q3_K:
+            off[0] = offsetof(codi_block_q3_K, d); nf = 1; break;
+        case CODI_TYPE_Q4_K:
+            off[0] = offsetof(codi_block_q4_K, d);
+            off[1] = offsetof(codi_block_q4_K, dmin); nf = 2; break;
+        case CODI_TYPE_Q5_K:
+            off[0] = offsetof(codi_block_q5_K, d);
+            off[1] = offsetof(codi_block_q5_K, dmin); nf = 2; break;
+        case CODI_TYPE_Q6_K:
+            off[0] = offsetof(codi_block_q6_K, d); nf = 1; break;
+        default: fail_msg("no weight filler for %s", t->name);
+        }
+        for (int k = 0; k < nf; k++)
+            memcpy(blk + off[k], &h[k], 2);
+    }
+}
+
+/* Q8_0 weights may hold -128; the activations may not (see avx2.h). */
+static void test_vec_dot(void **state) {
+    (void)state;
+    SKIP_WITHOUT_AVX2();
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    double worst_all = 0.0;
+    for (size_t c = 0; c < N_DOT_CASES; c++) {
+        const dot_case *dc = &dot_cases[c];
+        const codi_type_traits *t = codi_type_get(dc->type);
+        const codi_type_traits *vt = codi_type_get(t->vec_dot_type);
+        /* float types have block size 1: test 1..8 "blocks" of 32 and
+         * odd lengths up to 300 besides */
+        const int64_t bs = t->blck_size == 1 ? 32 : t->blck_size;
+        const int64_t maxn = 8 * bs > 320 ? 8 * bs : 320; /* whole blocks */
+        float *xf = malloc((size_t)maxn * sizeof *xf);
+        float *wf = malloc((size_t)maxn * sizeof *wf);
+        float *af = malloc((size_t)maxn * sizeof *af);
+        uint8_t *w = malloc(codi_row_size(dc->type, maxn) + 64);
+        uint8_t *a = malloc(codi_row_size(t->vec_dot_type, maxn) + 64);
+        assert_non_null(xf);
+        assert_non_null(wf);
+        assert_non_null(af);
+        assert_non_null(w);
+        assert_non_null(a);
+        double worst = 0.0;
+        for (int seed = 0; seed < 600; seed++) {
+            rng_seed((uint64_t)seed * 7919 + c);
+            int64_t n = bs * (1 + seed % 8);
+            if (t->blck_size == 1 && seed % 3 == 0)
+                n = 1 + (int64_t)(rnd_u32() % 300);
+            fill_weights(dc->type, w, n);
+            for (int64_t i = 0; i < n; i++)
+                xf[i] = rnd_gauss() * ((seed & 1) ? 1.0f : 30.0f);
+            vt->from_float(xf, a, n);
+
+            float ref = 0.0f, got = 0.0f;
+            t->vec_dot(n, &ref, w, a);
+            dc->avx2(n, &got, w, a);
+
+            /* scale: sum of |w_i * a_i| over the dequantized operands */
+            t->to_float(w, wf, n);
+            vt->to_float(a, af, n);
+            double scale = 0.0;
+            for (int64_t i = 0; i < n; i++)
+                scale += fabs((double)wf[i] * af[i]);
+            const double err = fabs((double)got - (double)ref);
+            const double rel = scale > 0 ? err / scale : err;
+            if (rel > worst)
+                worst = rel;
+            if (!(err <= 1e-5 * scale + 1e-30))
+                fail_msg("%s seed %d n %lld: avx2 %.9g ref %.9g (|diff| %.3g, scale %.3g)",
+                         t->name, seed, (long long)n, got, ref, err, scale);
+        }
+        print_message("%-5s worst |avx2 - ref| / sum|terms| = %.2e\n", t->name, worst);
+        if (worst > worst_all)
+            worst_all = worst;
+        free(xf);
+        free(wf);
+        free(af);
+        free(w);
+        free(a);
+    }
+    assert_true(worst_all <= 1e-5);
+#endif
+}
+
+/* Weights from the reference quantizers (realistic scales and quants)
+ * against activations from the AVX2 quantizers, through the dispatcher:
+ * the path the forward pass takes. */
+static void test_vec_dot_quantized_rows(void **state) {
+    (void)state;
+    static const int types[] = {CODI_TYPE_Q4_0, CODI_TYPE_Q4_1, CODI_TYPE_Q5_0,
+                                CODI_TYPE_Q5_1, CODI_TYPE_Q8_0, CODI_TYPE_Q2_K,
+                                CODI_TYPE_Q3_K, CODI_TYPE_Q4_K, CODI_TYPE_Q5_K,
+                                CODI_TYPE_Q6_K, CODI_TYPE_F16,  CODI_TYPE_F32};
+    const int64_t n = 1536;
+    float *x = malloc(n * sizeof *x), *wf = malloc(n * sizeof *wf),
+          *af = malloc(n * sizeof *af);
+    uint8_t *w = malloc(codi_row_size(CODI_TYPE_F32, n));
+    uint8_t *a = malloc(codi_row_size(CODI_TYPE_F32, n));
+    assert_non_null(x);
+    assert_non_null(wf);
+    assert_non_null(af);
+    assert_non_null(w);
+    assert_non_null(a);
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        const codi_type_traits *t = codi_type_get(types[k]);
+        const codi_type_traits *vt = codi_type_get(t->vec_dot_type);
+        for (int seed = 0; seed < 20; seed++) {
+            rng_seed((uint64_t)seed + 1000 * k);
+            for (int64_t i = 0; i < n; i++)
+                x[i] = rnd_gauss() * 0.05f;
+            t->from_float(x, w, n);
+            for (int64_t i = 0; i < n; i++)
+                x[i] = rnd_gauss() * 2.0f;
+            codi_kernel_from_float(t->vec_dot_type)(x, a, n);
+            float ref = 0.0f, got = 0.0f;
+            t->vec_dot(n, &ref, w, a);
+            codi_kernel_vec_dot(types[k])(n, &got, w, a);
+            t->to_float(w, wf, n);
+            vt->to_float(a, af, n);
+            double scale = 0.0;
+            for (int64_t i = 0; i < n; i++)
+                scale += fabs((double)wf[i] * af[i]);
+            if (!(fabs((double)got - ref) <= 1e-5 * scale + 1e-30))
+                fail_msg("%s seed %d: got %.9g ref %.9g scale %.3g", t->name, seed,
+                         got, ref, scale);
+        }
+    }
+    free(x);
+    free(wf);
+    free(af);
+    free(w);
+    free(a);
+}
+
+int main(int argc, char **argv) {
+    g_argv0 = argv[0];
+    if (argc > 1 && strcmp(argv[1], "--expect-scalar") == 0)
+        return child_expect_scalar();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dispatch_selects),
+        cmocka_unit_test(test_dispatch_force_scalar),
+        cmocka_unit_test(test_fp16_to_fp32_all),
+        cmocka_unit_test(test_fp32_to_fp16),
+        cmocka_unit_test(test_fp16_row_tails),
+        cmocka_unit_test(test_quantize_bytes),
+        cmocka_unit_test(test_vec_dot),
+        cmocka_unit_test(test_vec_dot_quantized_rows),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
