@@ -10,6 +10,14 @@
 
 #include "codi.h"
 
+/* 1/d for a quantization scale, or 0 when d is 0 or so small (denormal)
+ * that 1/d overflows: x * inf would give inf/NaN and an undefined
+ * float-to-int conversion. Such blocks quantize to all zeros. */
+static inline float codi_inv_scale(float d) {
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    return id - id == 0.0f ? id : 0.0f; /* 0 for +-inf */
+}
+
 /* Fill a caller's error buffer (may be NULL) and return code. */
 int codi_errorf(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

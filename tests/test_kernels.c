@@ -363,10 +363,13 @@ static void fill_row(float *x, int64_t n, int kind, int64_t bs) {
         for (int64_t i = 0; i < n; i++)
             x[i] = rnd_gauss() * 1e-39f;
         break;
-    default: /* tiny, down to where 1 / d still fits a float (below that
-              * the reference casts inf to int8_t: undefined) */
+    case 3: /* tiny, down to where 1 / d still fits a float */
         for (int64_t i = 0; i < n; i++)
             x[i] = rnd_gauss() * 1e-34f;
+        break;
+    default: /* so tiny that 1 / d overflows: both paths write zeros */
+        for (int64_t i = 0; i < n; i++)
+            x[i] = rnd_gauss() * 1e-41f;
         break;
     }
 }
@@ -389,9 +392,9 @@ static void test_quantize_bytes(void **state) {
             rng_seed((uint64_t)seed * 131 + c);
             const int64_t n = bs * (1 + seed % 8);
             const size_t bytes = codi_row_size(qc->type, n);
-            /* kind 4, Q8_K only: so small that iscale overflows, which the
-             * Q8_K reference handles without undefined behaviour */
-            const int kind = qc->type == CODI_TYPE_Q8_K ? seed % 5 : seed % 4;
+            /* kinds 4 and 5: so small that 1 / d overflows, which every
+             * reference handles without undefined behaviour (zeros) */
+            const int kind = seed % 6;
             fill_row(x, n, kind, bs);
             memset(a, 0x5A, bytes);
             memset(b, 0xA5, bytes);

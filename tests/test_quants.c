@@ -680,6 +680,32 @@ static void test_hand_q8_K(void **state) {
 }
 
 /* Quantizers on inputs whose result is known exactly. */
+/* Blocks of tiny (denormal) values: 1/d overflows; the quantizers must not
+ * multiply by inf (UB in the float-to-int conversion, caught by UBSan) and
+ * must dequantize to finite values near zero. */
+static void test_quantize_tiny(void **state) {
+    (void)state;
+    typedef void (*qfn)(const float *, void *, int64_t);
+    typedef void (*dfn)(const void *, float *, int64_t);
+    const qfn q[] = {codi_quantize_row_q4_0_ref, codi_quantize_row_q4_1_ref, codi_quantize_row_q5_0_ref,
+                     codi_quantize_row_q5_1_ref, codi_quantize_row_q8_0_ref, codi_quantize_row_q8_1_ref};
+    const dfn d[] = {codi_dequantize_row_q4_0_ref, codi_dequantize_row_q4_1_ref, codi_dequantize_row_q5_0_ref,
+                     codi_dequantize_row_q5_1_ref, codi_dequantize_row_q8_0_ref, codi_dequantize_row_q8_1_ref};
+    const float tiny[] = {1e-40f, 3e-39f, 1e-45f};
+    for (size_t t = 0; t < sizeof(tiny) / sizeof(tiny[0]); t++) {
+        float x[32], y[32];
+        for (int i = 0; i < 32; i++)
+            x[i] = (i % 3 == 0 ? -1.0f : 1.0f) * tiny[t] * (float)(i % 5);
+        for (size_t k = 0; k < sizeof(q) / sizeof(q[0]); k++) {
+            unsigned char blk[64];
+            q[k](x, blk, 32);
+            d[k](blk, y, 32);
+            for (int i = 0; i < 32; i++)
+                assert_true(fabsf(y[i]) < 1e-30f);
+        }
+    }
+}
+
 static void test_hand_quantize(void **state) {
     (void)state;
     float x[256];
@@ -1016,6 +1042,7 @@ int main(void) {
         cmocka_unit_test(test_hand_q6_K),
         cmocka_unit_test(test_hand_q8_K),
         cmocka_unit_test(test_hand_quantize),
+        cmocka_unit_test(test_quantize_tiny),
         FIXTURE_TEST(F32),
         FIXTURE_TEST(F16),
         FIXTURE_TEST(BF16),

@@ -13,6 +13,7 @@ enum cli_cmd {
     CMD_PPL = 1 << 2,
     CMD_TOKENIZE = 1 << 3,
     CMD_INSPECT = 1 << 4,
+    CMD_BENCH = 1 << 5,
 };
 
 typedef struct cli_opts {
@@ -30,6 +31,8 @@ typedef struct cli_opts {
     int32_t n_batch;
     int32_t n_predict;
     int32_t chunks;
+    int32_t n_prompt; /* bench: -p N */
+    int32_t reps;     /* bench: -r N */
     codi_sampler_params sp;
     bool no_display_prompt;
 } cli_opts;
@@ -37,6 +40,7 @@ typedef struct cli_opts {
 int cmd_run(const cli_opts *o);
 int cmd_chat(const cli_opts *o);
 int cmd_ppl(const cli_opts *o);
+int cmd_bench(const cli_opts *o);
 
 /* Shared helpers (main.c). */
 int cli_load(const cli_opts *o, codi_model **m, codi_context **c);

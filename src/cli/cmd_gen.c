@@ -138,6 +138,11 @@ int cmd_run(const cli_opts *o) {
         fprintf(stderr, "codi: the prompt is empty\n");
         goto done;
     }
+    if (n > codi_context_n_ctx(c)) {
+        fprintf(stderr, "codi: the prompt has %d tokens but the context holds %d (raise -c)\n", n,
+                codi_context_n_ctx(c));
+        goto done;
+    }
     if (!o->no_display_prompt) {
         fwrite(prompt, 1, len, stdout);
         fflush(stdout);
@@ -147,7 +152,8 @@ int cmd_run(const cli_opts *o) {
     rc = generate(c, m, s, toks, n, 0, o->n_predict, &st, NULL, NULL);
     printf("\n");
     fflush(stdout);
-    print_stats(&st);
+    if (rc == 0)
+        print_stats(&st);
     if (g_interrupted)
         fprintf(stderr, "codi: interrupted\n");
 done:
@@ -262,8 +268,10 @@ int cmd_chat(const cli_opts *o) {
         codi_sampler_reset(s);
         int32_t *gen = NULL, n_gen = 0;
         int grc = generate(c, m, s, toks, n, keep, o->n_predict, &st, &gen, &n_gen);
-        printf("\n");
-        fflush(stdout);
+        if (grc == 0 || n_gen > 0) {
+            printf("\n");
+            fflush(stdout);
+        }
         if (grc) {
             free(toks);
             free(gen);

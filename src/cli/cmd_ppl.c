@@ -153,6 +153,18 @@ int cmd_ppl(const cli_opts *o) {
                         io.path, hdr[1], hdr[2], hdr[3], nv, n_ctx, n_chunks);
                 goto done;
             }
+            /* The whole file must be there before any window is evaluated. */
+            const long long per_win = (long long)n_ctx * 4 +
+                                      (long long)(n_ctx - 1 - first) * (8 + 2 * (long long)nv);
+            const long long want = 24 + (long long)hdr[3] * per_win;
+            long long have = -1;
+            if (fseeko(io.f, 0, SEEK_END) == 0)
+                have = (long long)ftello(io.f);
+            if (have != want || fseeko(io.f, 24, SEEK_SET) != 0) {
+                fprintf(stderr, "codi: '%s' is truncated or has extra data (%lld bytes, expected %lld)\n",
+                        io.path, have, want);
+                goto done;
+            }
             /* tokens must match */
             for (int64_t i = 0; i < (int64_t)hdr[3] * n_ctx; i++) {
                 int32_t t;
@@ -211,7 +223,10 @@ int cmd_ppl(const cli_opts *o) {
                     const double pb = exp((double)blp[i]);
                     kl += pb * ((double)blp[i] - lp[i]);
                 }
-                kls[n_kl++] = kl < 0.0 ? 0.0 : kl;
+                /* Quantized storage of the base can make a KL of ~0 come out
+                 * slightly negative: clamp per position. */
+                kl = kl < 0.0 ? 0.0 : kl;
+                kls[n_kl++] = kl;
                 kl_sum += kl;
                 same_top += argmax(blp, nv) == argmax(lp, nv);
             }

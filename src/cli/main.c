@@ -9,14 +9,14 @@
 
 #include "cli.h"
 
-#define ALL_MODEL (CMD_RUN | CMD_CHAT | CMD_PPL | CMD_TOKENIZE)
+#define ALL_MODEL (CMD_RUN | CMD_CHAT | CMD_PPL | CMD_TOKENIZE | CMD_BENCH)
 #define GEN (CMD_RUN | CMD_CHAT)
-#define EVAL (CMD_RUN | CMD_CHAT | CMD_PPL)
+#define EVAL (CMD_RUN | CMD_CHAT | CMD_PPL | CMD_BENCH)
 
 typedef enum {
     O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
-    O_KLBASE, O_KL, O_CHUNKS, O_NODISP,
+    O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_REPS,
 } opt_id;
 
 typedef struct {
@@ -28,10 +28,12 @@ typedef struct {
 } opt_def;
 
 static const opt_def OPTS[] = {
-    {O_MODEL, "-m", "--model", "FILE", ALL_MODEL, "model file (GGUF)"},
+    {O_MODEL, "-m", "--model", "FILE", ALL_MODEL | CMD_INSPECT, "model file (GGUF)"},
     {O_PROMPT, "-p", "--prompt", "TEXT", CMD_RUN | CMD_TOKENIZE, "prompt text"},
     {O_FILE, "-f", "--file", "FILE", CMD_RUN | CMD_PPL | CMD_TOKENIZE, "read the prompt / text from FILE"},
-    {O_NPREDICT, "-n", "--n-predict", "N", GEN, "tokens to generate (default 128; -1 = until the context is full)"},
+    {O_NPREDICT, "-n", "--n-predict", "N", GEN | CMD_BENCH, "tokens to generate (default 128; run: -1 = until the context is full)"},
+    {O_NPROMPT, NULL, "--n-prompt", "N", CMD_BENCH, "prompt tokens for the pp test (default 512; 0 = skip)"},
+    {O_REPS, "-r", "--repetitions", "N", CMD_BENCH, "counted runs per test after one warm-up (default 5)"},
     {O_TEMP, NULL, "--temp", "T", GEN, "temperature (default 0.8; 0 = greedy)"},
     {O_TOPK, NULL, "--top-k", "K", GEN, "top-k sampling (default 40; 0 = off)"},
     {O_TOPP, NULL, "--top-p", "P", GEN, "top-p sampling (default 0.95; 1 = off)"},
@@ -60,7 +62,8 @@ static const struct {
     {"chat", CMD_CHAT, "codi chat -m MODEL [--system TEXT] [options]", "interactive chat with the model's template"},
     {"ppl", CMD_PPL, "codi ppl -m MODEL -f TEXTFILE [-c CTX] [--kl-base FILE | --kl FILE]", "perplexity (and KL divergence) over a text"},
     {"tokenize", CMD_TOKENIZE, "codi tokenize -m MODEL (-p TEXT | -f FILE)", "print token ids"},
-    {"inspect", CMD_INSPECT, "codi inspect MODEL", "print metadata and the tensor table"},
+    {"bench", CMD_BENCH, "codi bench -m MODEL [--n-prompt N] [-n N] [-r N] [-t N]", "prompt processing and generation speed (like llama-bench)"},
+    {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
 
@@ -171,6 +174,8 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
         case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;
         case O_BATCH: rc = parse_i32(name, val, 1, 1 << 16, &o->n_batch); break;
+        case O_NPROMPT: rc = parse_i32(name, val, 0, 1 << 20, &o->n_prompt); break;
+        case O_REPS: rc = parse_i32(name, val, 1, 1000, &o->reps); break;
         case O_CHUNKS: rc = parse_i32(name, val, 1, 1 << 24, &o->chunks); break;
         case O_TOPK: rc = parse_i32(name, val, 0, 1 << 24, &o->sp.top_k); break;
         case O_REPLAST: rc = parse_i32(name, val, 0, 1 << 24, &o->sp.repeat_last_n); break;
@@ -389,7 +394,8 @@ int main(int argc, char **argv) {
     o.cmd = CMDS[ci].cmd;
     o.cmd_name = CMDS[ci].name;
     o.sp = codi_sampler_default_params();
-    o.n_predict = 128;
+    o.n_predict = o.cmd == CMD_BENCH ? -1 : 128;
+    o.n_prompt = -1;
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);
     if (rc)
@@ -404,6 +410,7 @@ int main(int argc, char **argv) {
     case CMD_PPL: return cmd_ppl(&o);
     case CMD_TOKENIZE: return cmd_tokenize(&o);
     case CMD_INSPECT: return cmd_inspect(&o);
+    case CMD_BENCH: return cmd_bench(&o);
     }
     return 2;
 }

@@ -559,7 +559,7 @@ static inline int quantize_block_q8(const float *x, int8_t *qs, uint16_t *dh,
         amax = _mm256_max_ps(amax, abs_f32x8(v[k]));
     }
     const float d = hmax_f32x8(amax) / 127;
-    const float id = d ? 1.0f / d : 0.0f;
+    const float id = codi_inv_scale(d);
     *dh = to_fp16(d);
     *dout = d;
     const __m256 vid = _mm256_set1_ps(id);

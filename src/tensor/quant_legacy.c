@@ -136,7 +136,7 @@ void codi_quantize_row_q4_0_ref(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < nb; i++, x += CODI_QK) {
         const float max = signed_absmax(x, CODI_QK);
         const float d = max / -8;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = codi_inv_scale(d);
         y[i].d = codi_fp32_to_fp16(d);
         for (int j = 0; j < CODI_QK / 2; j++) {
             const float x0 = x[j] * id;
@@ -168,7 +168,7 @@ void codi_quantize_row_q4_1_ref(const float *x, void *vy, int64_t n) {
         float min, max;
         block_min_max(x, &min, &max);
         const float d = (max - min) / 15;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = codi_inv_scale(d);
         y[i].d = codi_fp32_to_fp16(d);
         y[i].m = codi_fp32_to_fp16(min);
         for (int j = 0; j < CODI_QK / 2; j++) {
@@ -187,7 +187,7 @@ void codi_quantize_row_q5_0_ref(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < nb; i++, x += CODI_QK) {
         const float max = signed_absmax(x, CODI_QK);
         const float d = max / -16;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = codi_inv_scale(d);
         y[i].d = codi_fp32_to_fp16(d);
         uint32_t qh = 0;
         for (int j = 0; j < CODI_QK / 2; j++) {
@@ -210,7 +210,7 @@ void codi_quantize_row_q5_1_ref(const float *x, void *vy, int64_t n) {
         float min, max;
         block_min_max(x, &min, &max);
         const float d = (max - min) / 31;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = codi_inv_scale(d);
         y[i].d = codi_fp32_to_fp16(d);
         y[i].m = codi_fp32_to_fp16(min);
         uint32_t qh = 0;
@@ -240,7 +240,7 @@ void codi_quantize_row_q8_0_ref(const float *x, void *vy, int64_t n) {
     const int64_t nb = nblocks(n);
     for (int64_t i = 0; i < nb; i++, x += CODI_QK) {
         const float d = block_absmax(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = codi_inv_scale(d);
         y[i].d = codi_fp32_to_fp16(d);
         for (int j = 0; j < CODI_QK; j++)
             y[i].qs[j] = (int8_t)roundf(x[j] * id);
@@ -252,7 +252,7 @@ void codi_quantize_row_q8_1_ref(const float *x, void *vy, int64_t n) {
     const int64_t nb = nblocks(n);
     for (int64_t i = 0; i < nb; i++, x += CODI_QK) {
         const float d = block_absmax(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = codi_inv_scale(d);
         y[i].d = codi_fp32_to_fp16(d);
         int sum = 0;
         for (int j = 0; j < CODI_QK; j++) {
