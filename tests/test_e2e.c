@@ -210,8 +210,9 @@ static void test_greedy_vs_llamacpp(void **state) {
             break;
         int ng = read_ids(f, 'G', gen, 256);
         assert_true(ng > 0);
-        if (g_quick && n_prompts >= 2)
-            continue;
+        /* Sanitizer builds compare the first 16 tokens of every prompt. */
+        if (g_quick && ng > 16)
+            ng = 16;
         n_prompts++;
         int rc = codi_decode(c, prompt, np, 0, false, err, sizeof(err));
         assert_int_equal(rc, 0);
@@ -237,8 +238,8 @@ static void test_greedy_vs_llamacpp(void **state) {
     }
     fclose(f);
     codi_context_free(c);
-    printf("greedy vs llama.cpp: %d of %d prompts identical over 32 tokens (%d of %d tokens before the first difference)\n",
-           n_same, n_prompts, tok_same, tok_total);
+    printf("greedy vs llama.cpp: %d of %d prompts identical over %d tokens (%d of %d tokens before the first difference)\n",
+           n_same, n_prompts, g_quick ? 16 : 32, tok_same, tok_total);
     assert_true(n_prompts > 0);
     /* "most prompts": at least 70% identical */
     assert_true(n_same * 10 >= n_prompts * 7);
@@ -246,9 +247,6 @@ static void test_greedy_vs_llamacpp(void **state) {
 
 static void test_ppl_vs_llamacpp(void **state) {
     (void)state;
-    if (g_quick) {
-        skip();
-    }
     FILE *f = fopen(FIX "ppl_smollm2.txt", "r");
     assert_non_null(f);
     char line[512];
