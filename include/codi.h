@@ -86,9 +86,13 @@ int codi_chat_apply(const codi_model *model, const char *tmpl,
 /* -------------------------------------------------------------- context */
 
 typedef struct codi_context_params {
-    int32_t n_ctx;     /* KV cache size in tokens; 0 = min(train ctx, 4096) */
-    int32_t n_batch;   /* max tokens per codi_decode call; 0 = 512 */
+    int32_t n_ctx;     /* KV cache size in tokens (per sequence); 0 =
+                          min(train ctx, 4096) */
+    int32_t n_batch;   /* tokens per forward pass (larger calls are split);
+                          0 = 512 */
     int32_t n_threads; /* 0 = number of cores */
+    int32_t n_seq;     /* independent sequences (server slots), each with
+                          its own KV cache of n_ctx tokens; 0 = 1 */
 } codi_context_params;
 
 codi_context_params codi_context_default_params(void);
@@ -109,8 +113,31 @@ int codi_decode(codi_context *ctx, const int32_t *tokens, int32_t n,
  * NULL if not kept. */
 const float *codi_get_logits(const codi_context *ctx, int32_t i);
 
-/* Forget cached tokens from position pos on. */
+/* Forget cached tokens of sequence 0 from position pos on. */
 void codi_kv_truncate(codi_context *ctx, int32_t pos);
+
+/* A batch of tokens from one or more sequences, evaluated in one pass (each
+ * weight matrix is read once for all of them: continuous batching). */
+typedef struct codi_batch {
+    int32_t n;
+    const int32_t *token; /* [n] */
+    const int32_t *pos;   /* [n] position of each token in its sequence */
+    const int32_t *seq;   /* [n] sequence 0..n_seq-1; NULL: all sequence 0 */
+    const bool *logits;   /* [n] keep this token's logits; NULL: last only */
+} codi_batch;
+
+/* The tokens of each sequence must appear in the batch in order, at
+ * consecutive positions, the first at most the sequence's cached length
+ * (less overwrites a suffix). Afterwards codi_get_logits(ctx, i) gives the
+ * logits of batch token i when they were kept. On error nothing is cached
+ * for any sequence past what it held before. */
+int codi_decode_batch(codi_context *ctx, const codi_batch *batch, char *err,
+                      size_t errlen);
+int32_t codi_context_n_seq(const codi_context *ctx);
+/* Tokens cached for sequence seq (0 for a bad seq). */
+int32_t codi_kv_seq_len(const codi_context *ctx, int32_t seq);
+/* Forget cached tokens of sequence seq from position pos on. */
+void codi_kv_seq_truncate(codi_context *ctx, int32_t seq, int32_t pos);
 
 /* ------------------------------------------------------ file inspection */
 

@@ -331,9 +331,114 @@ static void test_batch_split_consistent(void **state) {
     codi_context_free(b);
 }
 
+static double max_abs_diff(const float *a, const float *b, int32_t n) {
+    double m = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - (double)b[i]));
+    return m;
+}
+
+/* Three sequences evaluated together in one batch (interleaved rows, as a
+ * server's continuous batching does) give each sequence the logits it gets
+ * alone; bad batches are errors that leave the caches untouched. */
+static void test_multi_seq_batch(void **state) {
+    (void)state;
+    const char *texts[3] = {"The capital of France is", "def fibonacci(n):\n    ",
+                            "Once upon a time, in a small village by the sea,"};
+    int32_t toks[3][64], n[3];
+    const int32_t nv = codi_model_n_vocab(g_model);
+    char err[256];
+    float *ref[3][2];
+    int32_t next[3];
+    codi_context *one = new_ctx(64);
+    for (int s = 0; s < 3; s++) {
+        n[s] = codi_tokenize(g_model, texts[s], strlen(texts[s]), toks[s], 64, true, false);
+        assert_true(n[s] > 3 && n[s] < 32);
+        assert_int_equal(codi_decode(one, toks[s], n[s], 0, false, err, sizeof(err)), 0);
+        ref[s][0] = malloc((size_t)nv * sizeof(float));
+        ref[s][1] = malloc((size_t)nv * sizeof(float));
+        memcpy(ref[s][0], codi_get_logits(one, -1), (size_t)nv * sizeof(float));
+        next[s] = (int32_t)(s * 1000 + 17);
+        assert_int_equal(codi_decode(one, &next[s], 1, n[s], false, err, sizeof(err)), 0);
+        memcpy(ref[s][1], codi_get_logits(one, -1), (size_t)nv * sizeof(float));
+    }
+    codi_context_free(one);
+
+    codi_context_params p = codi_context_default_params();
+    p.n_ctx = 64;
+    p.n_seq = 3;
+    p.n_threads = 2;
+    p.n_batch = 16; /* the prompts span more than one pass */
+    codi_context *c;
+    assert_int_equal(codi_context_create(g_model, &p, &c, err, sizeof(err)), 0);
+    assert_int_equal(codi_context_n_seq(c), 3);
+    /* Round-robin the three prompts into one batch. */
+    int32_t bt[96], bp[96], bs[96], last[3] = {-1, -1, -1};
+    bool bl[96];
+    int32_t nb = 0;
+    for (int32_t i = 0; i < 32; i++)
+        for (int s = 0; s < 3; s++)
+            if (i < n[s]) {
+                bt[nb] = toks[s][i];
+                bp[nb] = i;
+                bs[nb] = s;
+                bl[nb] = i == n[s] - 1;
+                if (bl[nb])
+                    last[s] = nb;
+                nb++;
+            }
+    codi_batch b = {nb, bt, bp, bs, bl};
+    assert_int_equal(codi_decode_batch(c, &b, err, sizeof(err)), 0);
+    for (int s = 0; s < 3; s++) {
+        assert_int_equal(codi_kv_seq_len(c, s), n[s]);
+        const float *l = codi_get_logits(c, last[s]);
+        assert_non_null(l);
+        assert_true(max_abs_diff(l, ref[s][0], nv) < 1e-3);
+    }
+    assert_null(codi_get_logits(c, 0)); /* not kept */
+    /* One decode step for all three: seq ids out of order. */
+    int32_t t2[3] = {next[2], next[0], next[1]}, p2[3] = {n[2], n[0], n[1]}, s2[3] = {2, 0, 1};
+    codi_batch b2 = {3, t2, p2, s2, NULL};
+    bool all[3] = {true, true, true};
+    b2.logits = all;
+    assert_int_equal(codi_decode_batch(c, &b2, err, sizeof(err)), 0);
+    for (int i = 0; i < 3; i++)
+        assert_true(max_abs_diff(codi_get_logits(c, i), ref[s2[i]][1], nv) < 1e-3);
+
+    /* Errors: bad sequence, a gap in positions, a position past the cache,
+     * an out-of-range token. None changes what is cached. */
+    int32_t t3[2] = {5, 6}, p3[2], s3[2];
+    codi_batch b3 = {2, t3, p3, s3, NULL};
+    p3[0] = n[0] + 1; p3[1] = n[0] + 2; s3[0] = 0; s3[1] = 3;
+    assert_int_equal(codi_decode_batch(c, &b3, err, sizeof(err)), CODI_EINVAL);
+    s3[1] = 0; p3[1] = n[0] + 3;
+    assert_int_equal(codi_decode_batch(c, &b3, err, sizeof(err)), CODI_EINVAL);
+    p3[0] = n[0] + 5; p3[1] = n[0] + 6;
+    assert_int_equal(codi_decode_batch(c, &b3, err, sizeof(err)), CODI_EINVAL);
+    p3[0] = n[0] + 1; p3[1] = n[0] + 2; t3[1] = nv;
+    assert_int_equal(codi_decode_batch(c, &b3, err, sizeof(err)), CODI_ERANGE);
+    for (int s = 0; s < 3; s++)
+        assert_int_equal(codi_kv_seq_len(c, s), n[s] + 1);
+    /* Truncating one sequence leaves the others alone; re-evaluating its
+     * last token gives the same logits. */
+    codi_kv_seq_truncate(c, 1, n[1]);
+    assert_int_equal(codi_kv_seq_len(c, 1), n[1]);
+    assert_int_equal(codi_kv_seq_len(c, 0), n[0] + 1);
+    int32_t t4 = next[1], p4 = n[1], s4 = 1;
+    codi_batch b4 = {1, &t4, &p4, &s4, NULL};
+    assert_int_equal(codi_decode_batch(c, &b4, err, sizeof(err)), 0);
+    assert_true(max_abs_diff(codi_get_logits(c, -1), ref[1][1], nv) < 1e-3);
+    codi_context_free(c);
+    for (int s = 0; s < 3; s++) {
+        free(ref[s][0]);
+        free(ref[s][1]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_split_consistent),
+        cmocka_unit_test(test_multi_seq_batch),
         cmocka_unit_test(test_logits_vs_llamacpp),
         cmocka_unit_test(test_greedy_vs_llamacpp),
         cmocka_unit_test(test_ppl_vs_llamacpp),

@@ -21,10 +21,12 @@
 
 struct codi_context {
     codi_model *m;
-    int32_t n_ctx, n_batch, n_threads;
+    int32_t n_ctx, n_batch, n_threads, n_seq;
     codi_threadpool *pool;
-    uint16_t *kc, *vc; /* [n_layer][n_ctx][kv_dim] fp16 */
-    int32_t n_past;
+    uint16_t *kc, *vc; /* [n_seq][n_layer][n_ctx][kv_dim] fp16 */
+    int32_t *n_past;   /* [n_seq] tokens cached per sequence */
+    int32_t *row_pos, *row_seq; /* [n_batch] of the pass being evaluated */
+    int32_t *seq_first;         /* [n_seq] scratch for batch validation */
     /* scratch for n_batch tokens */
     float *x, *xn, *q, *k, *v, *att, *g, *u;
     void *xq;
@@ -34,13 +36,15 @@ struct codi_context {
     /* logits of the last decode call */
     float *logits;
     size_t logits_cap; /* rows */
-    int32_t n_logits;  /* rows kept */
-    int32_t logits_first; /* batch index of row 0 */
+    int32_t *logit_row;   /* [logit_row_cap] batch index -> logits row or -1 */
+    size_t logit_row_cap;
+    int32_t *out_idx;     /* [n_batch] rows of a pass whose logits are kept */
     int32_t n_last;       /* tokens in the last decode call */
+    bool has_logits;
 };
 
 codi_context_params codi_context_default_params(void) {
-    codi_context_params p = {0, 512, 0};
+    codi_context_params p = {0, 512, 0, 1};
     return p;
 }
 
@@ -60,8 +64,13 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     *out = NULL;
     codi_context_params p = params ? *params : codi_context_default_params();
     const codi_hparams *hp = &m->hp;
-    if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
-        return codi_errorf(err, errlen, CODI_EINVAL, "context size, batch and threads must not be negative");
+    if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0 || p.n_seq < 0)
+        return codi_errorf(err, errlen, CODI_EINVAL,
+                           "context size, batch, threads and sequences must not be negative");
+    if (p.n_seq == 0)
+        p.n_seq = 1;
+    if (p.n_seq > 1024)
+        return codi_errorf(err, errlen, CODI_EINVAL, "too many sequences (%d)", p.n_seq);
     if (p.n_ctx == 0)
         p.n_ctx = CODI_MIN(hp->n_ctx_train, 4096);
     if (p.n_ctx > (1 << 20))
@@ -83,10 +92,11 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->n_ctx = p.n_ctx;
     c->n_batch = p.n_batch;
     c->n_threads = p.n_threads;
+    c->n_seq = p.n_seq;
     const size_t B = (size_t)p.n_batch, d = (size_t)hp->n_embd,
                  dq = (size_t)hp->n_head * hp->head_dim,
                  dkv = (size_t)hp->n_head_kv * hp->head_dim, ff = (size_t)hp->n_ff;
-    const size_t kv_elems = (size_t)hp->n_layer * (size_t)p.n_ctx * dkv;
+    const size_t kv_elems = (size_t)p.n_seq * (size_t)hp->n_layer * (size_t)p.n_ctx * dkv;
     c->kc = xaligned(kv_elems * sizeof(uint16_t));
     c->vc = xaligned(kv_elems * sizeof(uint16_t));
     size_t wide = CODI_MAX(CODI_MAX(d, dq), ff);
@@ -120,10 +130,18 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->rope_theta = xaligned((size_t)(hp->n_rot / 2) * sizeof(float));
     c->logits_cap = 1;
     c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
+    c->n_past = calloc((size_t)p.n_seq, sizeof(int32_t));
+    c->seq_first = calloc((size_t)p.n_seq, sizeof(int32_t));
+    c->row_pos = calloc(B, sizeof(int32_t));
+    c->row_seq = calloc(B, sizeof(int32_t));
+    c->out_idx = calloc(B, sizeof(int32_t));
+    c->logit_row_cap = B;
+    c->logit_row = calloc(B, sizeof(int32_t));
     c->pool = codi_threadpool_create(p.n_threads);
     if (!c->kc || !c->vc || !c->x || !c->xn || !c->q || !c->k || !c->v ||
         !c->att || !c->g || !c->u || !c->xq || !c->scores || !c->rope_theta ||
-        !c->logits || !c->pool) {
+        !c->logits || !c->n_past || !c->seq_first || !c->row_pos || !c->row_seq ||
+        !c->out_idx || !c->logit_row || !c->pool) {
         codi_context_free(c);
         return codi_errorf(err, errlen, CODI_ENOMEM,
                            "out of memory creating a context of %d tokens", p.n_ctx);
@@ -158,16 +176,41 @@ void codi_context_free(codi_context *c) {
     free(c->scores);
     free(c->rope_theta);
     free(c->logits);
+    free(c->n_past);
+    free(c->seq_first);
+    free(c->row_pos);
+    free(c->row_seq);
+    free(c->out_idx);
+    free(c->logit_row);
     free(c);
 }
 
 int32_t codi_context_n_ctx(const codi_context *c) { return c->n_ctx; }
 
-void codi_kv_truncate(codi_context *c, int32_t pos) {
+void codi_kv_seq_truncate(codi_context *c, int32_t seq, int32_t pos) {
+    if (!c || seq < 0 || seq >= c->n_seq)
+        return;
     if (pos < 0)
         pos = 0;
-    if (pos < c->n_past)
-        c->n_past = pos;
+    if (pos < c->n_past[seq])
+        c->n_past[seq] = pos;
+}
+
+void codi_kv_truncate(codi_context *c, int32_t pos) { codi_kv_seq_truncate(c, 0, pos); }
+
+int32_t codi_context_n_seq(const codi_context *c) { return c ? c->n_seq : 0; }
+
+int32_t codi_kv_seq_len(const codi_context *c, int32_t seq) {
+    if (!c || seq < 0 || seq >= c->n_seq)
+        return 0;
+    return c->n_past[seq];
+}
+
+/* K or V cache of one sequence and layer: [n_ctx][kv_dim]. */
+static uint16_t *kv_at(const codi_context *c, uint16_t *base, int seq, int layer) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    return base + ((size_t)seq * hp->n_layer + (size_t)layer) * (size_t)c->n_ctx * dkv;
 }
 
 /* ------------------------------------------------------------ matmul */
@@ -254,7 +297,7 @@ static void matmul1(codi_context *c, const codi_weight *w, float *y,
 
 typedef struct {
     codi_context *c;
-    int layer, B, pos;
+    int layer, B;
 } attn_job;
 
 static void rope_row(const codi_context *c, float *v, int n_heads, int pos) {
@@ -287,14 +330,14 @@ static void attn_task(void *arg, int ith, int nth) {
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
     const size_t dkv = (size_t)hp->n_head_kv * hd, dq = (size_t)nh * hd;
-    const uint16_t *kl = c->kc + (size_t)j->layer * c->n_ctx * dkv;
-    const uint16_t *vl = c->vc + (size_t)j->layer * c->n_ctx * dkv;
     const float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores + (size_t)ith * c->n_ctx;
     const int total = j->B * nh;
     for (int w = ith; w < total; w += nth) {
         const int b = w / nh, h = w % nh, kh = h / gqa;
-        const int n_kv = j->pos + b + 1; /* causal: positions 0..pos+b */
+        const int n_kv = c->row_pos[b] + 1; /* causal: positions 0..pos */
+        const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer);
+        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer);
         /* llama.cpp multiplies the fp16 cache with fp16-rounded queries and
          * fp16-rounded attention weights; round the same way. */
         float q[1024];
@@ -322,8 +365,10 @@ static void attn_task(void *arg, int ith, int nth) {
 
 /* ------------------------------------------------------------ forward */
 
+/* One pass over B <= n_batch tokens at positions c->row_pos[] of sequences
+ * c->row_seq[]; logits of the n_out rows c->out_idx[] go to logits. */
 static void forward_batch(codi_context *c, const int32_t *tokens, int B,
-                          int pos, int logit_from, float *logits) {
+                          int n_out, float *logits) {
     const codi_model *m = c->m;
     const codi_hparams *hp = &m->hp;
     const int d = hp->n_embd, ff = hp->n_ff;
@@ -343,18 +388,18 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
             float *ys[3] = {c->q, c->k, c->v};
             matmul(c, 3, ws, ys, c->xn, B);
         }
-        uint16_t *kl = c->kc + (size_t)l * c->n_ctx * dkv;
-        uint16_t *vl = c->vc + (size_t)l * c->n_ctx * dkv;
         for (int b = 0; b < B; b++) {
-            rope_row(c, c->q + (size_t)b * dq, hp->n_head, pos + b);
-            rope_row(c, c->k + (size_t)b * dkv, hp->n_head_kv, pos + b);
-            uint16_t *kd = kl + (size_t)(pos + b) * dkv, *vd = vl + (size_t)(pos + b) * dkv;
+            const int p = c->row_pos[b];
+            rope_row(c, c->q + (size_t)b * dq, hp->n_head, p);
+            rope_row(c, c->k + (size_t)b * dkv, hp->n_head_kv, p);
+            uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], l) + (size_t)p * dkv;
+            uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], l) + (size_t)p * dkv;
             for (size_t i = 0; i < dkv; i++) {
                 kd[i] = codi_fp32_to_fp16(c->k[(size_t)b * dkv + i]);
                 vd[i] = codi_fp32_to_fp16(c->v[(size_t)b * dkv + i]);
             }
         }
-        attn_job aj = {c, l, B, pos};
+        attn_job aj = {c, l, B};
         codi_threadpool_run(c->pool, attn_task, &aj);
         matmul1(c, &L->wo, c->xn, c->att, B);
         for (size_t i = 0; i < (size_t)B * d; i++)
@@ -375,22 +420,120 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
         for (size_t i = 0; i < (size_t)B * d; i++)
             c->x[i] += c->xn[i];
     }
-    if (logit_from < B) {
-        const int nl = B - logit_from;
-        for (int b = 0; b < nl; b++)
-            codi_rmsnorm(c->xn + (size_t)b * d, c->x + (size_t)(logit_from + b) * d,
+    if (n_out > 0) {
+        for (int r = 0; r < n_out; r++)
+            codi_rmsnorm(c->xn + (size_t)r * d, c->x + (size_t)c->out_idx[r] * d,
                          m->out_norm, d, hp->norm_eps);
-        matmul1(c, &m->output, logits, c->xn, nl);
+        matmul1(c, &m->output, logits, c->xn, n_out);
     }
+}
+
+/* Validate a batch against the cache (nothing is changed on error). */
+static int check_batch(codi_context *c, const codi_batch *bt, char *err, size_t errlen) {
+    const int32_t nv = c->m->hp.n_vocab;
+    for (int32_t s = 0; s < c->n_seq; s++)
+        c->seq_first[s] = -1; /* next expected position, -1 = not seen */
+    for (int32_t i = 0; i < bt->n; i++) {
+        const int32_t tok = bt->token[i], p = bt->pos[i], s = bt->seq ? bt->seq[i] : 0;
+        if (tok < 0 || tok >= nv)
+            return codi_errorf(err, errlen, CODI_ERANGE,
+                               "token id %d out of range (vocabulary has %d)", tok, nv);
+        if (s < 0 || s >= c->n_seq)
+            return codi_errorf(err, errlen, CODI_EINVAL,
+                               "sequence %d out of range (context has %d)", s, c->n_seq);
+        if (p < 0 || p >= c->n_ctx)
+            return codi_errorf(err, errlen, CODI_ERANGE,
+                               "position %d exceeds the context size %d", p, c->n_ctx);
+        if (c->seq_first[s] < 0) {
+            if (p > c->n_past[s])
+                return codi_errorf(err, errlen, CODI_EINVAL,
+                                   "codi_decode: position %d is past the %d cached tokens", p,
+                                   c->n_past[s]);
+        } else if (p != c->seq_first[s]) {
+            return codi_errorf(err, errlen, CODI_EINVAL,
+                               "batch token %d: sequence %d expects position %d, got %d", i, s,
+                               c->seq_first[s], p);
+        }
+        c->seq_first[s] = p + 1;
+    }
+    return 0;
+}
+
+/* Evaluate n tokens in passes of n_batch. Token i is at position
+ * pos ? pos[i] : pos0 + i of sequence seq ? seq[i] : 0; its logits are kept
+ * when keep ? keep[i] : (all || i == n - 1). Arguments already checked. */
+static int decode_rows(codi_context *c, const int32_t *tokens, int32_t n,
+                       const int32_t *pos, int32_t pos0, const int32_t *seq,
+                       const bool *keep, bool all, char *err, size_t errlen) {
+    const int32_t nv = c->m->hp.n_vocab;
+#define ROW_POS(i) (pos ? pos[i] : pos0 + (i))
+#define ROW_SEQ(i) (seq ? seq[i] : 0)
+#define ROW_KEEP(i) (keep ? keep[i] : (all || (i) == n - 1))
+    size_t need = 0;
+    for (int32_t i = 0; i < n; i++)
+        need += ROW_KEEP(i) ? 1 : 0;
+    if (need > c->logits_cap) {
+        float *nl = xaligned(need * (size_t)nv * sizeof(float));
+        if (!nl)
+            return codi_errorf(err, errlen, CODI_ENOMEM,
+                               "out of memory for the logits of %zu tokens", need);
+        free(c->logits);
+        c->logits = nl;
+        c->logits_cap = need;
+    }
+    if ((size_t)n > c->logit_row_cap) {
+        int32_t *nr = malloc((size_t)n * sizeof(int32_t));
+        if (!nr)
+            return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory for a batch of %d tokens", n);
+        free(c->logit_row);
+        c->logit_row = nr;
+        c->logit_row_cap = (size_t)n;
+    }
+    /* Overwrite any suffix beyond each sequence's first position. */
+    for (int32_t i = 0; i < n; i++)
+        if (ROW_POS(i) < c->n_past[ROW_SEQ(i)])
+            c->n_past[ROW_SEQ(i)] = ROW_POS(i);
+    size_t row = 0;
+    for (int32_t s0 = 0; s0 < n; s0 += c->n_batch) {
+        const int B = (int)CODI_MIN(c->n_batch, n - s0);
+        int n_out = 0;
+        for (int b = 0; b < B; b++) {
+            const int32_t i = s0 + b;
+            c->row_pos[b] = ROW_POS(i);
+            c->row_seq[b] = ROW_SEQ(i);
+            c->logit_row[i] = ROW_KEEP(i) ? (int32_t)(row + (size_t)n_out) : -1;
+            if (ROW_KEEP(i))
+                c->out_idx[n_out++] = b;
+        }
+        forward_batch(c, tokens + s0, B, n_out, c->logits + row * (size_t)nv);
+        row += (size_t)n_out;
+        for (int b = 0; b < B; b++)
+            c->n_past[c->row_seq[b]] = CODI_MAX(c->n_past[c->row_seq[b]], c->row_pos[b] + 1);
+    }
+#undef ROW_POS
+#undef ROW_SEQ
+#undef ROW_KEEP
+    c->n_last = n;
+    c->has_logits = true;
+    return 0;
+}
+
+int codi_decode_batch(codi_context *c, const codi_batch *bt, char *err, size_t errlen) {
+    if (!c || !bt || !bt->token || !bt->pos || bt->n <= 0)
+        return codi_errorf(err, errlen, CODI_EINVAL, "codi_decode: no tokens");
+    int rc = check_batch(c, bt, err, errlen);
+    if (rc)
+        return rc;
+    return decode_rows(c, bt->token, bt->n, bt->pos, 0, bt->seq, bt->logits, false, err, errlen);
 }
 
 int codi_decode(codi_context *c, const int32_t *tokens, int32_t n, int32_t pos,
                 bool logits_all, char *err, size_t errlen) {
     if (!c || !tokens || n <= 0)
         return codi_errorf(err, errlen, CODI_EINVAL, "codi_decode: no tokens");
-    if (pos < 0 || pos > c->n_past)
+    if (pos < 0 || pos > c->n_past[0])
         return codi_errorf(err, errlen, CODI_EINVAL,
-                           "codi_decode: position %d is past the %d cached tokens", pos, c->n_past);
+                           "codi_decode: position %d is past the %d cached tokens", pos, c->n_past[0]);
     if ((int64_t)pos + n > c->n_ctx)
         return codi_errorf(err, errlen, CODI_ERANGE,
                            "%d tokens at position %d exceed the context size %d",
@@ -400,45 +543,18 @@ int codi_decode(codi_context *c, const int32_t *tokens, int32_t n, int32_t pos,
         if (tokens[i] < 0 || tokens[i] >= nv)
             return codi_errorf(err, errlen, CODI_ERANGE,
                                "token id %d out of range (vocabulary has %d)", tokens[i], nv);
-    const size_t need = logits_all ? (size_t)n : 1;
-    if (need > c->logits_cap) {
-        float *nl = xaligned(need * (size_t)nv * sizeof(float));
-        if (!nl)
-            return codi_errorf(err, errlen, CODI_ENOMEM,
-                               "out of memory for the logits of %d tokens", n);
-        free(c->logits);
-        c->logits = nl;
-        c->logits_cap = need;
-    }
-    c->n_past = pos; /* overwrite any suffix beyond pos */
-    for (int32_t s = 0; s < n; s += c->n_batch) {
-        const int B = (int)CODI_MIN(c->n_batch, n - s);
-        const bool last = s + B == n;
-        int from;
-        float *out;
-        if (logits_all) {
-            from = 0;
-            out = c->logits + (size_t)s * nv;
-        } else {
-            from = last ? B - 1 : B;
-            out = c->logits;
-        }
-        forward_batch(c, tokens + s, B, pos + s, from, out);
-        c->n_past = pos + s + B;
-    }
-    c->n_last = n;
-    c->n_logits = (int32_t)need;
-    c->logits_first = logits_all ? 0 : n - 1;
-    return 0;
+    return decode_rows(c, tokens, n, NULL, pos, NULL, NULL, logits_all, err, errlen);
 }
 
 const float *codi_get_logits(const codi_context *c, int32_t i) {
-    if (!c || c->n_logits == 0)
+    if (!c || !c->has_logits)
         return NULL;
     if (i < 0)
         i = c->n_last + i;
-    const int32_t r = i - c->logits_first;
-    if (r < 0 || r >= c->n_logits)
+    if (i < 0 || i >= c->n_last)
+        return NULL;
+    const int32_t r = c->logit_row[i];
+    if (r < 0)
         return NULL;
     return c->logits + (size_t)r * c->m->hp.n_vocab;
 }
