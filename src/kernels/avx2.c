@@ -172,6 +172,18 @@ void codi_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) 
     *s = (float)sum;
 }
 
+void codi_axpy_f16_avx2(float *y, float a, const uint16_t *x, int n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load_f16x8(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(y + i + 8,
+                         _mm256_fmadd_ps(va, load_f16x8(x + i + 8), _mm256_loadu_ps(y + i + 8)));
+    }
+    for (; i < n; i++)
+        y[i] += a * fp16(x[i]);
+}
+
 /* ---- legacy quants: one 32-element block per step ---- */
 
 void codi_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *vx,

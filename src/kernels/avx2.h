@@ -57,6 +57,9 @@ void codi_fp32_to_fp16_row_avx2(const float *x, uint16_t *y, int64_t n);
 void codi_dequantize_row_f16_avx2(const void *x, float *y, int64_t n);
 void codi_quantize_row_f16_avx2(const float *x, void *y, int64_t n);
 
+/* y += a * x, x fp16 (= codi_axpy_f16_ref up to the rounding of FMA). */
+void codi_axpy_f16_avx2(float *y, float a, const uint16_t *x, int n);
+
 #endif
 
 #endif

@@ -32,6 +32,11 @@ codi_to_float_fn codi_kernel_to_float(int type);
 void codi_fp16_to_fp32_row(const uint16_t *x, float *y, int64_t n);
 void codi_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n);
 
+/* y[i] += a * x[i] for an fp16 row x (attention: weights times V rows).
+ * The AVX2 path uses FMA, the scalar one a multiply and an add. */
+void codi_axpy_f16(float *y, float a, const uint16_t *x, int n);
+void codi_axpy_f16_ref(float *y, float a, const uint16_t *x, int n);
+
 /* Small fused float ops (scalar here; vectorised by the compiler). */
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void codi_softmax_inplace(float *x, int n);

@@ -332,34 +332,28 @@ static void attn_task(void *arg, int ith, int nth) {
     const size_t dkv = (size_t)hp->n_head_kv * hd, dq = (size_t)nh * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores + (size_t)ith * c->n_ctx;
+    const codi_vec_dot_fn dot16 = codi_kernel_vec_dot(CODI_TYPE_F16);
     const int total = j->B * nh;
     for (int w = ith; w < total; w += nth) {
         const int b = w / nh, h = w % nh, kh = h / gqa;
         const int n_kv = c->row_pos[b] + 1; /* causal: positions 0..pos */
-        const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer);
-        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer);
-        /* llama.cpp multiplies the fp16 cache with fp16-rounded queries and
-         * fp16-rounded attention weights; round the same way. */
-        float q[1024];
-        const float *qs = c->q + (size_t)b * dq + (size_t)h * hd;
-        for (int i = 0; i < hd; i++)
-            q[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qs[i]));
+        const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd;
+        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd;
+        /* llama.cpp (flash attention off) multiplies the fp16 cache with
+         * fp16-rounded queries and fp16-rounded attention weights; round
+         * the same way. */
+        uint16_t q16[1024];
+        codi_fp32_to_fp16_row(c->q + (size_t)b * dq + (size_t)h * hd, q16, hd);
         for (int t = 0; t < n_kv; t++) {
-            const uint16_t *k = kl + (size_t)t * dkv + (size_t)kh * hd;
-            float s = 0.0f;
-            for (int i = 0; i < hd; i++)
-                s += q[i] * codi_fp16_to_fp32(k[i]);
+            float s;
+            dot16(hd, &s, kl + (size_t)t * dkv, q16);
             sc[t] = s * scale;
         }
         codi_softmax_inplace(sc, n_kv);
         float *o = c->att + (size_t)b * dq + (size_t)h * hd;
         memset(o, 0, (size_t)hd * sizeof(float));
-        for (int t = 0; t < n_kv; t++) {
-            const uint16_t *v = vl + (size_t)t * dkv + (size_t)kh * hd;
-            const float p = codi_fp16_to_fp32(codi_fp32_to_fp16(sc[t]));
-            for (int i = 0; i < hd; i++)
-                o[i] += p * codi_fp16_to_fp32(v[i]);
-        }
+        for (int t = 0; t < n_kv; t++)
+            codi_axpy_f16(o, codi_fp16_to_fp32(codi_fp32_to_fp16(sc[t])), vl + (size_t)t * dkv, hd);
     }
 }
 
