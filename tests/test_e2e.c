@@ -241,20 +241,38 @@ static void test_greedy_vs_llamacpp(void **state) {
     printf("greedy vs llama.cpp: %d of %d prompts identical over %d tokens (%d of %d tokens before the first difference)\n",
            n_same, n_prompts, g_quick ? 16 : 32, tok_same, tok_total);
     assert_true(n_prompts > 0);
-    /* "most prompts": at least 70% identical */
-    assert_true(n_same * 10 >= n_prompts * 7);
+    /* "Most prompts": a majority, and no fewer than llama.cpp's own
+     * flash-attention path manages against its non-flash path (6 of 10,
+     * tools/peer_noise_floor.py) less one. */
+    int floor_same = -1, floor_n = -1;
+    FILE *nf = fopen(FIX "noise_floor_smollm2.txt", "r");
+    assert_non_null(nf);
+    char line[256];
+    while (fgets(line, sizeof(line), nf))
+        sscanf(line, "greedy_same %d of %d", &floor_same, &floor_n);
+    fclose(nf);
+    assert_int_equal(floor_n, n_prompts);
+    printf("llama.cpp flash-attn vs non-flash: %d of %d identical\n", floor_same, floor_n);
+    assert_true(n_same * 2 > n_prompts);
+    assert_true(n_same >= floor_same - 1);
 }
 
 static void test_ppl_vs_llamacpp(void **state) {
     (void)state;
     FILE *f = fopen(FIX "ppl_smollm2.txt", "r");
     assert_non_null(f);
+    /* The whole text at context 512 (14 windows, 3570 scored tokens): with
+     * only a few hundred scored tokens, llama.cpp's own flash-attention and
+     * non-flash paths differ by 1.4%; over the whole text by 0.2%. Sanitizer
+     * builds score the first 4 windows. */
+    const int n_ctx = 512, n_chunks = g_quick ? 4 : 14;
     char line[512];
     double ref = -1.0;
     while (fgets(line, sizeof(line), f)) {
         int ctx, chunks;
         double v;
-        if (sscanf(line, "ctx %d chunks %d ppl %lf", &ctx, &chunks, &v) == 3 && ctx == 128 && chunks == 4)
+        if (sscanf(line, "ctx %d chunks %d ppl %lf", &ctx, &chunks, &v) == 3 && ctx == n_ctx &&
+            chunks == n_chunks)
             ref = v;
     }
     fclose(f);
@@ -264,7 +282,6 @@ static void test_ppl_vs_llamacpp(void **state) {
     static char text[1 << 20];
     size_t len = fread(text, 1, sizeof(text), t);
     fclose(t);
-    const int n_ctx = 128, n_chunks = 4;
     int32_t *toks = malloc(sizeof(int32_t) * (len + 16));
     int32_t n = codi_tokenize(g_model, text, len, toks, (int32_t)len + 16, true, false);
     assert_true(n >= n_ctx * n_chunks);
@@ -291,7 +308,7 @@ static void test_ppl_vs_llamacpp(void **state) {
         }
     }
     const double ppl = exp(nll / count);
-    printf("ppl ctx 128 x 4: codi %.4f, llama.cpp %.4f, diff %.3f%%\n", ppl, ref,
+    printf("ppl ctx %d x %d: codi %.4f, llama.cpp %.4f, diff %.3f%%\n", n_ctx, n_chunks, ppl, ref,
            100.0 * fabs(ppl - ref) / ref);
     assert_true(fabs(ppl - ref) / ref <= 0.01);
     free(toks);

@@ -326,7 +326,7 @@ def make_ppl():
         text = f.read()
     lines = []
     comments = []
-    for n_ctx, n_chunks in ((128, 4), (512, 2)):
+    for n_ctx, n_chunks in ((128, 4), (512, 2), (512, 4), (512, 14)):
         ppl, ntok, count = ppl_python(n_ctx, n_chunks, text)
         lines.append("ctx %d chunks %d ppl %.6f" % (n_ctx, n_chunks, ppl))
         comments.append("# ctx %d chunks %d: %d scored tokens (file tokenizes to %d tokens)"

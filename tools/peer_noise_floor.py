@@ -70,16 +70,47 @@ def compare(model, prompts):
     return 100.0 * agree / tot, 100.0 * dec_agree / dec_tot, float(np.mean(kls)), tot
 
 
+def read_greedy(path):
+    recs, prompt = [], None
+    for line in open(path):
+        if line.startswith("P "):
+            prompt = [int(t) for t in line.split()[1:]]
+        elif line.startswith("G "):
+            recs.append((prompt, [int(t) for t in line.split()[1:]]))
+    return recs
+
+
+def greedy_same(model, recs):
+    """Prompts whose greedy continuation (same rule as the fixture: argmax,
+    stop after an EOG token) is identical to the fixture's."""
+    same = 0
+    for prompt, gen in recs:
+        model.reset()
+        model.eval(prompt)
+        out = []
+        for _ in range(len(gen)):
+            tok = int(np.argmax(np.array(model.scores[model.n_tokens - 1])))
+            out.append(tok)
+            if tok != gen[len(out) - 1]:
+                break  # the fixture's last token may be EOG: loop ends there
+            model.eval([tok])
+        same += int(out == gen)
+    return same, len(recs)
+
+
 def main():
     prompts = read_fixture(os.path.join(FIX, "logits_smollm2.bin"))
     m = Llama(model_path=MODEL, n_ctx=512, n_batch=512, n_threads=2,
               logits_all=True, flash_attn=True, verbose=False)
     a, da, kl, n = compare(m, prompts)
+    gs, gn = greedy_same(m, read_greedy(os.path.join(FIX, "greedy_smollm2.txt")))
     out = os.path.join(FIX, "noise_floor_smollm2.txt")
     with open(out, "w") as f:
         f.write("# llama.cpp flash-attention ON vs the flash-attention-OFF fixture\n")
         f.write("# llama-cpp-python 0.3.36, n_threads=2, %d positions, decisive = top-2 gap >= %.1f\n" % (n, GAP))
         f.write("agree %.4f\ndecisive_agree %.4f\nkl_mean %.6f\n" % (a, da, kl))
+        f.write("# greedy: prompts of greedy_smollm2.txt whose continuation is identical\n")
+        f.write("greedy_same %d of %d\n" % (gs, gn))
     print(open(out).read())
 
 

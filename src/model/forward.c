@@ -23,7 +23,9 @@ struct codi_context {
     codi_model *m;
     int32_t n_ctx, n_batch, n_threads, n_seq;
     codi_threadpool *pool;
-    uint16_t *kc, *vc; /* [n_seq][n_layer][n_ctx][kv_dim] fp16 */
+    uint16_t *kc;      /* [n_seq][n_layer][n_ctx][kv_dim] fp16 */
+    uint16_t *vc;      /* [n_seq][n_layer][kv_dim][n_ctx] fp16, transposed
+                          as llama.cpp stores V without flash attention */
     int32_t *n_past;   /* [n_seq] tokens cached per sequence */
     int32_t *row_pos, *row_seq; /* [n_batch] of the pass being evaluated */
     int32_t *seq_first;         /* [n_seq] scratch for batch validation */
@@ -32,6 +34,7 @@ struct codi_context {
     void *xq;
     size_t xq_stride; /* bytes per token row in xq */
     float *scores;    /* [n_threads][n_ctx] */
+    uint16_t *probs16;/* [n_threads][n_ctx] attention weights as fp16 */
     float *rope_theta;/* [n_rot/2] per-pair frequency */
     /* logits of the last decode call */
     float *logits;
@@ -127,6 +130,7 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->xq_stride = (qrow + 63) & ~(size_t)63;
     c->xq = xaligned(B * c->xq_stride);
     c->scores = xaligned((size_t)p.n_threads * (size_t)p.n_ctx * sizeof(float));
+    c->probs16 = xaligned((size_t)p.n_threads * (size_t)p.n_ctx * sizeof(uint16_t));
     c->rope_theta = xaligned((size_t)(hp->n_rot / 2) * sizeof(float));
     c->logits_cap = 1;
     c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
@@ -139,7 +143,7 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->logit_row = calloc(B, sizeof(int32_t));
     c->pool = codi_threadpool_create(p.n_threads);
     if (!c->kc || !c->vc || !c->x || !c->xn || !c->q || !c->k || !c->v ||
-        !c->att || !c->g || !c->u || !c->xq || !c->scores || !c->rope_theta ||
+        !c->att || !c->g || !c->u || !c->xq || !c->scores || !c->probs16 || !c->rope_theta ||
         !c->logits || !c->n_past || !c->seq_first || !c->row_pos || !c->row_seq ||
         !c->out_idx || !c->logit_row || !c->pool) {
         codi_context_free(c);
@@ -174,6 +178,7 @@ void codi_context_free(codi_context *c) {
     free(c->u);
     free(c->xq);
     free(c->scores);
+    free(c->probs16);
     free(c->rope_theta);
     free(c->logits);
     free(c->n_past);
@@ -206,7 +211,7 @@ int32_t codi_kv_seq_len(const codi_context *c, int32_t seq) {
     return c->n_past[seq];
 }
 
-/* K or V cache of one sequence and layer: [n_ctx][kv_dim]. */
+/* K or V cache of one sequence and layer: n_ctx * kv_dim elements. */
 static uint16_t *kv_at(const codi_context *c, uint16_t *base, int seq, int layer) {
     const codi_hparams *hp = &c->m->hp;
     const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
@@ -338,7 +343,7 @@ static void attn_task(void *arg, int ith, int nth) {
         const int b = w / nh, h = w % nh, kh = h / gqa;
         const int n_kv = c->row_pos[b] + 1; /* causal: positions 0..pos */
         const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd;
-        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd;
+        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd * c->n_ctx;
         /* llama.cpp (flash attention off) multiplies the fp16 cache with
          * fp16-rounded queries and fp16-rounded attention weights; round
          * the same way. */
@@ -350,10 +355,13 @@ static void attn_task(void *arg, int ith, int nth) {
             sc[t] = s * scale;
         }
         codi_softmax_inplace(sc, n_kv);
+        /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
+         * the transposed V rows, in llama.cpp's order. */
+        uint16_t *p16 = c->probs16 + (size_t)ith * c->n_ctx;
+        codi_fp32_to_fp16_row(sc, p16, n_kv);
         float *o = c->att + (size_t)b * dq + (size_t)h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int t = 0; t < n_kv; t++)
-            codi_axpy_f16(o, codi_fp16_to_fp32(codi_fp32_to_fp16(sc[t])), vl + (size_t)t * dkv, hd);
+        for (int i = 0; i < hd; i++)
+            dot16(n_kv, &o[i], vl + (size_t)i * c->n_ctx, p16);
     }
 }
 
@@ -387,11 +395,10 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
             rope_row(c, c->q + (size_t)b * dq, hp->n_head, p);
             rope_row(c, c->k + (size_t)b * dkv, hp->n_head_kv, p);
             uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], l) + (size_t)p * dkv;
-            uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], l) + (size_t)p * dkv;
-            for (size_t i = 0; i < dkv; i++) {
-                kd[i] = codi_fp32_to_fp16(c->k[(size_t)b * dkv + i]);
-                vd[i] = codi_fp32_to_fp16(c->v[(size_t)b * dkv + i]);
-            }
+            uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], l) + (size_t)p;
+            codi_fp32_to_fp16_row(c->k + (size_t)b * dkv, kd, (int64_t)dkv);
+            for (size_t i = 0; i < dkv; i++)
+                vd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(c->v[(size_t)b * dkv + i]);
         }
         attn_job aj = {c, l, B};
         codi_threadpool_run(c->pool, attn_task, &aj);
