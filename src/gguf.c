@@ -95,6 +95,11 @@ static int fail(reader *r, int code, const char *fmt, ...) {
             vsnprintf(r->err + n, r->errlen - (size_t)n, fmt, ap);
             va_end(ap);
         }
+        /* Keys and names quoted from the file may hold any byte: keep the
+         * message one printable line. */
+        for (char *p = r->err; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = '?';
     }
     return code;
 }

@@ -995,6 +995,10 @@ int codi_vocab_load(const codi_gguf *g, codi_vocab **out, char *err,
     return 0;
 
 fail:
+    /* Names quoted from the file may hold any byte: one printable line. */
+    for (char *p = errlen ? err : NULL; p && *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     free(model);
     free(pre);
     free(name);

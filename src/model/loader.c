@@ -279,6 +279,10 @@ int codi_model_load(const char *path, const codi_model_params *params,
     return 0;
 fail_sub:
     codi_errorf(err, errlen, rc, "%s: %s", path, sub);
+    /* Strings quoted from the file may hold any byte: one printable line. */
+    for (char *p = errlen ? err : NULL; p && *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
 fail:
     codi_model_free(m);
     return rc;
