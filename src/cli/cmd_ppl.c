@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "kl_file.h"
 
 static const char KL_MAGIC[8] = {'C', 'O', 'D', 'I', 'K', 'L', '0', '1'};
 
@@ -56,14 +57,6 @@ typedef struct {
 } kl_io;
 
 static int write_u32(FILE *f, uint32_t v) { return fwrite(&v, 4, 1, f) == 1 ? 0 : 1; }
-
-static int read_exact(FILE *f, void *p, size_t n, const char *path) {
-    if (fread(p, 1, n, f) != n) {
-        fprintf(stderr, "codi: '%s' is truncated or unreadable\n", path);
-        return 1;
-    }
-    return 0;
-}
 
 int cmd_ppl(const cli_opts *o) {
     if (!o->file) {
@@ -139,42 +132,10 @@ int cmd_ppl(const cli_opts *o) {
                 goto done;
             }
         } else {
-            char magic[8];
-            uint32_t hdr[4];
-            if (read_exact(io.f, magic, 8, io.path) || read_exact(io.f, hdr, sizeof(hdr), io.path))
+            char kerr[512];
+            if (kl_read_header(io.f, io.path, nv, n_ctx, n_chunks, toks, kerr, sizeof(kerr))) {
+                fprintf(stderr, "codi: %s\n", kerr);
                 goto done;
-            if (memcmp(magic, KL_MAGIC, 8) != 0 || hdr[0] != 1) {
-                fprintf(stderr, "codi: '%s' is not a codi --kl-base file\n", io.path);
-                goto done;
-            }
-            if (hdr[1] != (uint32_t)nv || hdr[2] != (uint32_t)n_ctx || hdr[3] < (uint32_t)n_chunks) {
-                fprintf(stderr, "codi: '%s' was made with vocab %u, context %u, %u windows; "
-                                "this run has vocab %d, context %d, %d windows\n",
-                        io.path, hdr[1], hdr[2], hdr[3], nv, n_ctx, n_chunks);
-                goto done;
-            }
-            /* The whole file must be there before any window is evaluated. */
-            const long long per_win = (long long)n_ctx * 4 +
-                                      (long long)(n_ctx - 1 - first) * (8 + 2 * (long long)nv);
-            const long long want = 24 + (long long)hdr[3] * per_win;
-            long long have = -1;
-            if (fseeko(io.f, 0, SEEK_END) == 0)
-                have = (long long)ftello(io.f);
-            if (have != want || fseeko(io.f, 24, SEEK_SET) != 0) {
-                fprintf(stderr, "codi: '%s' is truncated or has extra data (%lld bytes, expected %lld)\n",
-                        io.path, have, want);
-                goto done;
-            }
-            /* tokens must match */
-            for (int64_t i = 0; i < (int64_t)hdr[3] * n_ctx; i++) {
-                int32_t t;
-                if (read_exact(io.f, &t, 4, io.path))
-                    goto done;
-                if (i < (int64_t)n_chunks * n_ctx && t != toks[i]) {
-                    fprintf(stderr, "codi: '%s' was made from a different text (token %lld differs)\n",
-                            io.path, (long long)i);
-                    goto done;
-                }
             }
         }
     }
@@ -213,13 +174,12 @@ int cmd_ppl(const cli_opts *o) {
                     goto done;
                 }
             } else if (o->kl) {
-                float mn, scale;
-                if (read_exact(io.f, &mn, 4, io.path) || read_exact(io.f, &scale, 4, io.path) ||
-                    read_exact(io.f, io.q, 2 * (size_t)nv, io.path))
+                if (kl_read_position(io.f, io.path, nv, io.q, blp, err, sizeof(err))) {
+                    fprintf(stderr, "codi: %s\n", err);
                     goto done;
+                }
                 double kl = 0.0;
                 for (int32_t i = 0; i < nv; i++) {
-                    blp[i] = mn + io.q[i] * scale;
                     const double pb = exp((double)blp[i]);
                     kl += pb * ((double)blp[i] - lp[i]);
                 }
