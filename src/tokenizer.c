@@ -687,6 +687,9 @@ static uint8_t byte_of_token(const char *t, size_t len) {
     return (uint8_t)val;
 }
 
+/* Most bytes the piece of a token of len bytes takes (see make_piece). */
+#define PIECE_CAP(len) (32 * (size_t)(len) + 1024)
+
 /* Piece of token id as llama.cpp's token_to_piece(special = true). */
 static void make_piece(const codi_vocab *v, int32_t id, bytes *out) {
     size_t len;
@@ -707,6 +710,11 @@ static void make_piece(const codi_vocab *v, int32_t id, bytes *out) {
             }
             return;
         }
+        /* Each code point outside the map costs a marker holding the whole
+         * text (llama.cpp's output), so a long token of such code points
+         * would be quadratic in the file: a token's piece stops growing at
+         * PIECE_CAP(len) bytes, far above anything a real vocabulary needs. */
+        const size_t start = out->n;
         for (size_t i = 0; i < len;) {
             size_t used;
             uint32_t cpt = codi_utf8_decode(t + i, len - i, &used);
@@ -717,6 +725,8 @@ static void make_piece(const codi_vocab *v, int32_t id, bytes *out) {
                 bytes_put(out, &c, 1);
                 continue;
             }
+            if (out->n - start + 21 + len > PIECE_CAP(len))
+                break;
             /* llama.cpp's marker for a code point outside the map */
             char enc[4], hex[16];
             size_t ne = codi_utf8_encode(cpt, enc);

@@ -202,6 +202,27 @@ static void test_fuzz_regressions(void **state) {
     }
 }
 
+/* A byte-level BPE token of 10000 code points outside GPT-2's byte map
+ * (30000 bytes): llama.cpp's piece repeats the whole text per code point,
+ * 300 MB from a 46 KiB file. The piece is capped at 32 bytes per text byte
+ * + 1 KiB (src/tokenizer.c, PIECE_CAP). */
+static void test_piece_size_bounded(void **state) {
+    (void)state;
+    codi_model *m = NULL;
+    char err[512] = "";
+    assert_int_equal(codi_model_load(REGRESS "/model/quadratic-unk-byte-piece.gguf", NULL, &m,
+                                     err, sizeof err),
+                     0);
+    int32_t last = codi_model_n_vocab(m) - 1;
+    int32_t need = codi_token_to_piece(m, last, NULL, 0, true);
+    assert_true(need < 0);
+    assert_true(-need <= 32 * 30000 + 1024);
+    assert_true(-need >= 30000);
+    int32_t toks[8];
+    assert_int_equal(codi_tokenize(m, "the", 3, toks, 8, false, false), 2); /* t, he */
+    codi_model_free(m);
+}
+
 /* ------------------------------------------------------- inspection */
 
 static void test_file_accessors(void **state) {
@@ -378,6 +399,7 @@ int main(void) {
         cmocka_unit_test(test_load_args),
         cmocka_unit_test(test_load_bad_files),
         cmocka_unit_test(test_fuzz_regressions),
+        cmocka_unit_test(test_piece_size_bounded),
         cmocka_unit_test(test_file_accessors),
         cmocka_unit_test(test_tokenize_contract),
         cmocka_unit_test(test_context_and_decode),
