@@ -126,6 +126,43 @@ def tiny_tensors(rng, n_vocab, d=8, n_head=2, n_head_kv=1, ff=16, n_layer=1,
     return ts
 
 
+def quant_rows(rng, typ, ne0, rows):
+    """Rows of random quantized blocks with sane fp16 scales (the fuzzer
+    mutates them into NaN/inf): Q4_1 (3), Q8_0 (8), Q4_K (12)."""
+    half = lambda x: struct.pack("<e", x)
+    out = bytearray()
+    for _ in range(rows):
+        if typ == 3:
+            for _ in range(ne0 // 32):
+                out += half(0.01) + half(-0.05) + bytes(rng.randrange(256) for _ in range(16))
+        elif typ == 8:
+            for _ in range(ne0 // 32):
+                out += half(0.01) + bytes(rng.randrange(256) for _ in range(32))
+        elif typ == 12:
+            for _ in range(ne0 // 256):
+                out += half(0.01) + half(0.005) + bytes(rng.randrange(256) for _ in range(12 + 128))
+    return bytes(out)
+
+
+def quant_tensors(rng, n_vocab, d=32, n_head=2, n_head_kv=1, ff=256):
+    """One layer of quantized weights: Q8_0 where ne0 = 32, Q4_K for
+    ffn_down (ne0 = 256), Q4_1 output."""
+    hd = d // n_head
+    ones = struct.pack("<%df" % d, *[1.0] * d)
+    return [("token_embd.weight", [d, n_vocab], 8, quant_rows(rng, 8, d, n_vocab)),
+            ("output_norm.weight", [d], 0, ones),
+            ("output.weight", [d, n_vocab], 3, quant_rows(rng, 3, d, n_vocab)),
+            ("blk.0.attn_norm.weight", [d], 0, ones),
+            ("blk.0.attn_q.weight", [d, n_head * hd], 8, quant_rows(rng, 8, d, n_head * hd)),
+            ("blk.0.attn_k.weight", [d, n_head_kv * hd], 8, quant_rows(rng, 8, d, n_head_kv * hd)),
+            ("blk.0.attn_v.weight", [d, n_head_kv * hd], 8, quant_rows(rng, 8, d, n_head_kv * hd)),
+            ("blk.0.attn_output.weight", [n_head * hd, d], 8, quant_rows(rng, 8, n_head * hd, d)),
+            ("blk.0.ffn_norm.weight", [d], 0, ones),
+            ("blk.0.ffn_gate.weight", [d, ff], 8, quant_rows(rng, 8, d, ff)),
+            ("blk.0.ffn_up.weight", [d, ff], 8, quant_rows(rng, 8, d, ff)),
+            ("blk.0.ffn_down.weight", [ff, d], 12, quant_rows(rng, 12, ff, d))]
+
+
 def llama_hparams(d=8, n_head=2, n_head_kv=1, ff=16, n_layer=1, ctx=64):
     return [("general.architecture", STR, "llama"),
             ("general.name", STR, "fuzz-tiny"),
@@ -239,6 +276,10 @@ def main():
     models["tiny-llama3-v2.gguf"] = write_gguf(
         llama_hparams() + kv + [("general.alignment", U32, 64)],
         tiny_tensors(rng, nv), version=2, align=64)
+
+    kv, nv = bpe_vocab()
+    models["tiny-quant.gguf"] = write_gguf(llama_hparams(d=32, ff=256) + kv,
+                                           quant_tensors(random.Random(9), nv))
 
     if os.path.exists(SMOL):
         ver, kvs, _ = read_gguf(SMOL)
