@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels/avx2.h"
+#include "kernels/gemm.h"
 #include "tensor/quants.h"
 
 static codi_cpu_features g_features;
@@ -76,6 +77,29 @@ codi_vec_dot_fn codi_kernel_vec_dot(int type) {
     }
 #endif
     return t->vec_dot;
+}
+
+codi_gemm_fn codi_kernel_gemm(int type) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        switch (type) {
+        case CODI_TYPE_Q4_0: return codi_gemm_q4_0_q8_0_avx2;
+        case CODI_TYPE_Q4_1: return codi_gemm_q4_1_q8_1_avx2;
+        case CODI_TYPE_Q8_0: return codi_gemm_q8_0_q8_0_avx2;
+        default: break;
+        }
+    }
+#endif
+    (void)type;
+    return NULL;
+}
+
+void codi_gemm_generic(codi_vec_dot_fn dot, int64_t n, int nr, int nc, const void *w,
+                       size_t ldw, const void *x, size_t ldx, float *y, size_t ldy) {
+    for (int c = 0; c < nc; c++)
+        for (int r = 0; r < nr; r++)
+            dot(n, &y[(size_t)c * ldy + r], (const uint8_t *)w + (size_t)r * ldw,
+                (const uint8_t *)x + (size_t)c * ldx);
 }
 
 codi_from_float_fn codi_kernel_from_float(int type) {

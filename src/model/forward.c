@@ -8,11 +8,13 @@
  * type's vec_dot_type (as llama.cpp does) and split output rows across the
  * thread pool. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
 #include "tensor/types.h"
@@ -225,29 +227,42 @@ typedef struct {
     const codi_weight *w[MAX_FUSED];
     float *y[MAX_FUSED];    /* y[i][b * ne1 + r] */
     codi_vec_dot_fn dot[MAX_FUSED];
+    codi_gemm_fn gemm[MAX_FUSED]; /* NULL: vec_dot per pair */
     const void *xq;         /* quantized activations, B rows */
     size_t xq_stride;
     int B;
+    int rows, cols;         /* chunk: rows of one weight x cols tokens */
+    int rchunks[MAX_FUSED + 1]; /* prefix sums of row chunks per weight */
+    int n_chunks;
+    atomic_int next;        /* next chunk to take (dynamic scheduling: a
+                               thread the OS preempts holds up nobody) */
 } matmul_job;
 
 static void matmul_task(void *arg, int ith, int nth) {
-    const matmul_job *j = arg;
-    int64_t total = 0;
-    for (int i = 0; i < j->n_w; i++)
-        total += j->w[i]->ne1;
-    /* contiguous chunk of the concatenated output rows */
-    const int64_t r0 = total * ith / nth, r1 = total * (ith + 1) / nth;
-    int64_t base = 0;
-    for (int i = 0; i < j->n_w; i++) {
+    (void)ith;
+    (void)nth;
+    matmul_job *j = arg;
+    const int n_rch = j->rchunks[j->n_w];
+    for (;;) {
+        const int ch = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (ch >= j->n_chunks)
+            break;
+        const int rc = ch % n_rch, cc = ch / n_rch;
+        int i = 0;
+        while (rc >= j->rchunks[i + 1])
+            i++;
         const codi_weight *w = j->w[i];
-        int64_t a = CODI_MAX(r0 - base, 0), e = CODI_MIN(r1 - base, w->ne1);
-        for (int64_t r = a; r < e; r++) {
-            const uint8_t *wr = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-            for (int b = 0; b < j->B; b++)
-                j->dot[i](w->ne0, &j->y[i][(size_t)b * w->ne1 + r], wr,
-                          (const uint8_t *)j->xq + (size_t)b * j->xq_stride);
-        }
-        base += w->ne1;
+        const int64_t r0 = (int64_t)(rc - j->rchunks[i]) * j->rows;
+        const int nr = (int)CODI_MIN((int64_t)j->rows, w->ne1 - r0);
+        const int c0 = cc * j->cols, nc = CODI_MIN(j->cols, j->B - c0);
+        const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
+        const uint8_t *xr = (const uint8_t *)j->xq + (size_t)c0 * j->xq_stride;
+        float *yr = j->y[i] + (size_t)c0 * w->ne1 + r0;
+        if (j->gemm[i])
+            j->gemm[i](w->ne0, nr, nc, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
+        else
+            codi_gemm_generic(j->dot[i], w->ne0, nr, nc, wr, w->row_bytes, xr, j->xq_stride, yr,
+                              (size_t)w->ne1);
     }
 }
 
@@ -258,11 +273,14 @@ typedef struct {
     void *xq;
     size_t xq_stride;
     codi_from_float_fn q;
+    atomic_int next; /* next row to quantize (see threadpool.h) */
 } quant_job;
 
 static void quant_task(void *arg, int ith, int nth) {
-    const quant_job *j = arg;
-    for (int b = ith; b < j->B; b += nth)
+    (void)ith;
+    (void)nth;
+    quant_job *j = arg;
+    for (int b; (b = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->B;)
         j->q(j->x + (size_t)b * j->n, (uint8_t *)j->xq + (size_t)b * j->xq_stride, j->n);
 }
 
@@ -273,17 +291,30 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
     const codi_type_traits *t = codi_type_get(w[0]->type);
     const int vdt = t->vec_dot_type;
     matmul_job j = {.n_w = n_w, .B = B, .xq_stride = c->xq_stride};
+    /* Decode (one token): chunks of 32 rows; prefill: 16 rows x 64 tokens,
+     * so a chunk's weights and activations stay in L1/L2. */
+    j.rows = B == 1 ? 32 : 16;
+    j.cols = B == 1 ? 1 : 64;
+    j.rchunks[0] = 0;
     for (int i = 0; i < n_w; i++) {
         j.w[i] = w[i];
         j.y[i] = y[i];
         j.dot[i] = codi_kernel_vec_dot(w[i]->type);
+        j.gemm[i] = codi_kernel_gemm(w[i]->type);
         CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt);
+        j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
     }
+    j.n_chunks = j.rchunks[n_w] * ((B + j.cols - 1) / j.cols);
+    atomic_init(&j.next, 0);
     if (vdt == CODI_TYPE_F32) {
         j.xq = x;
         j.xq_stride = (size_t)w[0]->ne0 * sizeof(float);
+    } else if (B == 1) {
+        /* one row: quantize here rather than pay a pool round trip */
+        codi_kernel_from_float(vdt)(x, c->xq, w[0]->ne0);
+        j.xq = c->xq;
     } else {
-        quant_job qj = {x, w[0]->ne0, B, c->xq, c->xq_stride, codi_kernel_from_float(vdt)};
+        quant_job qj = {x, w[0]->ne0, B, c->xq, c->xq_stride, codi_kernel_from_float(vdt), 0};
         CODI_ASSERT(qj.q != NULL);
         codi_threadpool_run(c->pool, quant_task, &qj);
         j.xq = c->xq;
@@ -303,6 +334,7 @@ static void matmul1(codi_context *c, const codi_weight *w, float *y,
 typedef struct {
     codi_context *c;
     int layer, B;
+    atomic_int next; /* next (token, head) item (see threadpool.h) */
 } attn_job;
 
 static void rope_row(const codi_context *c, float *v, int n_heads, int pos) {
@@ -330,7 +362,8 @@ static void rope_row(const codi_context *c, float *v, int n_heads, int pos) {
 }
 
 static void attn_task(void *arg, int ith, int nth) {
-    const attn_job *j = arg;
+    (void)nth;
+    attn_job *j = arg;
     codi_context *c = j->c;
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
@@ -339,7 +372,7 @@ static void attn_task(void *arg, int ith, int nth) {
     float *sc = c->scores + (size_t)ith * c->n_ctx;
     const codi_vec_dot_fn dot16 = codi_kernel_vec_dot(CODI_TYPE_F16);
     const int total = j->B * nh;
-    for (int w = ith; w < total; w += nth) {
+    for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
         const int b = w / nh, h = w % nh, kh = h / gqa;
         const int n_kv = c->row_pos[b] + 1; /* causal: positions 0..pos */
         const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd;
@@ -400,7 +433,7 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
             for (size_t i = 0; i < dkv; i++)
                 vd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(c->v[(size_t)b * dkv + i]);
         }
-        attn_job aj = {c, l, B};
+        attn_job aj = {c, l, B, 0};
         codi_threadpool_run(c->pool, attn_task, &aj);
         matmul1(c, &L->wo, c->xn, c->att, B);
         for (size_t i = 0; i < (size_t)B * d; i++)
