@@ -1,5 +1,8 @@
 /* Fuzz target: tokenizing arbitrary bytes with the real vocabularies (the
- * SmolLM2 byte-level BPE and the Gemma 3 SentencePiece BPE, loaded once).
+ * SmolLM2 byte-level BPE and the Gemma 3 SentencePiece BPE, loaded once
+ * from the GGUF metadata with codi_vocab_load, which codi_tokenize and
+ * codi_token_to_piece pass straight through to; the vocabulary loads
+ * whatever the architecture).
  * Input: one flag byte (bit 0: Gemma, bit 1: add_special, bit 2:
  * parse_special), then the text.
  *
@@ -18,11 +21,29 @@
 
 #include <stdbool.h>
 
-static codi_model *models[2];
+#include "gguf.h"
+#include "tokenizer.h"
+
+static codi_gguf *files[2];
+static codi_vocab *models[2];
+
+static codi_vocab *load_vocab(const char *name, codi_gguf **g) {
+    char path[1024], err[512] = "";
+    codi_vocab *v = NULL;
+    if (codi_gguf_open(fuzz_model_path(name, path, sizeof path), g, err,
+                       sizeof err) ||
+        codi_vocab_load(*g, &v, err, sizeof err)) {
+        fprintf(stderr, "fuzz: cannot load the vocabulary of %s: %s (run "
+                        "tools/fetch_models.sh or set CODI_FUZZ_MODELS)\n",
+                path, err);
+        exit(1);
+    }
+    return v;
+}
 static bool dropped[2][256]; /* byte b never comes back from model i */
 
 /* Text of toks[0..n) with special = true; malloc'd, length in *len. */
-static char *detokenize(const codi_model *m, const int32_t *toks, int32_t n,
+static char *detokenize(const codi_vocab *m, const int32_t *toks, int32_t n,
                         size_t *len);
 
 /* A valid UTF-8 character containing byte b (0 bytes when none can). */
@@ -46,7 +67,7 @@ static void measure_dropped(int i) {
         if (!n)
             continue;
         int32_t toks[16];
-        int32_t k = codi_tokenize(models[i], (const char *)c, n, toks, 16,
+        int32_t k = codi_vocab_tokenize(models[i], (const char *)c, n, toks, 16,
                                   false, false);
         FUZZ_CHECK(k >= 0);
         size_t len;
@@ -59,20 +80,20 @@ static void measure_dropped(int i) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    models[0] = fuzz_load_model("SmolLM2-135M-Instruct.Q4_1.gguf");
-    models[1] = fuzz_load_model("gemma-3-270m-q4_k_m.gguf");
+    models[0] = load_vocab("SmolLM2-135M-Instruct.Q4_1.gguf", &files[0]);
+    models[1] = load_vocab("gemma-3-270m-q4_k_m.gguf", &files[1]);
     measure_dropped(0);
     measure_dropped(1);
     return 0;
 }
 
-static char *detokenize(const codi_model *m, const int32_t *toks, int32_t n,
+static char *detokenize(const codi_vocab *m, const int32_t *toks, int32_t n,
                         size_t *len) {
     size_t cap = 64, got = 0;
     char *back = malloc(cap);
     FUZZ_CHECK(back != NULL);
     for (int32_t i = 0; i < n; i++) {
-        int32_t k = codi_token_to_piece(m, toks[i], NULL, 0, true);
+        int32_t k = codi_vocab_token_to_piece(m, toks[i], NULL, 0, true);
         FUZZ_CHECK(k <= 0);
         if (k == 0)
             continue;
@@ -82,10 +103,10 @@ static char *detokenize(const codi_model *m, const int32_t *toks, int32_t n,
             back = realloc(back, cap);
             FUZZ_CHECK(back != NULL);
         }
-        FUZZ_CHECK(codi_token_to_piece(m, toks[i], back + got, k, true) == k);
+        FUZZ_CHECK(codi_vocab_token_to_piece(m, toks[i], back + got, k, true) == k);
         got += (size_t)k;
         char tiny[2];
-        int32_t k2 = codi_token_to_piece(m, toks[i], tiny, 2, false);
+        int32_t k2 = codi_vocab_token_to_piece(m, toks[i], tiny, 2, false);
         FUZZ_CHECK(k2 <= 2 && k2 >= -k);
     }
     *len = got;
@@ -129,23 +150,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1)
         return 0;
     const uint8_t flags = data[0];
-    const codi_model *m = models[flags & 1];
+    const codi_vocab *m = models[flags & 1];
     const bool add_special = flags & 2, parse_special = flags & 4;
     const char *text = (const char *)data + 1;
     const size_t len = size - 1;
-    const int32_t nv = codi_model_n_vocab(m);
+    const int32_t nv = codi_vocab_n_tokens(m);
 
-    int32_t need = codi_tokenize(m, text, len, NULL, 0, add_special,
+    int32_t need = codi_vocab_tokenize(m, text, len, NULL, 0, add_special,
                                  parse_special);
     FUZZ_CHECK(need != INT32_MIN);
     need = need < 0 ? -need : need;
     int32_t *toks = malloc(((size_t)need + 1) * sizeof *toks);
     FUZZ_CHECK(toks != NULL);
-    int32_t n = codi_tokenize(m, text, len, toks, need, add_special,
+    int32_t n = codi_vocab_tokenize(m, text, len, toks, need, add_special,
                               parse_special);
     FUZZ_CHECK(n == need);
     if (n > 0 && len < 64) /* one short: the size again, nothing else */
-        FUZZ_CHECK(codi_tokenize(m, text, len, toks, n - 1, add_special,
+        FUZZ_CHECK(codi_vocab_tokenize(m, text, len, toks, n - 1, add_special,
                                  parse_special) == -n);
 
     for (int32_t i = 0; i < n; i++)
