@@ -1,6 +1,9 @@
-/* Chat templates, rendered as llama.cpp's llm_chat_apply_template renders
- * them (src/llama-chat.cpp), recognised by the same markers in the same
- * order. Not a Jinja engine.
+/* Chat templates. A Jinja template (tokenizer.chat_template) is rendered by
+ * codi's Jinja interpreter (jinja.c) exactly as transformers renders it with
+ * jinja2. The short names "chatml", "llama3", "gemma", "llama2", "zephyr",
+ * "phi3" pick the built-in renderers below, which render as llama.cpp's
+ * llm_chat_apply_template does (src/llama-chat.cpp); codi_chat_detect
+ * recognises a template's family by the same markers in the same order.
  *
  * Where codi departs from llama.cpp, on purpose:
  *  - ChatML: a default system message written into the template as a
@@ -26,6 +29,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "jinja.h"
 
 /* Llama-2 variants, picked from the template like llama.cpp does. */
 enum llama2_variant {
@@ -314,10 +318,26 @@ static void template_prefix(const char *t, char *dst, size_t cap) {
     dst[j] = '\0';
 }
 
+/* True for the short names ("chatml", ...) that pick a built-in renderer
+ * (a text without Jinja tags is looked up by name as well). */
+static bool is_short_name(const char *t) {
+    for (size_t i = 0; i < sizeof(short_names) / sizeof(short_names[0]); i++)
+        if (strcmp(t, short_names[i].name) == 0) return true;
+    return false;
+}
+
 int codi_chat_render(const char *tmpl, const char *bos,
                      const char *const *roles, const char *const *contents,
                      size_t n, bool add_assistant, char **out, char *err,
                      size_t errlen) {
+    return codi_chat_render_tokens(tmpl, bos, NULL, roles, contents, n,
+                                   add_assistant, out, err, errlen);
+}
+
+int codi_chat_render_tokens(const char *tmpl, const char *bos, const char *eos,
+                            const char *const *roles, const char *const *contents,
+                            size_t n, bool add_assistant, char **out, char *err,
+                            size_t errlen) {
     if (!out) return codi_errorf(err, errlen, CODI_EINVAL, "chat: out is NULL");
     *out = NULL;
     if (!tmpl || !*tmpl)
@@ -330,6 +350,14 @@ int codi_chat_render(const char *tmpl, const char *bos,
             return codi_errorf(err, errlen, CODI_EINVAL,
                                "chat: message %zu has no %s", i,
                                roles[i] ? "content" : "role");
+
+    /* A real template is rendered by the Jinja interpreter, as transformers
+     * renders it; a short name ("chatml", "mistral", ...) picks llama.cpp's
+     * built-in format. */
+    if (!is_short_name(tmpl) && (strstr(tmpl, "{{") || strstr(tmpl, "{%") || strstr(tmpl, "{#"))) {
+        codi_jinja_chat chat = {roles, contents, n, add_assistant, bos, eos};
+        return codi_jinja_render_chat(tmpl, &chat, out, err, errlen);
+    }
 
     enum codi_chat_format f = codi_chat_detect(tmpl);
     if (f == CODI_CHAT_UNKNOWN) {

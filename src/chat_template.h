@@ -1,7 +1,8 @@
-/* Chat templates: recognise the Jinja template stored in
- * tokenizer.chat_template by its markers and render a conversation the way
- * that template would (ChatML, Llama-3, Gemma, Llama-2, ...). No general
- * Jinja engine: an unknown template is a clear error. */
+/* Chat templates: a Jinja template (tokenizer.chat_template) is rendered by
+ * codi's Jinja interpreter as transformers/jinja2 renders it; a short name
+ * ("chatml", "llama3", "gemma", "llama2", "zephyr", "phi3") selects a
+ * built-in renderer that matches llama.cpp's. Unsupported Jinja features
+ * are a clear error naming the feature. */
 #ifndef CODI_CHAT_TEMPLATE_H
 #define CODI_CHAT_TEMPLATE_H
 
@@ -31,5 +32,11 @@ int codi_chat_render(const char *tmpl, const char *bos,
                      const char *const *roles, const char *const *contents,
                      size_t n, bool add_assistant, char **out, char *err,
                      size_t errlen);
+
+/* The same with eos_token defined too (templates that print it). */
+int codi_chat_render_tokens(const char *tmpl, const char *bos, const char *eos,
+                            const char *const *roles, const char *const *contents,
+                            size_t n, bool add_assistant, char **out, char *err,
+                            size_t errlen);
 
 #endif

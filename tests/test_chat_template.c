@@ -1,6 +1,9 @@
 /* Chat template detection and rendering. Expected strings for the
- * six-message conversation are llama.cpp's (tests/test-chat-template.cpp,
- * "expected_output", i.e. its built-in renderer). */
+ * six-message conversation under a short name ("chatml", ...) are llama.cpp's
+ * (tests/test-chat-template.cpp, "expected_output", i.e. its built-in
+ * renderer). Real Jinja templates are rendered by codi's Jinja interpreter
+ * as jinja2 renders them: test_jinja.c checks them against jinja2's output;
+ * the few here show where that differs from llama.cpp's built-ins. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -200,32 +203,42 @@ static void test_llamacpp_chatml(void **state) {
 
 static void test_llamacpp_llama2(void **state) {
     (void)state;
-    expect_conv(T_MISTRAL_V02,
-                "[INST] You are a helpful assistant\nHello [/INST]Hi there</s>"
-                "[INST] Who are you [/INST]   I am an assistant   </s>"
-                "[INST] Another question [/INST]");
     expect_conv("mistral",
                 "[INST] You are a helpful assistant\nHello [/INST]Hi there</s>"
                 "[INST] Who are you [/INST]   I am an assistant   </s>"
                 "[INST] Another question [/INST]");
-    expect_conv(T_FUSIONNET,
-                "[INST] <<SYS>>\nYou are a helpful assistant\n<</SYS>>\n\n"
-                "Hello [/INST]Hi there</s><s>[INST] Who are you [/INST]   I am "
-                "an assistant   </s><s>[INST] Another question [/INST]");
-    expect_conv(T_VIGOGNE,
-                "[INST] <<SYS>>\nYou are a helpful assistant\n<</SYS>>\n\n"
-                "Hello [/INST]Hi there</s>[INST] Who are you [/INST]I am an "
-                "assistant</s>[INST] Another question [/INST]");
-    /* The BOS-inside-history variant prints the model's BOS text. */
-    char *out = render_ok(T_FUSIONNET, "<BOS>", conv_roles, conv_contents,
-                          CONV_N, true);
-    assert_non_null(strstr(out, "</s><BOS>[INST] Who are you"));
+    /* The real Mistral template refuses a system message (jinja2 raises
+     * in raise_exception; llama.cpp's renderer folds it in). */
+    char *out = (char *)0x1;
+    char err[256] = "";
+    assert_int_equal(codi_chat_render(T_MISTRAL_V02, "<s>", conv_roles, conv_contents, CONV_N, true,
+                                      &out, err, sizeof(err)),
+                     CODI_EINVAL);
+    assert_null(out);
+    assert_non_null(strstr(err, "Conversation roles must alternate"));
+    /* The BOS-inside-history template prints the model's BOS text. */
+    out = render_ok(T_FUSIONNET, "<BOS>", conv_roles, conv_contents, CONV_N, true);
+    assert_non_null(strstr(out, " Hi there <BOS>[INST] Who are you")); /* eos_token "" here */
     free(out);
 }
 
 static void test_llamacpp_gemma(void **state) {
     (void)state;
-    expect_conv(T_GEMMA,
+    /* The Gemma (1/2) template raises on a system message; the built-in
+     * renderer folds it into the first user turn as llama.cpp does. */
+    char *out = (char *)0x1;
+    char err[256] = "";
+    assert_int_equal(codi_chat_render(T_GEMMA, NULL, conv_roles, conv_contents, CONV_N, true, &out,
+                                      err, sizeof(err)),
+                     CODI_EINVAL);
+    assert_string_equal(err, "chat template: raised: System role not supported");
+    expect_render(T_GEMMA, conv_roles + 1, conv_contents + 1, CONV_N - 1, true,
+                  "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\nHi there<end_of_turn>\n"
+                  "<start_of_turn>user\nWho are you<end_of_turn>\n"
+                  "<start_of_turn>model\nI am an assistant<end_of_turn>\n"
+                  "<start_of_turn>user\nAnother question<end_of_turn>\n"
+                  "<start_of_turn>model\n");
+    expect_conv("gemma",
                 "<start_of_turn>user\nYou are a helpful assistant\n\nHello"
                 "<end_of_turn>\n<start_of_turn>model\nHi there<end_of_turn>\n"
                 "<start_of_turn>user\nWho are you<end_of_turn>\n"
@@ -254,9 +267,13 @@ static void test_llamacpp_phi3(void **state) {
         "<|assistant|>\nHi there<|end|>\n<|user|>\nWho are you<|end|>\n"
         "<|assistant|>\n   I am an assistant   <|end|>\n<|user|>\nAnother "
         "question<|end|>\n<|assistant|>\n";
-    expect_conv(T_PHI3_MINI, expected);
     expect_conv(T_PHI3_VISION, expected);
     expect_conv("phi3", expected);
+    /* Phi-3 mini's own template has no system branch: jinja2 drops it. */
+    expect_conv(T_PHI3_MINI,
+                "<|user|>\nHello<|end|>\n<|assistant|>\nHi there<|end|>\n<|user|>\nWho are you<|end|>\n"
+                "<|assistant|>\n   I am an assistant   <|end|>\n<|user|>\nAnother question<|end|>\n"
+                "<|assistant|>\n");
 }
 
 /* ---------------------------- system + user + assistant + user, ± prompt */
@@ -319,17 +336,17 @@ static void test_short_conversation(void **state) {
     /* The full Jinja texts render as their short names do. */
     expect_render(T_LLAMA3, short_roles, short_contents, SHORT_N, true,
                   cases[1].with_prompt);
-    expect_render(T_GEMMA, short_roles, short_contents, SHORT_N, false,
-                  cases[2].without_prompt);
     expect_render(T_ZEPHYR_STABLELM, short_roles, short_contents, SHORT_N, true,
                   cases[4].with_prompt);
 }
 
 static void test_zephyr_eos_from_template(void **state) {
     (void)state;
+    /* Rendered as written: no newline between turns, no newline after the
+     * final <|assistant|> (llama.cpp's built-in adds both). */
     expect_render(T_ZEPHYR_S, short_roles, short_contents, SHORT_N, true,
-                  "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n"
-                  "Hello!</s>\n<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n");
+                  "<|system|>\nBe brief.</s><|user|>\nHi</s><|assistant|>\n"
+                  "Hello!</s><|user|>\nWhat is 2+2?</s><|assistant|>");
 }
 
 static void test_gemma_system_folding(void **state) {
@@ -372,12 +389,11 @@ static void test_smollm2_default_system(void **state) {
     expect_render(escaped, roles, contents, 1, false,
                   "<|im_start|>system\nYou're \"Smol\"<|im_end|>\n"
                   "<|im_start|>user\nHi<|im_end|>\n");
-    /* A literal that only opens the system turn is not a default. */
+    /* A template prints what it prints: this one only the system turn. */
     const char *qwen_like =
         "{% if messages[0]['role'] == 'system' %}{{ '<|im_start|>system\\n' + "
         "messages[0]['content'] + '<|im_end|>\\n' }}{% endif %}";
-    expect_render(qwen_like, roles, contents, 1, false,
-                  "<|im_start|>user\nHi<|im_end|>\n");
+    expect_render(qwen_like, roles, contents, 1, false, "");
     /* Plain "chatml" has no default. */
     expect_render("chatml", roles, contents, 1, false,
                   "<|im_start|>user\nHi<|im_end|>\n");
@@ -390,13 +406,12 @@ static void test_unknown_template(void **state) {
     char *out = (char *)0x1;
     char err[256] = "";
     const char *tmpl = "{% for m in messages %}\n{{ m.role }}: {{ m.content }}\n"
-                       "{% endfor %}";
+                       "{% endfor %}{% include 'footer.jinja' %}";
     int rc = codi_chat_render(tmpl, NULL, short_roles, short_contents, SHORT_N,
                               true, &out, err, sizeof(err));
     assert_int_equal(rc, CODI_EUNSUPPORTED);
     assert_null(out);
-    assert_string_equal(err, "unsupported chat template (starts with: "
-                             "'{% for m in messages %}\\n{{ m.role }}: {{...')");
+    assert_string_equal(err, "chat template: line 3: unsupported Jinja feature '{% include %}'");
 
     rc = codi_chat_render("short one", NULL, NULL, NULL, 0, true, &out, err,
                           sizeof(err));
