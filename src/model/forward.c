@@ -37,7 +37,8 @@ struct codi_context {
     size_t xq_stride; /* bytes per token row in xq */
     float *scores;    /* [n_threads][n_ctx] */
     uint16_t *probs16;/* [n_threads][n_ctx] attention weights as fp16 */
-    float *rope_theta;/* [n_rot/2] per-pair frequency */
+    float *rope_theta;/* [2][n_rot/2] per-pair frequency: global layers,
+                         then sliding-window layers (own rope base) */
     /* logits of the last decode call */
     float *logits;
     size_t logits_cap; /* rows */
@@ -133,7 +134,7 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->xq = xaligned(B * c->xq_stride);
     c->scores = xaligned((size_t)p.n_threads * (size_t)p.n_ctx * sizeof(float));
     c->probs16 = xaligned((size_t)p.n_threads * (size_t)p.n_ctx * sizeof(uint16_t));
-    c->rope_theta = xaligned((size_t)(hp->n_rot / 2) * sizeof(float));
+    c->rope_theta = xaligned((size_t)hp->n_rot * sizeof(float));
     c->logits_cap = 1;
     c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
     c->n_past = calloc((size_t)p.n_seq, sizeof(int32_t));
@@ -154,11 +155,14 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     }
     /* theta_i = base^(-2i/n_rot), computed the way ggml does (repeated
      * multiplication in float) so positions match llama.cpp closely. */
-    const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
-    float th = 1.0f;
-    for (int i = 0; i < hp->n_rot / 2; i++) {
-        c->rope_theta[i] = th;
-        th *= theta_scale;
+    for (int s = 0; s < 2; s++) {
+        const float base = s ? hp->rope_base_swa : hp->rope_base;
+        const float theta_scale = powf(base, -2.0f / (float)hp->n_rot);
+        float th = 1.0f;
+        for (int i = 0; i < hp->n_rot / 2; i++) {
+            c->rope_theta[s * (hp->n_rot / 2) + i] = th;
+            th *= theta_scale;
+        }
     }
     *out = c;
     return 0;
@@ -258,7 +262,7 @@ static void matmul_task(void *arg, int ith, int nth) {
         const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
         const uint8_t *xr = (const uint8_t *)j->xq + (size_t)c0 * j->xq_stride;
         float *yr = j->y[i] + (size_t)c0 * w->ne1 + r0;
-        if (j->gemm[i] && nc > 1) /* one token: vec_dot is faster (bench/gemm_bench.c) */
+        if (j->gemm[i])
             j->gemm[i](w->ne0, nr, nc, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
         else
             codi_gemm_generic(j->dot[i], w->ne0, nr, nc, wr, w->row_bytes, xr, j->xq_stride, yr,
@@ -337,14 +341,16 @@ typedef struct {
     atomic_int next; /* next (token, head) item (see threadpool.h) */
 } attn_job;
 
-static void rope_row(const codi_context *c, float *v, int n_heads, int pos) {
+static void rope_row(const codi_context *c, const codi_layer *L, float *v,
+                     int n_heads, int pos) {
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, half = hp->n_rot / 2;
-    const float p = (float)pos * hp->rope_freq_scale;
+    const float p = (float)pos * L->rope_freq_scale;
+    const float *rope_theta = c->rope_theta + (L->swa ? half : 0);
     for (int h = 0; h < n_heads; h++) {
         float *x = v + (size_t)h * hd;
         for (int i = 0; i < half; i++) {
-            const float theta = p * c->rope_theta[i];
+            const float theta = p * rope_theta[i];
             const float cs = cosf(theta), sn = sinf(theta);
             int i0, i1;
             if (hp->rope_neox) {
@@ -368,13 +374,18 @@ static void attn_task(void *arg, int ith, int nth) {
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
     const size_t dkv = (size_t)hp->n_head_kv * hd, dq = (size_t)nh * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
+    /* Gemma 3 scales the queries before attention (forward_batch). */
+    const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
+    const bool swa = c->m->layers[j->layer].swa && hp->n_swa > 0;
     float *sc = c->scores + (size_t)ith * c->n_ctx;
     const codi_vec_dot_fn dot16 = codi_kernel_vec_dot(CODI_TYPE_F16);
     const int total = j->B * nh;
     for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
         const int b = w / nh, h = w % nh, kh = h / gqa;
         const int n_kv = c->row_pos[b] + 1; /* causal: positions 0..pos */
+        /* sliding window: keys at pos - t >= n_swa are masked (llama.cpp's
+         * LLAMA_SWA_TYPE_STANDARD), i.e. only t0..pos take part */
+        const int t0 = swa ? CODI_MAX(0, n_kv - hp->n_swa) : 0;
         const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd;
         const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd * c->n_ctx;
         /* llama.cpp (flash attention off) multiplies the fp16 cache with
@@ -382,23 +393,72 @@ static void attn_task(void *arg, int ith, int nth) {
          * the same way. */
         uint16_t q16[1024];
         codi_fp32_to_fp16_row(c->q + (size_t)b * dq + (size_t)h * hd, q16, hd);
-        for (int t = 0; t < n_kv; t++) {
+        for (int t = t0; t < n_kv; t++) {
             float s;
             dot16(hd, &s, kl + (size_t)t * dkv, q16);
-            sc[t] = s * scale;
+            sc[t - t0] = s * scale;
         }
-        codi_softmax_inplace(sc, n_kv);
+        codi_softmax_inplace(sc, n_kv - t0);
         /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
          * the transposed V rows, in llama.cpp's order. */
         uint16_t *p16 = c->probs16 + (size_t)ith * c->n_ctx;
-        codi_fp32_to_fp16_row(sc, p16, n_kv);
+        codi_fp32_to_fp16_row(sc, p16, n_kv - t0);
         float *o = c->att + (size_t)b * dq + (size_t)h * hd;
         for (int i = 0; i < hd; i++)
-            dot16(n_kv, &o[i], vl + (size_t)i * c->n_ctx, p16);
+            dot16(n_kv - t0, &o[i], vl + (size_t)i * c->n_ctx + t0, p16);
     }
 }
 
 /* ------------------------------------------------------------ forward */
+
+/* matmul() for weights that may not share an activation type (mixed-type
+ * files such as Q4_K_M put a Q8_0 V next to a Q5_0 Q): one call per
+ * weight then. */
+static void matmul_mixed(codi_context *c, int n_w, const codi_weight *const *w,
+                         float *const *y, const float *x, int B) {
+    const int vdt = codi_type_get(w[0]->type)->vec_dot_type;
+    bool same = true;
+    for (int i = 1; i < n_w; i++)
+        same = same && codi_type_get(w[i]->type)->vec_dot_type == vdt;
+    if (same) {
+        matmul(c, n_w, w, y, x, B);
+        return;
+    }
+    for (int i = 0; i < n_w; i++)
+        matmul1(c, w[i], y[i], x, B);
+}
+
+/* ggml's CPU gelu (tanh approximation) reads an fp16 table: the input is
+ * rounded to fp16, the result is stored as fp16. */
+static float gelu_ggml(float x) {
+    if (x <= -10.0f)
+        return 0.0f;
+    if (x >= 10.0f)
+        return x;
+    const float f = codi_fp16_to_fp32(codi_fp32_to_fp16(x));
+    const float g = 0.5f * f * (1.0f + tanhf(0.79788456080286535587989211986876f * f *
+                                             (1.0f + 0.044715f * f * f)));
+    return codi_fp16_to_fp32(codi_fp32_to_fp16(g));
+}
+
+static void add_bias(float *y, const float *bias, int B, size_t n) {
+    if (!bias)
+        return;
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < n; i++)
+            y[(size_t)b * n + i] += bias[i];
+}
+
+/* Per-head RMS norm of B rows of n_heads * head_dim (Qwen3, Gemma 3). */
+static void head_norm(float *x, const float *w, int B, int n_heads,
+                      const codi_hparams *hp) {
+    if (!w)
+        return;
+    for (int r = 0; r < B * n_heads; r++) {
+        float *v = x + (size_t)r * hp->head_dim;
+        codi_rmsnorm(v, v, w, hp->head_dim, hp->norm_eps);
+    }
+}
 
 /* One pass over B <= n_batch tokens at positions c->row_pos[] of sequences
  * c->row_seq[]; logits of the n_out rows c->out_idx[] go to logits. */
@@ -413,6 +473,9 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
     for (int b = 0; b < B; b++)
         emb((const uint8_t *)m->tok_embd.data + (size_t)tokens[b] * m->tok_embd.row_bytes,
             c->x + (size_t)b * d, d);
+    if (hp->embd_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)B * d; i++)
+            c->x[i] *= hp->embd_scale;
 
     for (int l = 0; l < hp->n_layer; l++) {
         const codi_layer *L = &m->layers[l];
@@ -421,12 +484,20 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
         {
             const codi_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
             float *ys[3] = {c->q, c->k, c->v};
-            matmul(c, 3, ws, ys, c->xn, B);
+            matmul_mixed(c, 3, ws, ys, c->xn, B);
         }
+        add_bias(c->q, L->bq, B, dq);
+        add_bias(c->k, L->bk, B, dkv);
+        add_bias(c->v, L->bv, B, dkv);
+        head_norm(c->q, L->attn_q_norm, B, hp->n_head, hp);
+        head_norm(c->k, L->attn_k_norm, B, hp->n_head_kv, hp);
         for (int b = 0; b < B; b++) {
             const int p = c->row_pos[b];
-            rope_row(c, c->q + (size_t)b * dq, hp->n_head, p);
-            rope_row(c, c->k + (size_t)b * dkv, hp->n_head_kv, p);
+            rope_row(c, L, c->q + (size_t)b * dq, hp->n_head, p);
+            rope_row(c, L, c->k + (size_t)b * dkv, hp->n_head_kv, p);
+            if (hp->arch_id == CODI_ARCH_GEMMA3)
+                for (size_t i = 0; i < dq; i++)
+                    c->q[(size_t)b * dq + i] *= hp->attn_scale;
             uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], l) + (size_t)p * dkv;
             uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], l) + (size_t)p;
             codi_fp32_to_fp16_row(c->k + (size_t)b * dkv, kd, (int64_t)dkv);
@@ -436,6 +507,10 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
         attn_job aj = {c, l, B, 0};
         codi_threadpool_run(c->pool, attn_task, &aj);
         matmul1(c, &L->wo, c->xn, c->att, B);
+        if (L->attn_post_norm)
+            for (int b = 0; b < B; b++)
+                codi_rmsnorm(c->xn + (size_t)b * d, c->xn + (size_t)b * d, L->attn_post_norm, d,
+                             hp->norm_eps);
         for (size_t i = 0; i < (size_t)B * d; i++)
             c->x[i] += c->xn[i];
 
@@ -444,13 +519,22 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
         {
             const codi_weight *ws[2] = {&L->w_gate, &L->w_up};
             float *ys[2] = {c->g, c->u};
-            matmul(c, 2, ws, ys, c->xn, B);
+            matmul_mixed(c, 2, ws, ys, c->xn, B);
         }
-        for (size_t i = 0; i < (size_t)B * ff; i++) {
-            const float gv = c->g[i];
-            c->g[i] = gv / (1.0f + expf(-gv)) * c->u[i];
+        if (hp->ffn_act == CODI_ACT_GELU) {
+            for (size_t i = 0; i < (size_t)B * ff; i++)
+                c->g[i] = gelu_ggml(c->g[i]) * c->u[i];
+        } else {
+            for (size_t i = 0; i < (size_t)B * ff; i++) {
+                const float gv = c->g[i];
+                c->g[i] = gv / (1.0f + expf(-gv)) * c->u[i];
+            }
         }
         matmul1(c, &L->w_down, c->xn, c->g, B);
+        if (L->ffn_post_norm)
+            for (int b = 0; b < B; b++)
+                codi_rmsnorm(c->xn + (size_t)b * d, c->xn + (size_t)b * d, L->ffn_post_norm, d,
+                             hp->norm_eps);
         for (size_t i = 0; i < (size_t)B * d; i++)
             c->x[i] += c->xn[i];
     }
@@ -459,6 +543,11 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
             codi_rmsnorm(c->xn + (size_t)r * d, c->x + (size_t)c->out_idx[r] * d,
                          m->out_norm, d, hp->norm_eps);
         matmul1(c, &m->output, logits, c->xn, n_out);
+        add_bias(logits, m->output_b, n_out, (size_t)hp->n_vocab);
+        const float cap = hp->final_logit_softcap;
+        if (cap > 0.0f)
+            for (size_t i = 0; i < (size_t)n_out * hp->n_vocab; i++)
+                logits[i] = cap * tanhf(logits[i] * (1.0f / cap)); /* as ggml_scale */
     }
 }
 

@@ -91,9 +91,12 @@ static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
     return 0;
 }
 
-static int bind_norm(const codi_gguf *g, const char *name, int64_t n,
-                     const float **out, char *err, size_t errlen) {
+static int bind_vec(const codi_gguf *g, const char *name, int64_t n,
+                    const float **out, bool required, char *err, size_t errlen) {
     const codi_gguf_tensor *t = codi_gguf_find_tensor(g, name);
+    *out = NULL;
+    if (!t && !required)
+        return 0;
     if (!t)
         return codi_errorf(err, errlen, CODI_EFORMAT, "missing tensor '%s'", name);
     if (t->type != CODI_TYPE_F32)
@@ -110,6 +113,50 @@ static int bind_norm(const codi_gguf *g, const char *name, int64_t n,
     return 0;
 }
 
+static int bind_norm(const codi_gguf *g, const char *name, int64_t n,
+                     const float **out, char *err, size_t errlen) {
+    return bind_vec(g, name, n, out, true, err, errlen);
+}
+
+/* The arch table: what each architecture adds to the llama layout. */
+static const struct arch_def {
+    const char *name;
+    int id;
+    bool rope_neox;
+} ARCHS[] = {
+    {"llama", CODI_ARCH_LLAMA, false},
+    {"qwen2", CODI_ARCH_QWEN2, true},
+    {"qwen3", CODI_ARCH_QWEN3, true},
+    {"gemma3", CODI_ARCH_GEMMA3, true},
+};
+#define N_ARCHS (sizeof(ARCHS) / sizeof(ARCHS[0]))
+
+/* Gemma 3's sliding-window layers, as llama.cpp's load_swa_pattern: an
+ * array of per-layer flags, or a period n (layer il is local unless
+ * il % n == n - 1; n = 0: every layer), default 6. */
+static int load_swa_layers(const codi_gguf *g, codi_model *m, char *err,
+                           size_t errlen) {
+    codi_hparams *hp = &m->hp;
+    char key[128];
+    snprintf(key, sizeof(key), "%s.attention.sliding_window_pattern", hp->arch);
+    const codi_gguf_kv *kv = codi_gguf_find(g, key);
+    if (kv && kv->type == CODI_GGUF_ARRAY) {
+        if (kv->arr_type == CODI_GGUF_STRING || kv->arr_n != (uint64_t)hp->n_layer)
+            return codi_errorf(err, errlen, CODI_EFORMAT,
+                               "key '%s' must be an array of %d flags", key, hp->n_layer);
+        for (int l = 0; l < hp->n_layer; l++)
+            m->layers[l].swa = codi_gguf_arr_i64(kv, (uint64_t)l) != 0;
+        return 0;
+    }
+    uint32_t period = 6;
+    int rc = get_u32_arch(g, hp->arch, "attention.sliding_window_pattern", &period, false, err, errlen);
+    if (rc)
+        return rc;
+    for (int l = 0; l < hp->n_layer; l++)
+        m->layers[l].swa = period == 0 || (uint32_t)l % period < period - 1;
+    return 0;
+}
+
 static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
                         size_t errlen) {
     char *arch = NULL;
@@ -118,18 +165,24 @@ static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
         return codi_errorf(err, errlen, CODI_EFORMAT, "missing required key 'general.architecture'");
     if (rc)
         return codi_errorf(err, errlen, CODI_EFORMAT, "key 'general.architecture' is not a string");
-    if (strcmp(arch, "llama") != 0) {
+    const struct arch_def *def = NULL;
+    for (size_t i = 0; i < N_ARCHS; i++)
+        if (strcmp(arch, ARCHS[i].name) == 0)
+            def = &ARCHS[i];
+    if (!def) {
         rc = codi_errorf(err, errlen, CODI_EUNSUPPORTED,
-                         "unsupported model architecture '%.40s' (supported: llama)", arch);
+                         "unsupported model architecture '%.40s' (supported: llama, qwen2, qwen3, gemma3)",
+                         arch);
         free(arch);
         return rc;
     }
     snprintf(hp->arch, sizeof(hp->arch), "%s", arch);
     free(arch);
+    hp->arch_id = def->id;
 
     uint32_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0,
-             n_ctx = 0, n_rot = 0, key_len = 0, n_vocab = 0;
-    float eps = 0.0f, base = 10000.0f, scale = 1.0f;
+             n_ctx = 0, n_rot = 0, key_len = 0, val_len = 0, n_vocab = 0, n_swa = 0;
+    float eps = 0.0f, base = 10000.0f, scale = 1.0f, base_swa = 10000.0f, softcap = 0.0f;
     if ((rc = get_u32_arch(g, hp->arch, "embedding_length", &n_embd, true, err, errlen)) ||
         (rc = get_u32_arch(g, hp->arch, "block_count", &n_layer, true, err, errlen)) ||
         (rc = get_u32_arch(g, hp->arch, "attention.head_count", &n_head, true, err, errlen)) ||
@@ -139,8 +192,14 @@ static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
         (rc = get_f32_arch(g, hp->arch, "rope.freq_base", &base, false, err, errlen)) ||
         (rc = get_u32_arch(g, hp->arch, "attention.head_count_kv", &n_head_kv, false, err, errlen)) ||
         (rc = get_u32_arch(g, hp->arch, "attention.key_length", &key_len, false, err, errlen)) ||
+        (rc = get_u32_arch(g, hp->arch, "attention.value_length", &val_len, false, err, errlen)) ||
         (rc = get_u32_arch(g, hp->arch, "rope.dimension_count", &n_rot, false, err, errlen)) ||
         (rc = get_u32_arch(g, hp->arch, "vocab_size", &n_vocab, false, err, errlen)))
+        return rc;
+    if (def->id == CODI_ARCH_GEMMA3 &&
+        ((rc = get_u32_arch(g, hp->arch, "attention.sliding_window", &n_swa, false, err, errlen)) ||
+         (rc = get_f32_arch(g, hp->arch, "rope.freq_base_swa", &base_swa, false, err, errlen)) ||
+         (rc = get_f32_arch(g, hp->arch, "final_logit_softcapping", &softcap, false, err, errlen))))
         return rc;
     char key[128];
     snprintf(key, sizeof(key), "%s.rope.scaling.type", hp->arch);
@@ -155,8 +214,10 @@ static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
         }
         if (strcmp(stype, "linear") == 0) {
             float factor = 1.0f;
-            if ((rc = get_f32_arch(g, hp->arch, "rope.scaling.factor", &factor, false, err, errlen)))
+            if ((rc = get_f32_arch(g, hp->arch, "rope.scaling.factor", &factor, false, err, errlen))) {
+                free(stype);
                 return rc;
+            }
             if (factor > 0.0f)
                 scale = 1.0f / factor;
         }
@@ -176,12 +237,40 @@ static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
     if (!key_len && n_embd % n_head != 0)
         return codi_errorf(err, errlen, CODI_EFORMAT,
                            "embedding_length %u is not a multiple of head_count %u", n_embd, n_head);
+    if (val_len && val_len != (uint32_t)hp->head_dim)
+        return codi_errorf(err, errlen, CODI_EUNSUPPORTED,
+                           "attention.value_length %u differs from the key length %d",
+                           val_len, hp->head_dim);
     hp->n_rot = n_rot ? (int32_t)CODI_MIN(n_rot, 4096u) : hp->head_dim;
-    hp->rope_neox = false; /* llama uses the normal (interleaved-pair) layout */
+    hp->rope_neox = def->rope_neox; /* llama: interleaved pairs; the rest NeoX */
     hp->rope_base = base;
     hp->rope_freq_scale = scale;
     hp->norm_eps = eps;
     hp->n_vocab = (int32_t)CODI_MIN(n_vocab, (uint32_t)INT32_MAX);
+    hp->ffn_act = CODI_ACT_SILU;
+    hp->embd_scale = 1.0f;
+    hp->attn_scale = hp->head_dim > 0 ? 1.0f / sqrtf((float)hp->head_dim) : 1.0f;
+    hp->n_swa = 0;
+    hp->rope_base_swa = base;
+    hp->rope_freq_scale_swa = scale;
+    hp->final_logit_softcap = 0.0f;
+    if (def->id == CODI_ARCH_GEMMA3) {
+        hp->ffn_act = CODI_ACT_GELU;
+        hp->embd_scale = sqrtf((float)hp->n_embd);
+        /* gemma_pytorch: the 27B (62 layers) scales by n_embd / n_head */
+        if (hp->n_layer == 62)
+            hp->attn_scale = 1.0f / sqrtf((float)(hp->n_embd / hp->n_head));
+        if (n_swa > (uint32_t)INT32_MAX)
+            return codi_errorf(err, errlen, CODI_EFORMAT, "bad attention.sliding_window %u", n_swa);
+        hp->n_swa = (int32_t)n_swa;
+        hp->rope_base_swa = base_swa;
+        hp->rope_freq_scale_swa = 1.0f; /* scaling applies to global layers */
+        if (!(softcap >= 0.0f) || !isfinite(softcap))
+            return codi_errorf(err, errlen, CODI_EFORMAT, "bad final_logit_softcapping %g", softcap);
+        hp->final_logit_softcap = softcap;
+        if (!(base_swa > 0.0f) || !isfinite(base_swa))
+            return codi_errorf(err, errlen, CODI_EFORMAT, "bad rope.freq_base_swa %g", base_swa);
+    }
     return 0;
 }
 
@@ -199,6 +288,8 @@ static int load_weights(codi_model *m, char *err, size_t errlen) {
         return rc;
     if (!m->output.data)
         m->output = m->tok_embd; /* tied embeddings */
+    if ((rc = bind_vec(g, "output.bias", hp->n_vocab, &m->output_b, false, err, errlen)))
+        return rc;
     m->layers = calloc((size_t)hp->n_layer, sizeof(codi_layer));
     if (!m->layers)
         return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
@@ -222,8 +313,39 @@ static int load_weights(codi_model *m, char *err, size_t errlen) {
         W(w_gate, "ffn_gate", d, hp->n_ff)
         W(w_up, "ffn_up", d, hp->n_ff)
         W(w_down, "ffn_down", hp->n_ff, d)
+#define V(field, suffix, n, req)                                                 \
+    snprintf(name, sizeof(name), "blk.%d." suffix, l);                           \
+    if ((rc = bind_vec(g, name, n, &L->field, req, err, errlen)))                \
+        return rc;
+        const int arch = hp->arch_id;
+        if (arch == CODI_ARCH_QWEN2) {
+            V(bq, "attn_q.bias", dq, false)
+            V(bk, "attn_k.bias", dkv, false)
+            V(bv, "attn_v.bias", dkv, false)
+        }
+        if (arch == CODI_ARCH_QWEN3 || arch == CODI_ARCH_GEMMA3) {
+            V(attn_q_norm, "attn_q_norm.weight", hp->head_dim, true)
+            V(attn_k_norm, "attn_k_norm.weight", hp->head_dim, true)
+        }
+        if (arch == CODI_ARCH_GEMMA3) {
+            V(attn_post_norm, "post_attention_norm.weight", d, true)
+            V(ffn_post_norm, "post_ffw_norm.weight", d, true)
+        }
+        L->swa = false;
+        L->rope_base = hp->rope_base;
+        L->rope_freq_scale = hp->rope_freq_scale;
 #undef W
 #undef N
+#undef V
+    }
+    if (hp->n_swa > 0) {
+        if ((rc = load_swa_layers(g, m, err, errlen)))
+            return rc;
+        for (int l = 0; l < hp->n_layer; l++)
+            if (m->layers[l].swa) {
+                m->layers[l].rope_base = hp->rope_base_swa;
+                m->layers[l].rope_freq_scale = hp->rope_freq_scale_swa;
+            }
     }
     for (uint64_t i = 0; i < g->n_tensors; i++)
         m->weight_bytes += g->tensors[i].nbytes;
@@ -270,7 +392,11 @@ int codi_model_load(const char *path, const codi_model_params *params,
         int32_t n = bos >= 0 ? codi_vocab_token_to_piece(m->vocab, bos, buf, (int32_t)sizeof(buf) - 1, true) : 0;
         buf[n > 0 ? n : 0] = '\0';
         m->bos_text = strdup(buf);
-        if (!m->bos_text) {
+        const int32_t eos = codi_vocab_eos(m->vocab);
+        n = eos >= 0 ? codi_vocab_token_to_piece(m->vocab, eos, buf, (int32_t)sizeof(buf) - 1, true) : 0;
+        buf[n > 0 ? n : 0] = '\0';
+        m->eos_text = strdup(buf);
+        if (!m->bos_text || !m->eos_text) {
             rc = codi_errorf(sub, sizeof(sub), CODI_ENOMEM, "out of memory");
             goto fail_sub;
         }
@@ -296,6 +422,7 @@ void codi_model_free(codi_model *m) {
     free(m->layers);
     free(m->chat_template);
     free(m->bos_text);
+    free(m->eos_text);
     free(m);
 }
 
@@ -334,5 +461,6 @@ int codi_chat_apply(const codi_model *m, const char *tmpl,
     if (!t)
         return codi_errorf(err, errlen, CODI_EUNSUPPORTED,
                            "the model has no chat template (tokenizer.chat_template); pass one explicitly");
-    return codi_chat_render(t, m->bos_text, roles, contents, n, add_assistant, out, err, errlen);
+    return codi_chat_render_tokens(t, m->bos_text, m->eos_text, roles, contents, n, add_assistant,
+                                   out, err, errlen);
 }

@@ -11,8 +11,23 @@
 #include "kernels/threadpool.h"
 #include "tokenizer.h"
 
+/* Architectures the loader knows (the arch table is in loader.c). */
+enum codi_arch {
+    CODI_ARCH_LLAMA = 0,
+    CODI_ARCH_QWEN2,  /* llama + Q/K/V biases, NeoX rope */
+    CODI_ARCH_QWEN3,  /* llama + per-head Q/K RMS norms, NeoX rope */
+    CODI_ARCH_GEMMA3, /* Q/K norms, pre+post norms, GeGLU, scaled embeddings,
+                         interleaved sliding-window layers */
+};
+
+enum codi_ffn_act {
+    CODI_ACT_SILU = 0, /* silu(gate) * up */
+    CODI_ACT_GELU,     /* gelu_tanh(gate) * up, as ggml's fp16 table */
+};
+
 typedef struct codi_hparams {
     char arch[32];
+    int arch_id;        /* enum codi_arch */
     int32_t n_vocab;
     int32_t n_embd;
     int32_t n_layer;
@@ -26,6 +41,14 @@ typedef struct codi_hparams {
     float rope_base;
     float rope_freq_scale; /* 1 / linear scaling factor */
     float norm_eps;
+    /* Additions for the non-llama families (neutral values for llama). */
+    int ffn_act;        /* enum codi_ffn_act */
+    float embd_scale;   /* token embeddings are multiplied by this (1) */
+    float attn_scale;   /* queries are multiplied by this before QK^T */
+    int32_t n_swa;      /* sliding window of local layers, 0 = none */
+    float rope_base_swa;       /* rope base of sliding-window layers */
+    float rope_freq_scale_swa; /* rope scale of sliding-window layers */
+    float final_logit_softcap; /* logits = c*tanh(logits/c); 0 = off */
 } codi_hparams;
 
 /* A weight matrix: ne[0] = in features (contiguous), ne[1] = out features. */
@@ -46,6 +69,15 @@ typedef struct codi_layer {
     codi_weight w_gate;     /* [n_embd] -> [n_ff] */
     codi_weight w_up;
     codi_weight w_down;     /* [n_ff] -> [n_embd] */
+    /* optional, NULL when the architecture has none */
+    const float *bq, *bk, *bv;      /* Q/K/V biases (Qwen2) */
+    const float *attn_q_norm;       /* [head_dim] per-head RMS norm */
+    const float *attn_k_norm;       /* (Qwen3, Gemma 3) */
+    const float *attn_post_norm;    /* [n_embd] on the attention output */
+    const float *ffn_post_norm;     /* [n_embd] on the FFN output (Gemma 3) */
+    bool swa;               /* sliding-window (local) layer */
+    float rope_base;        /* this layer's rope base and scale */
+    float rope_freq_scale;
 } codi_layer;
 
 struct codi_model {
@@ -55,9 +87,11 @@ struct codi_model {
     codi_weight tok_embd; /* [n_embd] x n_vocab rows */
     const float *out_norm;
     codi_weight output;   /* tied to tok_embd when the file has none */
+    const float *output_b;/* [n_vocab] or NULL */
     codi_layer *layers;
     char *chat_template;  /* NULL when the file has none */
     char *bos_text;       /* text of BOS, "" when none */
+    char *eos_text;       /* text of EOS, "" when none */
     uint64_t weight_bytes;
 };
 
