@@ -209,14 +209,20 @@ void codi_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *vx,
     const codi_block_q8_1 *y = vy;
     const int64_t nb = nblocks(n, CODI_QK);
     __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f; /* the offsets m times the activation sums s */
+    /* (d, m) of the weights and (d, s) of the activations are adjacent
+     * halves: one conversion each, and one product gives both the scale
+     * d_x d_y (lane 0) and the offset term m s (lane 1). */
+    __m128 summs = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        summs += fp16(x[i].m) * fp16(y[i].s);
-        const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
+        const __m128 xdm = _mm_cvtph_ps(_mm_loadu_si32(&x[i].d));
+        const __m128 yds = _mm_cvtph_ps(_mm_loadu_si32(&y[i].d));
+        const __m128 prod = _mm_mul_ps(xdm, yds);
+        summs = _mm_add_ps(summs, prod);
+        const __m256 d = _mm256_broadcastss_ps(prod);
         const __m256i p = dot_u8_i8(unpack_nibbles_32(x[i].qs), load256(y[i].qs));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
-    *s = hsum_f32x8(acc) + summs;
+    *s = hsum_f32x8(acc) + _mm_cvtss_f32(_mm_shuffle_ps(summs, summs, 1));
 }
 
 void codi_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *vx,

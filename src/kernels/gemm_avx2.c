@@ -42,35 +42,36 @@ AI __m256i madd_pairs(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_e
 AI void tile_q4_1(int64_t nb, const int RM, const int RN, const uint8_t *w, size_t ldw,
                   const uint8_t *x, size_t ldx, float *y, size_t ldy) {
     __m256 acc[4][3];
-    float summ[4][3];
+    __m128 summ[4][3]; /* lane 1: the offsets m times the activation sums s */
     for (int r = 0; r < RM; r++)
         for (int c = 0; c < RN; c++) {
             acc[r][c] = _mm256_setzero_ps();
-            summ[r][c] = 0.0f;
+            summ[r][c] = _mm_setzero_ps();
         }
     for (int64_t k = 0; k < nb; k++) {
         __m256i wq[4];
-        float wd[4], wm[4];
+        __m128 wdm[4];
         for (int r = 0; r < RM; r++) {
             const codi_block_q4_1 *b = (const codi_block_q4_1 *)(w + (size_t)r * ldw) + k;
             wq[r] = unpack_nibbles_32(b->qs);
-            wd[r] = fp16(b->d);
-            wm[r] = fp16(b->m);
+            wdm[r] = _mm_cvtph_ps(_mm_loadu_si32(&b->d)); /* (d, m) */
         }
         for (int c = 0; c < RN; c++) {
             const codi_block_q8_1 *a = (const codi_block_q8_1 *)(x + (size_t)c * ldx) + k;
             const __m256i aq = load256(a->qs);
-            const float ad = fp16(a->d), as = fp16(a->s);
+            const __m128 ads = _mm_cvtph_ps(_mm_loadu_si32(&a->d)); /* (d, s) */
             for (int r = 0; r < RM; r++) {
+                const __m128 prod = _mm_mul_ps(wdm[r], ads); /* (d_w d_a, m s) */
+                summ[r][c] = _mm_add_ps(summ[r][c], prod);
                 const __m256i p = madd_pairs(_mm256_maddubs_epi16(wq[r], aq));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * ad), _mm256_cvtepi32_ps(p), acc[r][c]);
-                summ[r][c] += wm[r] * as;
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[r][c]);
             }
         }
     }
     for (int c = 0; c < RN; c++)
         for (int r = 0; r < RM; r++)
-            y[(size_t)c * ldy + r] = hsum_f32x8(acc[r][c]) + summ[r][c];
+            y[(size_t)c * ldy + r] =
+                hsum_f32x8(acc[r][c]) + _mm_cvtss_f32(_mm_shuffle_ps(summ[r][c], summ[r][c], 1));
 }
 
 /* ---------------------------------------------------------------- Q4_0 */
