@@ -345,7 +345,7 @@ def main():
     save("chat", "model-template", bytes([3]) + b"\0" + b"\0".join(conv[2:]))
 
     # --kl files for the fuzz target's fixed setting (tests/fuzz/fuzz_kl.c):
-    # flag byte = n_chunks wanted (1..3), then the file; vocab 8, context 4.
+    # byte b: the run has 1 + b % 3 windows; then the file; vocab 8, context 4.
     nv, n_ctx = 8, 4
     per = n_ctx - 1 - n_ctx // 2
     for n_win in (1, 2):
@@ -354,7 +354,7 @@ def main():
         for _ in range(n_win * per):
             body += struct.pack("<ff", -20.0, 20.0 / 65535) + struct.pack(
                 "<%dH" % nv, *[rng.randrange(65536) for _ in range(nv)])
-        save("kl", "win%d" % n_win, bytes([n_win]) + body)
+        save("kl", "win%d" % n_win, bytes([n_win - 1]) + body)
 
     # Hyper-parameters: raw codi_hparams fields (see fuzz_hparams.c).
     ok = struct.pack("<10i3f", 49152, 576, 30, 9, 3, 64, 1536, 8192, 64, 0,
