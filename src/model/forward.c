@@ -341,17 +341,13 @@ typedef struct {
     atomic_int next; /* next (token, head) item (see threadpool.h) */
 } attn_job;
 
-static void rope_row(const codi_context *c, const codi_layer *L, float *v,
-                     int n_heads, int pos) {
-    const codi_hparams *hp = &c->m->hp;
+/* Rotate n_heads heads of v by the angles in cs/sn (one entry per pair). */
+static void rope_apply(const codi_hparams *hp, float *v, int n_heads, const float *cs,
+                       const float *sn) {
     const int hd = hp->head_dim, half = hp->n_rot / 2;
-    const float p = (float)pos * L->rope_freq_scale;
-    const float *rope_theta = c->rope_theta + (L->swa ? half : 0);
     for (int h = 0; h < n_heads; h++) {
         float *x = v + (size_t)h * hd;
         for (int i = 0; i < half; i++) {
-            const float theta = p * rope_theta[i];
-            const float cs = cosf(theta), sn = sinf(theta);
             int i0, i1;
             if (hp->rope_neox) {
                 i0 = i;
@@ -361,10 +357,27 @@ static void rope_row(const codi_context *c, const codi_layer *L, float *v,
                 i1 = 2 * i + 1;
             }
             const float x0 = x[i0], x1 = x[i1];
-            x[i0] = x0 * cs - x1 * sn;
-            x[i1] = x0 * sn + x1 * cs;
+            x[i0] = x0 * cs[i] - x1 * sn[i];
+            x[i1] = x0 * sn[i] + x1 * cs[i];
         }
     }
+}
+
+/* RoPE of one token's queries and keys: the angles are computed once and
+ * shared by every head. */
+static void rope_qk(const codi_context *c, const codi_layer *L, float *q, float *k, int pos) {
+    const codi_hparams *hp = &c->m->hp;
+    const int half = hp->n_rot / 2;
+    const float p = (float)pos * L->rope_freq_scale;
+    const float *rope_theta = c->rope_theta + (L->swa ? half : 0);
+    float cs[512], sn[512]; /* n_rot <= head_dim <= 1024 (loader) */
+    for (int i = 0; i < half; i++) {
+        const float theta = p * rope_theta[i];
+        cs[i] = cosf(theta);
+        sn[i] = sinf(theta);
+    }
+    rope_apply(hp, q, hp->n_head, cs, sn);
+    rope_apply(hp, k, hp->n_head_kv, cs, sn);
 }
 
 static void attn_task(void *arg, int ith, int nth) {
@@ -460,83 +473,153 @@ static void head_norm(float *x, const float *w, int B, int n_heads,
     }
 }
 
+/* ------------------------------------------------------------ row ops */
+
+/* The small per-token ops between the matrix products (norms, bias, RoPE,
+ * KV store, activation, residual), fused so each token's activations are
+ * read once per step, and shared out over the pool by rows for a batch. */
+typedef struct rows_job rows_job;
+typedef void (*row_fn)(const rows_job *j, int b);
+struct rows_job {
+    codi_context *c;
+    int layer, B;
+    const int32_t *tokens;
+    row_fn fn;
+    atomic_int next;
+};
+
+static void rows_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    rows_job *j = arg;
+    for (int b; (b = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->B;)
+        j->fn(j, b);
+}
+
+static void for_rows(codi_context *c, int layer, int B, const int32_t *tokens, row_fn fn) {
+    rows_job j = {c, layer, B, tokens, fn, 0};
+    if (B < 4) { /* a pool round trip costs more than the work */
+        for (int b = 0; b < B; b++)
+            fn(&j, b);
+        return;
+    }
+    codi_threadpool_run(c->pool, rows_task, &j);
+}
+
+/* embedding (scaled for Gemma) and layer 0's attention norm */
+static void row_embed(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_model *m = c->m;
+    const codi_hparams *hp = &m->hp;
+    const int d = hp->n_embd;
+    float *x = c->x + (size_t)b * d;
+    codi_kernel_to_float(m->tok_embd.type)(
+        (const uint8_t *)m->tok_embd.data + (size_t)j->tokens[b] * m->tok_embd.row_bytes, x, d);
+    if (hp->embd_scale != 1.0f)
+        for (int i = 0; i < d; i++)
+            x[i] *= hp->embd_scale;
+    codi_rmsnorm(c->xn + (size_t)b * d, x, m->layers[0].attn_norm, d, hp->norm_eps);
+}
+
+/* Q/K/V bias, Q/K norms, RoPE, Gemma's query scale, K/V into the cache */
+static void row_qkv(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const codi_layer *L = &c->m->layers[j->layer];
+    const size_t dq = (size_t)hp->n_head * hp->head_dim, dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    float *q = c->q + (size_t)b * dq, *k = c->k + (size_t)b * dkv, *v = c->v + (size_t)b * dkv;
+    add_bias(q, L->bq, 1, dq);
+    add_bias(k, L->bk, 1, dkv);
+    add_bias(v, L->bv, 1, dkv);
+    head_norm(q, L->attn_q_norm, 1, hp->n_head, hp);
+    head_norm(k, L->attn_k_norm, 1, hp->n_head_kv, hp);
+    const int p = c->row_pos[b];
+    rope_qk(c, L, q, k, p);
+    if (hp->arch_id == CODI_ARCH_GEMMA3)
+        for (size_t i = 0; i < dq; i++)
+            q[i] *= hp->attn_scale;
+    uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)p * dkv;
+    uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)p;
+    codi_fp32_to_fp16_row(k, kd, (int64_t)dkv);
+    for (size_t i = 0; i < dkv; i++)
+        vd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(v[i]);
+}
+
+/* attention output: post-norm (Gemma), residual, FFN norm */
+static void row_attn_out(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const codi_layer *L = &c->m->layers[j->layer];
+    const int d = hp->n_embd;
+    float *x = c->x + (size_t)b * d, *xn = c->xn + (size_t)b * d;
+    if (L->attn_post_norm)
+        codi_rmsnorm(xn, xn, L->attn_post_norm, d, hp->norm_eps);
+    for (int i = 0; i < d; i++)
+        x[i] += xn[i];
+    codi_rmsnorm(xn, x, L->ffn_norm, d, hp->norm_eps);
+}
+
+/* gate activation times up: SwiGLU or GeGLU */
+static void row_act(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const size_t ff = (size_t)hp->n_ff;
+    float *g = c->g + (size_t)b * ff;
+    const float *u = c->u + (size_t)b * ff;
+    if (hp->ffn_act == CODI_ACT_GELU) {
+        for (size_t i = 0; i < ff; i++)
+            g[i] = gelu_ggml(g[i]) * u[i];
+    } else {
+        for (size_t i = 0; i < ff; i++) {
+            const float gv = g[i];
+            g[i] = gv / (1.0f + expf(-gv)) * u[i];
+        }
+    }
+}
+
+/* FFN output: post-norm (Gemma), residual, the next layer's attention norm */
+static void row_ffn_out(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const codi_layer *L = &c->m->layers[j->layer];
+    const int d = hp->n_embd;
+    float *x = c->x + (size_t)b * d, *xn = c->xn + (size_t)b * d;
+    if (L->ffn_post_norm)
+        codi_rmsnorm(xn, xn, L->ffn_post_norm, d, hp->norm_eps);
+    for (int i = 0; i < d; i++)
+        x[i] += xn[i];
+    if (j->layer + 1 < hp->n_layer)
+        codi_rmsnorm(xn, x, c->m->layers[j->layer + 1].attn_norm, d, hp->norm_eps);
+}
+
 /* One pass over B <= n_batch tokens at positions c->row_pos[] of sequences
  * c->row_seq[]; logits of the n_out rows c->out_idx[] go to logits. */
 static void forward_batch(codi_context *c, const int32_t *tokens, int B,
                           int n_out, float *logits) {
     const codi_model *m = c->m;
     const codi_hparams *hp = &m->hp;
-    const int d = hp->n_embd, ff = hp->n_ff;
-    const size_t dq = (size_t)hp->n_head * hp->head_dim,
-                 dkv = (size_t)hp->n_head_kv * hp->head_dim;
-    codi_to_float_fn emb = codi_kernel_to_float(m->tok_embd.type);
-    for (int b = 0; b < B; b++)
-        emb((const uint8_t *)m->tok_embd.data + (size_t)tokens[b] * m->tok_embd.row_bytes,
-            c->x + (size_t)b * d, d);
-    if (hp->embd_scale != 1.0f)
-        for (size_t i = 0; i < (size_t)B * d; i++)
-            c->x[i] *= hp->embd_scale;
-
+    const int d = hp->n_embd;
+    for_rows(c, 0, B, tokens, row_embed);
     for (int l = 0; l < hp->n_layer; l++) {
         const codi_layer *L = &m->layers[l];
-        for (int b = 0; b < B; b++)
-            codi_rmsnorm(c->xn + (size_t)b * d, c->x + (size_t)b * d, L->attn_norm, d, hp->norm_eps);
         {
             const codi_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
             float *ys[3] = {c->q, c->k, c->v};
             matmul_mixed(c, 3, ws, ys, c->xn, B);
         }
-        add_bias(c->q, L->bq, B, dq);
-        add_bias(c->k, L->bk, B, dkv);
-        add_bias(c->v, L->bv, B, dkv);
-        head_norm(c->q, L->attn_q_norm, B, hp->n_head, hp);
-        head_norm(c->k, L->attn_k_norm, B, hp->n_head_kv, hp);
-        for (int b = 0; b < B; b++) {
-            const int p = c->row_pos[b];
-            rope_row(c, L, c->q + (size_t)b * dq, hp->n_head, p);
-            rope_row(c, L, c->k + (size_t)b * dkv, hp->n_head_kv, p);
-            if (hp->arch_id == CODI_ARCH_GEMMA3)
-                for (size_t i = 0; i < dq; i++)
-                    c->q[(size_t)b * dq + i] *= hp->attn_scale;
-            uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], l) + (size_t)p * dkv;
-            uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], l) + (size_t)p;
-            codi_fp32_to_fp16_row(c->k + (size_t)b * dkv, kd, (int64_t)dkv);
-            for (size_t i = 0; i < dkv; i++)
-                vd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(c->v[(size_t)b * dkv + i]);
-        }
+        for_rows(c, l, B, tokens, row_qkv);
         attn_job aj = {c, l, B, 0};
         codi_threadpool_run(c->pool, attn_task, &aj);
         matmul1(c, &L->wo, c->xn, c->att, B);
-        if (L->attn_post_norm)
-            for (int b = 0; b < B; b++)
-                codi_rmsnorm(c->xn + (size_t)b * d, c->xn + (size_t)b * d, L->attn_post_norm, d,
-                             hp->norm_eps);
-        for (size_t i = 0; i < (size_t)B * d; i++)
-            c->x[i] += c->xn[i];
-
-        for (int b = 0; b < B; b++)
-            codi_rmsnorm(c->xn + (size_t)b * d, c->x + (size_t)b * d, L->ffn_norm, d, hp->norm_eps);
+        for_rows(c, l, B, tokens, row_attn_out);
         {
             const codi_weight *ws[2] = {&L->w_gate, &L->w_up};
             float *ys[2] = {c->g, c->u};
             matmul_mixed(c, 2, ws, ys, c->xn, B);
         }
-        if (hp->ffn_act == CODI_ACT_GELU) {
-            for (size_t i = 0; i < (size_t)B * ff; i++)
-                c->g[i] = gelu_ggml(c->g[i]) * c->u[i];
-        } else {
-            for (size_t i = 0; i < (size_t)B * ff; i++) {
-                const float gv = c->g[i];
-                c->g[i] = gv / (1.0f + expf(-gv)) * c->u[i];
-            }
-        }
+        for_rows(c, l, B, tokens, row_act);
         matmul1(c, &L->w_down, c->xn, c->g, B);
-        if (L->ffn_post_norm)
-            for (int b = 0; b < B; b++)
-                codi_rmsnorm(c->xn + (size_t)b * d, c->xn + (size_t)b * d, L->ffn_post_norm, d,
-                             hp->norm_eps);
-        for (size_t i = 0; i < (size_t)B * d; i++)
-            c->x[i] += c->xn[i];
+        for_rows(c, l, B, tokens, row_ffn_out);
     }
     if (n_out > 0) {
         for (int r = 0; r < n_out; r++)
