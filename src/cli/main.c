@@ -338,6 +338,21 @@ static int cmd_tokenize(const cli_opts *o) {
     return toks ? 0 : 1;
 }
 
+/* A name from a file, for the terminal: control bytes as \xNN (a key could
+ * otherwise carry newlines or terminal escape sequences). */
+static const char *printable(const char *s, char *buf, size_t len) {
+    size_t n = 0;
+    for (; s && *s && n + 5 < len; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f)
+            n += (size_t)snprintf(buf + n, len - n, "\\x%02x", ch);
+        else
+            buf[n++] = (char)ch;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 static int cmd_inspect(const cli_opts *o) {
     const char *path = o->positional ? o->positional : o->model;
     if (!path) {
@@ -355,7 +370,8 @@ static int cmd_inspect(const cli_opts *o) {
     char val[1024];
     for (int64_t i = 0; i < codi_file_n_meta(f); i++) {
         codi_file_meta_format(f, i, val, sizeof(val));
-        printf("  %-45s = %s\n", codi_file_meta_key(f, i), val);
+        char key[256];
+        printf("  %-45s = %s\n", printable(codi_file_meta_key(f, i), key, sizeof(key)), val);
     }
     printf("tensors: %" PRId64 "\n", codi_file_n_tensors(f));
     printf("  %-5s %-40s %-6s %-24s %12s\n", "#", "name", "type", "shape", "bytes");
@@ -368,7 +384,9 @@ static int cmd_inspect(const cli_opts *o) {
         for (int d = 0; d < ti.n_dims; d++)
             p += snprintf(shape + p, sizeof(shape) - (size_t)p, d ? ", %" PRId64 : "%" PRId64, ti.ne[d]);
         snprintf(shape + p, sizeof(shape) - (size_t)p, "]");
-        printf("  %-5" PRId64 " %-40s %-6s %-24s %12" PRIu64 "\n", i, ti.name, ti.type_name, shape, ti.nbytes);
+        char name[256];
+        printf("  %-5" PRId64 " %-40s %-6s %-24s %12" PRIu64 "\n", i, printable(ti.name, name, sizeof(name)),
+               ti.type_name, shape, ti.nbytes);
         total += ti.nbytes;
     }
     printf("total tensor bytes: %" PRIu64 " (%.2f MiB)\n", total, total / 1048576.0);
