@@ -186,6 +186,32 @@ int32_t codi_sampler_sample(codi_sampler *s, const float *logits);
 void codi_sampler_accept(codi_sampler *s, int32_t token);
 void codi_sampler_reset(codi_sampler *s);
 
+/* ------------------------------------------------------------ convert */
+
+enum {
+    CODI_CONVERT_F16 = 0, /* matrices F16, vectors F32 (default) */
+    CODI_CONVERT_F32 = 1,
+    CODI_CONVERT_Q8_0 = 2, /* F16 for a matrix whose rows are not whole blocks */
+};
+
+/* Called after each tensor with bytes of tensor data written so far. */
+typedef void (*codi_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+typedef struct codi_convert_params {
+    int out_type; /* CODI_CONVERT_* */
+    codi_progress_fn progress; /* NULL: none */
+    void *progress_user;
+} codi_convert_params;
+
+/* Convert a Hugging Face model folder (config.json, model.safetensors or
+ * model.safetensors.index.json with its shards, tokenizer.json,
+ * tokenizer_config.json) of a Llama, Qwen2, Qwen3 or Gemma 3 model with a
+ * byte-level BPE tokenizer into a GGUF file at out_path. params NULL: F16.
+ * On failure nothing is left at out_path. */
+int codi_convert_hf(const char *dir, const char *out_path,
+                    const codi_convert_params *params, char *err,
+                    size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

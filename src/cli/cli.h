@@ -14,6 +14,7 @@ enum cli_cmd {
     CMD_TOKENIZE = 1 << 3,
     CMD_INSPECT = 1 << 4,
     CMD_BENCH = 1 << 5,
+    CMD_CONVERT = 1 << 6,
 };
 
 typedef struct cli_opts {
@@ -26,6 +27,8 @@ typedef struct cli_opts {
     const char *kl_base;
     const char *kl;
     const char *positional;
+    const char *positional2; /* convert: OUT.gguf */
+    const char *out_type;    /* convert: --type */
     int32_t n_ctx;
     int32_t n_threads;
     int32_t n_batch;
@@ -38,6 +41,7 @@ typedef struct cli_opts {
 } cli_opts;
 
 int cmd_run(const cli_opts *o);
+int cmd_convert(const cli_opts *o);
 int cmd_chat(const cli_opts *o);
 int cmd_ppl(const cli_opts *o);
 int cmd_bench(const cli_opts *o);

@@ -16,7 +16,7 @@
 typedef enum {
     O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
-    O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_REPS,
+    O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_REPS, O_TYPE,
 } opt_id;
 
 typedef struct {
@@ -49,6 +49,7 @@ static const opt_def OPTS[] = {
     {O_KL, NULL, "--kl", "FILE", CMD_PPL, "compare with distributions saved by --kl-base"},
     {O_CHUNKS, NULL, "--chunks", "N", CMD_PPL, "evaluate at most N windows (default: all)"},
     {O_NODISP, NULL, "--no-display-prompt", NULL, CMD_RUN, "do not echo the prompt"},
+    {O_TYPE, NULL, "--type", "TYPE", CMD_CONVERT, "weight type of the matrices: f16 (default), f32 or q8_0"},
 };
 #define N_OPTS (sizeof(OPTS) / sizeof(OPTS[0]))
 
@@ -64,6 +65,7 @@ static const struct {
     {"tokenize", CMD_TOKENIZE, "codi tokenize -m MODEL (-p TEXT | -f FILE)", "print token ids"},
     {"bench", CMD_BENCH, "codi bench -m MODEL [--n-prompt N] [-n N] [-r N] [-t N]", "prompt processing and generation speed (like llama-bench)"},
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
+    {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
 
@@ -131,8 +133,12 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
             return 0;
         }
         if (a[0] != '-' || a[1] == '\0') {
-            if (o->cmd == CMD_INSPECT && !o->positional) {
+            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT) && !o->positional) {
                 o->positional = a;
+                continue;
+            }
+            if (o->cmd == CMD_CONVERT && !o->positional2) {
+                o->positional2 = a;
                 continue;
             }
             return bad("unexpected argument '%s' for '%s'", a, o->cmd_name);
@@ -170,6 +176,7 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_KLBASE: o->kl_base = val; break;
         case O_KL: o->kl = val; break;
         case O_NODISP: o->no_display_prompt = true; break;
+        case O_TYPE: o->out_type = val; break;
         case O_NPREDICT: rc = parse_i32(name, val, -1, 1 << 24, &o->n_predict); break;
         case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
         case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;
@@ -429,6 +436,7 @@ int main(int argc, char **argv) {
     case CMD_TOKENIZE: return cmd_tokenize(&o);
     case CMD_INSPECT: return cmd_inspect(&o);
     case CMD_BENCH: return cmd_bench(&o);
+    case CMD_CONVERT: return cmd_convert(&o);
     }
     return 2;
 }
