@@ -158,7 +158,9 @@ AI void tile_q8_0(int64_t nb, const int RM, const int RN, const uint8_t *w, size
             int c = 0;                                                                         \
             for (; c + 3 <= nc; c += 3)                                                        \
                 TILE(nb, 4, 3, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
-            for (; c < nc; c++)                                                                \
+            if (c + 2 == nc)                                                                   \
+                TILE(nb, 4, 2, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
+            else if (c + 1 == nc)                                                              \
                 TILE(nb, 4, 1, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
         }                                                                                      \
         for (; r < nr; r++) {                                                                  \
