@@ -356,6 +356,24 @@ def main():
                 "<%dH" % nv, *[rng.randrange(65536) for _ in range(nv)])
         save("kl", "win%d" % n_win, bytes([n_win - 1]) + body)
 
+    # safetensors (codi convert): u64 header length, JSON header, data.
+    import json
+    tensors = [("model.embed_tokens.weight", "BF16", [4, 8]),
+               ("model.norm.weight", "F32", [8]),
+               ("lm_head.weight", "F16", [4, 8])]
+    hdr, data = {"__metadata__": {"format": "pt"}}, b""
+    for name, dt, shape in tensors:
+        n = 1
+        for x in shape:
+            n *= x
+        esz = 4 if dt == "F32" else 2
+        hdr[name] = {"dtype": dt, "shape": shape,
+                     "data_offsets": [len(data), len(data) + n * esz]}
+        data += bytes(rng.randrange(256) for _ in range(n * esz))
+    h = json.dumps(hdr, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    save("safetensors", "three-dtypes", struct.pack("<Q", len(h)) + h + data)
+
     # Hyper-parameters: raw codi_hparams fields (see fuzz_hparams.c).
     ok = struct.pack("<10i3f", 49152, 576, 30, 9, 3, 64, 1536, 8192, 64, 0,
                      10000.0, 1.0, 1e-5)
