@@ -310,4 +310,24 @@ else
     fi
 fi
 
+# ------------------------------------------------------------ bench
+if expect_ok "codi bench -p 16,32 -n 4 -r 2" "$CODI" bench -m "$M" -p 16,32 -n 4 -r 2 "${T[@]}"; then
+    has "bench: a markdown row per test" "$TMP/out" \
+        '^\| model \| type ' '\| Q4_1 \| .*\| pp16 \| [0-9.]+ \|' '\| pp32 \| [0-9.]+ \|' '\| tg4 \| [0-9.]+ \|'
+fi
+if expect_ok "codi bench --json" "$CODI" bench -m "$M" -p 16 -n 4 -r 2 --json "${T[@]}"; then
+    if python3 -c '
+import json, sys
+a = json.load(open(sys.argv[1]))
+assert [o["test"] for o in a] == ["pp16", "tg4"], a
+for o in a:
+    assert o["type"] == "Q4_1" and o["runs"] == 2 and o["tokens_per_s"] > 0 and o["stdev"] >= 0, o
+    assert set(o) == {"model", "type", "threads", "test", "tokens_per_s", "stdev", "runs"}, o
+' "$TMP/out" 2>"$TMP/py"; then
+        ok "bench --json: one object per test with the documented keys"
+    else
+        ko "bench --json: one object per test with the documented keys" "$(tail -1 "$TMP/py")"
+    fi
+fi
+
 finish

@@ -34,7 +34,9 @@ typedef struct cli_opts {
     int32_t n_batch;
     int32_t n_predict;
     int32_t chunks;
-    int32_t n_prompt; /* bench: -p N */
+    int32_t bench_pp[16], bench_tg[16]; /* bench: -p / -n lists */
+    int n_bench_pp, n_bench_tg;          /* -1: not given */
+    bool json;                           /* bench --json */
     int32_t reps;     /* bench: -r N */
     codi_sampler_params sp;
     bool no_display_prompt;

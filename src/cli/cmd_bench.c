@@ -1,10 +1,15 @@
 /* codi bench: prompt processing (pp) and token generation (tg) speed, the
- * way llama-bench measures them: pp = one batch of N tokens from an empty
- * cache; tg = N tokens decoded one at a time from an empty cache. One warm-up
- * run, then -r counted runs; prints the median and min/max tokens/s. */
+ * way llama-bench measures them: ppN = one batch of N tokens from an empty
+ * cache; tgN = N tokens decoded one at a time from an empty cache. One
+ * warm-up run per test, then -r counted runs; prints the median, standard
+ * deviation and range of tokens/s as a markdown table, or with --json an
+ * array of {"model", "type", "threads", "test", "tokens_per_s", "stdev",
+ * "runs"} objects. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -33,22 +38,83 @@ static int run_once(codi_context *c, const int32_t *toks, int32_t n, bool pp, do
     return 0;
 }
 
+/* The file's most common weight type among its 2-D tensors, by bytes. */
+static void model_type(const char *path, char *out, size_t len) {
+    snprintf(out, len, "?");
+    char err[256];
+    codi_file *f;
+    if (codi_file_open(path, &f, err, sizeof(err)))
+        return;
+    struct {
+        const char *name;
+        uint64_t bytes;
+    } seen[16];
+    int ns = 0;
+    for (int64_t i = 0; i < codi_file_n_tensors(f); i++) {
+        codi_tensor_info ti;
+        if (codi_file_tensor(f, i, &ti) || ti.n_dims < 2)
+            continue;
+        int k = 0;
+        while (k < ns && strcmp(seen[k].name, ti.type_name))
+            k++;
+        if (k == ns) {
+            if (ns == 16)
+                continue;
+            seen[ns].name = ti.type_name;
+            seen[ns++].bytes = 0;
+        }
+        seen[k].bytes += ti.nbytes;
+    }
+    int best = -1;
+    for (int k = 0; k < ns; k++)
+        if (best < 0 || seen[k].bytes > seen[best].bytes)
+            best = k;
+    if (best >= 0)
+        snprintf(out, len, "%s", seen[best].name);
+    codi_file_close(f);
+}
+
 int cmd_bench(const cli_opts *o) {
-    const int32_t n_pp = o->n_prompt >= 0 ? o->n_prompt : 512;
-    const int32_t n_tg = o->n_predict >= 0 ? o->n_predict : 128;
+    int32_t pp[16], tg[16];
+    int npp = o->n_bench_pp, ntg = o->n_bench_tg;
+    if (npp < 0) {
+        npp = 1;
+        pp[0] = 512;
+    } else {
+        memcpy(pp, o->bench_pp, sizeof(int32_t) * (size_t)npp);
+    }
+    if (ntg < 0) {
+        ntg = 1;
+        tg[0] = 128;
+    } else {
+        memcpy(tg, o->bench_tg, sizeof(int32_t) * (size_t)ntg);
+    }
     const int32_t reps = o->reps > 0 ? o->reps : 5;
+    int32_t nmax = 1, ppmax = 0;
+    for (int i = 0; i < npp; i++) {
+        nmax = pp[i] > nmax ? pp[i] : nmax;
+        ppmax = pp[i] > ppmax ? pp[i] : ppmax;
+    }
+    for (int i = 0; i < ntg; i++)
+        nmax = tg[i] > nmax ? tg[i] : nmax;
     cli_opts oo = *o;
     if (!oo.n_ctx)
-        oo.n_ctx = (n_pp > n_tg ? n_pp : n_tg) + 1;
+        oo.n_ctx = nmax + 1;
     if (!oo.n_batch)
-        oo.n_batch = n_pp > 0 ? n_pp : 512;
+        oo.n_batch = ppmax > 0 ? ppmax : 512;
     codi_model *m;
     codi_context *c;
     int rc = cli_load(&oo, &m, &c);
     if (rc)
         return rc;
-    const int32_t nmax = n_pp > n_tg ? n_pp : n_tg;
-    int32_t *toks = malloc(sizeof(int32_t) * (size_t)(nmax > 0 ? nmax : 1));
+    if (nmax > codi_context_n_ctx(c)) {
+        fprintf(stderr, "codi: a test of %d tokens does not fit the context of %d (raise -c)\n", nmax,
+                codi_context_n_ctx(c));
+        codi_context_free(c);
+        codi_model_free(m);
+        return 1;
+    }
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)nmax);
     double *t = malloc(sizeof(double) * (size_t)reps);
     rc = 1;
     if (!toks || !t) {
@@ -62,27 +128,57 @@ int cmd_bench(const cli_opts *o) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
         toks[i] = (int32_t)(s % (uint64_t)nv);
     }
-    printf("| model | size MiB | threads | test | t/s (median) | min | max |\n");
-    printf("| ----- | -------: | ------: | ---- | -----------: | --: | --: |\n");
     const char *name = strrchr(o->model, '/') ? strrchr(o->model, '/') + 1 : o->model;
-    for (int pass = 0; pass < 2; pass++) {
-        const bool pp = pass == 0;
-        const int32_t n = pp ? n_pp : n_tg;
+    char type[32];
+    model_type(o->model, type, sizeof(type));
+    const int threads = o->n_threads ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (o->json) {
+        printf("[");
+    } else {
+        printf("| model | type | size MiB | threads | test | t/s (median) | stdev | min | max |\n");
+        printf("| ----- | ---- | -------: | ------: | ---- | -----------: | ----: | --: | --: |\n");
+    }
+    int first = 1;
+    for (int k = 0; k < npp + ntg; k++) {
+        const bool is_pp = k < npp;
+        const int32_t n = is_pp ? pp[k] : tg[k - npp];
         if (n <= 0)
             continue;
         double w;
-        if (run_once(c, toks, n, pp, &w)) /* warm-up */
+        if (run_once(c, toks, n, is_pp, &w)) /* warm-up */
             goto done;
-        for (int32_t r = 0; r < reps; r++)
-            if (run_once(c, toks, n, pp, &t[r]))
+        double mean = 0.0;
+        for (int32_t r = 0; r < reps; r++) {
+            if (run_once(c, toks, n, is_pp, &t[r]))
                 goto done;
+            mean += t[r] / reps;
+        }
+        double var = 0.0;
+        for (int32_t r = 0; r < reps; r++)
+            var += (t[r] - mean) * (t[r] - mean);
+        const double sd = reps > 1 ? sqrt(var / (reps - 1)) : 0.0;
         qsort(t, (size_t)reps, sizeof(double), cmp_d);
         const double med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
-        printf("| %s | %.1f | %d | %s%d | %.2f | %.2f | %.2f |\n", name,
-               codi_model_size_bytes(m) / 1048576.0, o->n_threads ? o->n_threads : 0,
-               pp ? "pp" : "tg", n, med, t[0], t[reps - 1]);
+        if (o->json) {
+            printf("%s\n  {\"model\": \"", first ? "" : ",");
+            for (const char *p = name; *p; p++) { /* file names: escape JSON specials */
+                if (*p == '"' || *p == '\\')
+                    putchar('\\');
+                putchar((unsigned char)*p < 0x20 ? '?' : *p);
+            }
+            printf("\", \"type\": \"%s\", \"threads\": %d, \"test\": \"%s%d\", \"tokens_per_s\": %.3f, "
+                   "\"stdev\": %.3f, \"runs\": %d}",
+                   type, threads, is_pp ? "pp" : "tg", n, med, sd, reps);
+        } else {
+            printf("| %s | %s | %.1f | %d | %s%d | %.2f | %.2f | %.2f | %.2f |\n", name, type,
+                   codi_model_size_bytes(m) / 1048576.0, threads, is_pp ? "pp" : "tg", n, med, sd,
+                   t[0], t[reps - 1]);
+        }
+        first = 0;
         fflush(stdout);
     }
+    if (o->json)
+        printf("\n]\n");
     rc = 0;
 done:
     free(toks);

@@ -16,7 +16,7 @@
 typedef enum {
     O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
-    O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_REPS, O_TYPE,
+    O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
 } opt_id;
 
 typedef struct {
@@ -31,8 +31,10 @@ static const opt_def OPTS[] = {
     {O_MODEL, "-m", "--model", "FILE", ALL_MODEL | CMD_INSPECT, "model file (GGUF)"},
     {O_PROMPT, "-p", "--prompt", "TEXT", CMD_RUN | CMD_TOKENIZE, "prompt text"},
     {O_FILE, "-f", "--file", "FILE", CMD_RUN | CMD_PPL | CMD_TOKENIZE, "read the prompt / text from FILE"},
-    {O_NPREDICT, "-n", "--n-predict", "N", GEN | CMD_BENCH, "tokens to generate (default 128; run: -1 = until the context is full)"},
-    {O_NPROMPT, NULL, "--n-prompt", "N", CMD_BENCH, "prompt tokens for the pp test (default 512; 0 = skip)"},
+    {O_NPREDICT, "-n", "--n-predict", "N", GEN, "tokens to generate (default 128; -1 = until the context is full)"},
+    {O_NPROMPT, "-p", "--n-prompt", "N[,N...]", CMD_BENCH, "prompt lengths of the pp tests (default 512; 0 = none)"},
+    {O_NGEN, "-n", "--n-gen", "N[,N...]", CMD_BENCH, "generated tokens of the tg tests (default 128; 0 = none)"},
+    {O_JSON, NULL, "--json", NULL, CMD_BENCH, "print a JSON array instead of a markdown table"},
     {O_REPS, "-r", "--repetitions", "N", CMD_BENCH, "counted runs per test after one warm-up (default 5)"},
     {O_TEMP, NULL, "--temp", "T", GEN, "temperature (default 0.8; 0 = greedy)"},
     {O_TOPK, NULL, "--top-k", "K", GEN, "top-k sampling (default 40; 0 = off)"},
@@ -63,7 +65,7 @@ static const struct {
     {"chat", CMD_CHAT, "codi chat -m MODEL [--system TEXT] [options]", "interactive chat with the model's template"},
     {"ppl", CMD_PPL, "codi ppl -m MODEL -f TEXTFILE [-c CTX] [--kl-base FILE | --kl FILE]", "perplexity (and KL divergence) over a text"},
     {"tokenize", CMD_TOKENIZE, "codi tokenize -m MODEL (-p TEXT | -f FILE)", "print token ids"},
-    {"bench", CMD_BENCH, "codi bench -m MODEL [--n-prompt N] [-n N] [-r N] [-t N]", "prompt processing and generation speed (like llama-bench)"},
+    {"bench", CMD_BENCH, "codi bench -m MODEL [-p N,N...] [-n N,N...] [-r N] [-t N] [--json]", "prompt processing and generation speed (like llama-bench)"},
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
 };
@@ -113,6 +115,26 @@ static int parse_i32(const char *name, const char *v, int32_t lo, int32_t hi, in
     return 0;
 }
 
+/* "N[,N...]": up to 16 integers in [0, 2^20]. */
+static int cli_parse_list(const char *name, const char *v, int32_t *out, int *n) {
+    *n = 0;
+    const char *p = v;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long long x = strtoll(p, &end, 10);
+        if (errno || end == p || x < 0 || x > (1 << 20) || *n == 16 || (*end && *end != ',')) {
+            fprintf(stderr, "codi: %s expects up to 16 comma-separated integers in [0, %d], got '%s'\n",
+                    name, 1 << 20, v);
+            return 2;
+        }
+        out[(*n)++] = (int32_t)x;
+        if (!*end)
+            return 0;
+        p = end + 1;
+    }
+}
+
 static int parse_f32(const char *name, const char *v, float lo, float hi, float *out) {
     char *end;
     errno = 0;
@@ -152,9 +174,12 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         } else {
             snprintf(name, sizeof(name), "%s", a);
         }
+        /* The entry of that name for this command (-p and -n mean prompt
+         * text / tokens to generate, but test sizes for bench). */
         const opt_def *d = NULL;
         for (size_t k = 0; k < N_OPTS; k++)
-            if ((OPTS[k].s && !strcmp(name, OPTS[k].s)) || !strcmp(name, OPTS[k].l))
+            if (((OPTS[k].s && !strcmp(name, OPTS[k].s)) || !strcmp(name, OPTS[k].l)) &&
+                (!d || (OPTS[k].cmds & o->cmd)))
                 d = &OPTS[k];
         if (!d)
             return bad("unknown option '%s' for '%s'", name, o->cmd_name);
@@ -181,7 +206,9 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
         case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;
         case O_BATCH: rc = parse_i32(name, val, 1, 1 << 16, &o->n_batch); break;
-        case O_NPROMPT: rc = parse_i32(name, val, 0, 1 << 20, &o->n_prompt); break;
+        case O_NPROMPT: rc = cli_parse_list(name, val, o->bench_pp, &o->n_bench_pp); break;
+        case O_NGEN: rc = cli_parse_list(name, val, o->bench_tg, &o->n_bench_tg); break;
+        case O_JSON: o->json = true; break;
         case O_REPS: rc = parse_i32(name, val, 1, 1000, &o->reps); break;
         case O_CHUNKS: rc = parse_i32(name, val, 1, 1 << 24, &o->chunks); break;
         case O_TOPK: rc = parse_i32(name, val, 0, 1 << 24, &o->sp.top_k); break;
@@ -419,8 +446,8 @@ int main(int argc, char **argv) {
     o.cmd = CMDS[ci].cmd;
     o.cmd_name = CMDS[ci].name;
     o.sp = codi_sampler_default_params();
-    o.n_predict = o.cmd == CMD_BENCH ? -1 : 128;
-    o.n_prompt = -1;
+    o.n_predict = 128;
+    o.n_bench_pp = o.n_bench_tg = -1;
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);
     if (rc)
