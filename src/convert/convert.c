@@ -623,6 +623,11 @@ int codi_convert_hf(const char *dir, const char *out_path, const codi_convert_pa
     prog p = {params ? params->progress : NULL, params ? params->progress_user : NULL};
     rc = codi_gguf_writer_write(c.w, out_path, fill, &c, on_progress, &p, err, errlen);
 done:
+    /* names and texts quoted from the folder may hold any byte: keep the
+     * message one printable line */
+    for (char *q = rc && errlen ? err : NULL; q && *q; q++)
+        if ((unsigned char)*q < 0x20 || *q == 0x7f)
+            *q = '?';
     cJSON_Delete(c.config);
     cJSON_Delete(c.tok);
     cJSON_Delete(c.tok_cfg);

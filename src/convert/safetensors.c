@@ -267,6 +267,10 @@ int st_open_dir(const char *dir, st_set **out, char *err, size_t errlen) {
     if (!rc && s->n == 0)
         rc = codi_errorf(err, errlen, CODI_EFORMAT, "'%s': the checkpoint holds no tensors", dir);
     if (rc) {
+        /* names quoted from the file may hold any byte: one printable line */
+        for (char *p = err; p && errlen && *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = '?';
         st_close(s);
         return rc;
     }
