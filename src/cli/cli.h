@@ -15,6 +15,7 @@ enum cli_cmd {
     CMD_INSPECT = 1 << 4,
     CMD_BENCH = 1 << 5,
     CMD_CONVERT = 1 << 6,
+    CMD_SERVE = 1 << 7,
 };
 
 typedef struct cli_opts {
@@ -40,6 +41,9 @@ typedef struct cli_opts {
     int32_t reps;     /* bench: -r N */
     codi_sampler_params sp;
     bool no_display_prompt;
+    /* serve */
+    const char *host, *api_key;
+    int32_t port, parallel, ctx_per_slot, queue; /* port -1: default */
 } cli_opts;
 
 int cmd_run(const cli_opts *o);
@@ -47,6 +51,7 @@ int cmd_convert(const cli_opts *o);
 int cmd_chat(const cli_opts *o);
 int cmd_ppl(const cli_opts *o);
 int cmd_bench(const cli_opts *o);
+int cmd_serve(const cli_opts *o);
 
 /* Shared helpers (main.c). */
 int cli_load(const cli_opts *o, codi_model **m, codi_context **c);

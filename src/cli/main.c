@@ -17,6 +17,7 @@ typedef enum {
     O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
+    O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE,
 } opt_id;
 
 typedef struct {
@@ -28,7 +29,7 @@ typedef struct {
 } opt_def;
 
 static const opt_def OPTS[] = {
-    {O_MODEL, "-m", "--model", "FILE", ALL_MODEL | CMD_INSPECT, "model file (GGUF)"},
+    {O_MODEL, "-m", "--model", "FILE", ALL_MODEL | CMD_INSPECT | CMD_SERVE, "model file (GGUF)"},
     {O_PROMPT, "-p", "--prompt", "TEXT", CMD_RUN | CMD_TOKENIZE, "prompt text"},
     {O_FILE, "-f", "--file", "FILE", CMD_RUN | CMD_PPL | CMD_TOKENIZE, "read the prompt / text from FILE"},
     {O_NPREDICT, "-n", "--n-predict", "N", GEN, "tokens to generate (default 128; -1 = until the context is full)"},
@@ -44,7 +45,7 @@ static const opt_def OPTS[] = {
     {O_REPLAST, NULL, "--repeat-last-n", "N", GEN, "tokens the penalty looks back (default 64)"},
     {O_SEED, "-s", "--seed", "S", ALL_MODEL, "random seed (default 49361)"},
     {O_CTX, "-c", "--ctx-size", "N", ALL_MODEL, "context size in tokens (default: 4096 or the model's, smaller; ppl: 512)"},
-    {O_THREADS, "-t", "--threads", "N", ALL_MODEL, "compute threads (default: all cores)"},
+    {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE, "compute threads (default: all cores)"},
     {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
     {O_SYSTEM, NULL, "--system", "TEXT", CMD_CHAT, "system message"},
     {O_KLBASE, NULL, "--kl-base", "FILE", CMD_PPL, "save the next-token distributions to FILE"},
@@ -52,6 +53,12 @@ static const opt_def OPTS[] = {
     {O_CHUNKS, NULL, "--chunks", "N", CMD_PPL, "evaluate at most N windows (default: all)"},
     {O_NODISP, NULL, "--no-display-prompt", NULL, CMD_RUN, "do not echo the prompt"},
     {O_TYPE, NULL, "--type", "TYPE", CMD_CONVERT, "weight type of the matrices: f16 (default), f32 or q8_0"},
+    {O_HOST, NULL, "--host", "ADDR", CMD_SERVE, "IPv4 address to listen on (default 127.0.0.1)"},
+    {O_PORT, NULL, "--port", "N", CMD_SERVE, "TCP port (default 8080; 0 = any free port)"},
+    {O_PARALLEL, "-np", "--parallel", "N", CMD_SERVE, "slots: requests generated together (default 4)"},
+    {O_CTXSLOT, NULL, "--ctx-per-slot", "N", CMD_SERVE, "KV cache tokens per slot (default 2048 or the model's, smaller)"},
+    {O_APIKEY, NULL, "--api-key", "KEY", CMD_SERVE, "require 'Authorization: Bearer KEY' on /v1/* and /metrics"},
+    {O_QUEUE, NULL, "--queue", "N", CMD_SERVE, "requests that may wait for a slot before 503 (default 64)"},
 };
 #define N_OPTS (sizeof(OPTS) / sizeof(OPTS[0]))
 
@@ -68,6 +75,7 @@ static const struct {
     {"bench", CMD_BENCH, "codi bench -m MODEL [-p N,N...] [-n N,N...] [-r N] [-t N] [--json]", "prompt processing and generation speed (like llama-bench)"},
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
+    {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
 
@@ -202,6 +210,12 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_KL: o->kl = val; break;
         case O_NODISP: o->no_display_prompt = true; break;
         case O_TYPE: o->out_type = val; break;
+        case O_HOST: o->host = val; break;
+        case O_APIKEY: o->api_key = val; break;
+        case O_PORT: rc = parse_i32(name, val, 0, 65535, &o->port); break;
+        case O_PARALLEL: rc = parse_i32(name, val, 1, 256, &o->parallel); break;
+        case O_CTXSLOT: rc = parse_i32(name, val, 16, 1 << 20, &o->ctx_per_slot); break;
+        case O_QUEUE: rc = parse_i32(name, val, 1, 1 << 16, &o->queue); break;
         case O_NPREDICT: rc = parse_i32(name, val, -1, 1 << 24, &o->n_predict); break;
         case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
         case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;
@@ -448,6 +462,7 @@ int main(int argc, char **argv) {
     o.sp = codi_sampler_default_params();
     o.n_predict = 128;
     o.n_bench_pp = o.n_bench_tg = -1;
+    o.port = -1;
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);
     if (rc)
@@ -464,6 +479,7 @@ int main(int argc, char **argv) {
     case CMD_INSPECT: return cmd_inspect(&o);
     case CMD_BENCH: return cmd_bench(&o);
     case CMD_CONVERT: return cmd_convert(&o);
+    case CMD_SERVE: return cmd_serve(&o);
     }
     return 2;
 }
