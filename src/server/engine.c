@@ -122,7 +122,7 @@ static void slot_finish(srv_engine *e, int32_t i, const char *finish, const char
     codi_kv_seq_truncate(e->ctx, i, 0);
     pthread_mutex_lock(&e->mu);
     e->busy--;
-    if (atomic_load(&r->cancelled))
+    if (error && !strcmp(error, "cancelled"))
         e->m.requests_cancelled++;
     else
         e->m.requests_done++;
@@ -307,7 +307,7 @@ static void step(srv_engine *e) {
         }
         int32_t tok = codi_sampler_sample(s->smp, lg);
         codi_sampler_accept(s->smp, tok);
-        if (codi_token_is_eog(e->model, tok)) {
+        if (!s->req->ignore_eos && codi_token_is_eog(e->model, tok)) {
             slot_finish(e, i, "stop", NULL);
             continue;
         }

@@ -25,6 +25,7 @@ typedef struct srv_req {
     char *stop[SRV_MAX_STOP]; /* malloc'd, owned */
     size_t stop_len[SRV_MAX_STOP];
     int n_stop;
+    bool ignore_eos; /* benchmarks: generate max_tokens regardless */
 
     /* Shared with the worker: guarded by mu, signalled on cv. */
     pthread_mutex_t mu;

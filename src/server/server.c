@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "server.h"
@@ -37,6 +38,7 @@ struct codi_server {
     void *log_user;
     atomic_uint_fast64_t http_total, http_errors, id_counter;
     atomic_bool stopping;
+    atomic_int in_flight; /* connections holding a generation request */
     time_t started;
 };
 
@@ -280,7 +282,7 @@ static void stream_free(void *cls) {
 typedef struct gen_opts {
     int32_t max_tokens; /* -1: not given */
     codi_sampler_params sp;
-    bool stream, include_usage;
+    bool stream, include_usage, ignore_eos;
     const cJSON *stop;
 } gen_opts;
 
@@ -351,6 +353,12 @@ static const char *parse_opts(const cJSON *root, gen_opts *o, uint64_t seed0) {
         if (!cJSON_IsBool(j))
             return "'stream' must be a boolean";
         o->stream = cJSON_IsTrue(j);
+    }
+    j = cJSON_GetObjectItemCaseSensitive(root, "ignore_eos"); /* llama.cpp's extension */
+    if (j && !cJSON_IsNull(j)) {
+        if (!cJSON_IsBool(j))
+            return "'ignore_eos' must be a boolean";
+        o->ignore_eos = cJSON_IsTrue(j);
     }
     j = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
     if (j && cJSON_IsObject(j)) {
@@ -541,6 +549,7 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
     }
     r->max_tokens = o.max_tokens > 0 ? o.max_tokens : n_ctx - r->n_prompt;
     r->sp = o.sp;
+    r->ignore_eos = o.ignore_eos;
     if (o.stop) {
         const cJSON *x;
         if (cJSON_IsString(o.stop))
@@ -564,6 +573,7 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
     }
     srv_req_retain(r);
     c->req = r; /* the connection's reference: cancels on disconnect */
+    atomic_fetch_add(&s->in_flight, 1);
     char idbuf[48];
     snprintf(idbuf, sizeof(idbuf), "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl",
              (unsigned long long)s->started, (unsigned long long)id);
@@ -792,15 +802,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)cls;
     (void)mc;
     (void)toe;
+    codi_server *s = cls;
     conn *c = *con_cls;
     if (!c)
         return;
     if (c->req) {
         atomic_store(&c->req->cancelled, true); /* no-op once done */
         srv_req_release(c->req);
+        atomic_fetch_sub(&s->in_flight, 1);
     }
     srv_buf_free(&c->body);
     free(c);
@@ -863,7 +874,7 @@ int codi_server_start(codi_model *model, const codi_server_params *p, codi_serve
     }
     s->d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
-            MHD_USE_POLL,
+            MHD_USE_POLL | MHD_USE_ITC,
         (uint16_t)p->port, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
@@ -893,8 +904,17 @@ void codi_server_stop(codi_server *s, double drain_s) {
     if (!s)
         return;
     atomic_store(&s->stopping, true);
+    MHD_socket lfd = MHD_quiesce_daemon(s->d); /* no new connections */
     srv_engine_drain(s->e, drain_s);
+    /* Let the connections whose requests just finished send their answers
+     * (MHD_stop_daemon would close them mid-response). */
+    for (int i = 0; i < 200 && atomic_load(&s->in_flight) > 0; i++) {
+        struct timespec ts = {0, 25 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(s->d); /* waits for connection threads */
+    if (lfd != MHD_INVALID_SOCKET)
+        close(lfd);
     srv_engine_free(s->e);
     free(s->api_key);
     free(s);
