@@ -356,6 +356,33 @@ static void test_axpy_f16(void **state) {
 #endif
 }
 
+/* Several fp16 dots against one row (attention heads sharing a KV head):
+ * bit-equal to one dispatched F16 vec_dot per row, every m and length. */
+static void test_dot_f16_multi(void **state) {
+    (void)state;
+    rng_seed(13);
+    enum { N = 300, M = 7 };
+    uint16_t x[N], y[M][N];
+    const uint16_t *yp[M];
+    for (int i = 0; i < N; i++)
+        x[i] = codi_fp32_to_fp16(rnd_gauss());
+    for (int j = 0; j < M; j++) {
+        for (int i = 0; i < N; i++)
+            y[j][i] = codi_fp32_to_fp16(rnd_gauss());
+        yp[j] = y[j];
+    }
+    const codi_vec_dot_fn dot = codi_kernel_vec_dot(CODI_TYPE_F16);
+    for (int n = 0; n <= N; n += (n < 70 ? 1 : 23))
+        for (int m = 1; m <= M; m++) {
+            float got[M], want;
+            codi_dot_f16_multi(n, got, x, yp, m);
+            for (int j = 0; j < m; j++) {
+                dot(n, &want, x, y[j]);
+                assert_int_equal(f2u(got[j]), f2u(want));
+            }
+        }
+}
+
 /* ---- activation quantizers ---- */
 
 /* Row fillers. `kind` picks the distribution. */
@@ -574,7 +601,12 @@ static void test_vec_dot(void **state) {
 static void test_gemm(void **state) {
     (void)state;
     SKIP_WITHOUT_AVX2();
+#if defined(CODI_HAVE_AVX2_KERNELS)
     static const int types[] = {CODI_TYPE_Q4_0, CODI_TYPE_Q4_1, CODI_TYPE_Q8_0};
+    static const codi_gemm_fn gemms[] = {codi_gemm_q4_0_q8_0_avx2, codi_gemm_q4_1_q8_1_avx2,
+                                         codi_gemm_q8_0_q8_0_avx2};
+    static const codi_vec_dot_fn dots[] = {codi_vec_dot_q4_0_q8_0_avx2, codi_vec_dot_q4_1_q8_1_avx2,
+                                           codi_vec_dot_q8_0_q8_0_avx2};
     enum { MAXR = 13, MAXC = 8, MAXN = 18 * 32 };
     float *x = malloc(MAXN * sizeof *x);
     uint8_t *w = malloc(MAXR * codi_row_size(CODI_TYPE_F32, MAXN));
@@ -585,8 +617,7 @@ static void test_gemm(void **state) {
     assert_non_null(a);
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         const codi_type_traits *t = codi_type_get(types[k]);
-        const codi_gemm_fn gemm = codi_kernel_gemm(types[k]);
-        assert_non_null(gemm);
+        const codi_gemm_fn gemm = gemms[k];
         for (int seed = 0; seed < 60; seed++) {
             rng_seed((uint64_t)seed + 77 * k);
             const int nr = 1 + seed % MAXR, nc = 1 + (seed * 7) % MAXC;
@@ -601,12 +632,12 @@ static void test_gemm(void **state) {
             for (int c = 0; c < nc; c++) {
                 for (int64_t i = 0; i < n; i++)
                     x[i] = rnd_gauss() * 2.0f;
-                codi_kernel_from_float(t->vec_dot_type)(x, a + (size_t)c * ldx, n);
+                codi_type_get(t->vec_dot_type)->from_float(x, a + (size_t)c * ldx, n);
             }
             memset(y, 0xAB, sizeof y);
             gemm(n, nr, nc, w, ldw, a, ldx, y, MAXR);
             codi_gemm_generic(t->vec_dot, n, nr, nc, w, ldw, a, ldx, ref, MAXR);
-            codi_gemm_generic(codi_kernel_vec_dot(types[k]), n, nr, nc, w, ldw, a, ldx, fast, MAXR);
+            codi_gemm_generic(dots[k], n, nr, nc, w, ldw, a, ldx, fast, MAXR);
             for (int c = 0; c < nc; c++)
                 for (int r = 0; r < MAXR; r++) {
                     const float got = y[c * MAXR + r];
@@ -625,6 +656,7 @@ static void test_gemm(void **state) {
     free(x);
     free(w);
     free(a);
+#endif
 }
 
 /* Weights from the reference quantizers (realistic scales and quants)
@@ -688,6 +720,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fp32_to_fp16),
         cmocka_unit_test(test_fp16_row_tails),
         cmocka_unit_test(test_axpy_f16),
+        cmocka_unit_test(test_dot_f16_multi),
         cmocka_unit_test(test_quantize_bytes),
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_quantized_rows),

@@ -184,6 +184,42 @@ void codi_axpy_f16_avx2(float *y, float a, const uint16_t *x, int n) {
         y[i] += a * fp16(x[i]);
 }
 
+/* m <= 3 dot products of x against y[0..m) at once, each computed exactly as
+ * codi_vec_dot_f16_avx2 computes it (same accumulators, same order), with
+ * the loads and conversions of x shared. */
+__attribute__((always_inline)) static inline void dot_f16_m(int64_t n, float *s, const uint16_t *x,
+                                                           const uint16_t *const *y, const int M) {
+    __m256 a[3][4];
+    for (int j = 0; j < M; j++)
+        for (int k = 0; k < 4; k++)
+            a[j][k] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++) {
+            const __m256 xv = load_f16x8(x + i + 8 * k);
+            for (int j = 0; j < M; j++)
+                a[j][k] = _mm256_fmadd_ps(xv, load_f16x8(y[j] + i + 8 * k), a[j][k]);
+        }
+    for (int j = 0; j < M; j++) {
+        double sum = reduce_f32x8x4(a[j][0], a[j][1], a[j][2], a[j][3]);
+        for (int64_t t = i; t < n; t++)
+            sum += (double)(fp16(x[t]) * fp16(y[j][t]));
+        s[j] = (float)sum;
+    }
+}
+
+void codi_dot_f16_multi_avx2(int64_t n, float *s, const uint16_t *x, const uint16_t *const *y, int m) {
+    for (int j = 0; j < m; j += 3) {
+        const int r = m - j;
+        if (r >= 3)
+            dot_f16_m(n, s + j, x, y + j, 3);
+        else if (r == 2)
+            dot_f16_m(n, s + j, x, y + j, 2);
+        else
+            dot_f16_m(n, s + j, x, y + j, 1);
+    }
+}
+
 /* ---- legacy quants: one 32-element block per step ---- */
 
 void codi_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *vx,

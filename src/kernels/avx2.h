@@ -57,6 +57,10 @@ void codi_fp32_to_fp16_row_avx2(const float *x, uint16_t *y, int64_t n);
 void codi_dequantize_row_f16_avx2(const void *x, float *y, int64_t n);
 void codi_quantize_row_f16_avx2(const float *x, void *y, int64_t n);
 
+/* s[j] = dot(x, y[j]) for j < m over fp16 rows, each bit-equal to
+ * codi_vec_dot_f16_avx2(n, &s[j], x, y[j]). */
+void codi_dot_f16_multi_avx2(int64_t n, float *s, const uint16_t *x, const uint16_t *const *y, int m);
+
 /* y += a * x, x fp16 (= codi_axpy_f16_ref up to the rounding of FMA). */
 void codi_axpy_f16_avx2(float *y, float a, const uint16_t *x, int n);
 

@@ -153,6 +153,18 @@ void codi_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n) {
         y[i] = codi_fp32_to_fp16(x[i]);
 }
 
+void codi_dot_f16_multi(int64_t n, float *s, const uint16_t *x, const uint16_t *const *y, int m) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_dot_f16_multi_avx2(n, s, x, y, m);
+        return;
+    }
+#endif
+    const codi_vec_dot_fn dot = codi_type_get(CODI_TYPE_F16)->vec_dot;
+    for (int j = 0; j < m; j++)
+        dot(n, &s[j], x, y[j]);
+}
+
 void codi_axpy_f16_ref(float *y, float a, const uint16_t *x, int n) {
     for (int i = 0; i < n; i++)
         y[i] += a * codi_fp16_to_fp32(x[i]);

@@ -32,6 +32,11 @@ codi_to_float_fn codi_kernel_to_float(int type);
 void codi_fp16_to_fp32_row(const uint16_t *x, float *y, int64_t n);
 void codi_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n);
 
+/* s[j] = dot(x, y[j]) for j < m over fp16 rows (n elements): several
+ * attention heads against one K or V row. Equal to m calls of the F16
+ * vec_dot kernel. */
+void codi_dot_f16_multi(int64_t n, float *s, const uint16_t *x, const uint16_t *const *y, int m);
+
 /* y[i] += a * x[i] for an fp16 row x (attention: weights times V rows).
  * The AVX2 path uses FMA, the scalar one a multiply and an add. */
 void codi_axpy_f16(float *y, float a, const uint16_t *x, int n);

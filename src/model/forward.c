@@ -20,6 +20,7 @@
 #include "tensor/types.h"
 
 #define MAX_FUSED 3
+#define ATT_G 3 /* query heads of one KV head that attention handles together */
 
 struct codi_context {
     codi_model *m;
@@ -35,8 +36,8 @@ struct codi_context {
     float *x, *xn, *q, *k, *v, *att, *g, *u;
     void *xq;
     size_t xq_stride; /* bytes per token row in xq */
-    float *scores;    /* [n_threads][n_ctx] */
-    uint16_t *probs16;/* [n_threads][n_ctx] attention weights as fp16 */
+    float *scores;    /* [n_threads][ATT_G][n_ctx] */
+    uint16_t *probs16;/* [n_threads][ATT_G][n_ctx] attention weights as fp16 */
     float *rope_theta;/* [2][n_rot/2] per-pair frequency: global layers,
                          then sliding-window layers (own rope base) */
     /* logits of the last decode call */
@@ -132,8 +133,8 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     }
     c->xq_stride = (qrow + 63) & ~(size_t)63;
     c->xq = xaligned(B * c->xq_stride);
-    c->scores = xaligned((size_t)p.n_threads * (size_t)p.n_ctx * sizeof(float));
-    c->probs16 = xaligned((size_t)p.n_threads * (size_t)p.n_ctx * sizeof(uint16_t));
+    c->scores = xaligned((size_t)p.n_threads * ATT_G * (size_t)p.n_ctx * sizeof(float));
+    c->probs16 = xaligned((size_t)p.n_threads * ATT_G * (size_t)p.n_ctx * sizeof(uint16_t));
     c->rope_theta = xaligned((size_t)hp->n_rot * sizeof(float));
     c->logits_cap = 1;
     c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
@@ -386,39 +387,54 @@ static void attn_task(void *arg, int ith, int nth) {
     codi_context *c = j->c;
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
-    const size_t dkv = (size_t)hp->n_head_kv * hd, dq = (size_t)nh * hd;
+    const size_t dkv = (size_t)hp->n_head_kv * hd, dq = (size_t)nh * hd, nc = (size_t)c->n_ctx;
     /* Gemma 3 scales the queries before attention (forward_batch). */
     const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
     const bool swa = c->m->layers[j->layer].swa && hp->n_swa > 0;
-    float *sc = c->scores + (size_t)ith * c->n_ctx;
-    const codi_vec_dot_fn dot16 = codi_kernel_vec_dot(CODI_TYPE_F16);
-    const int total = j->B * nh;
+    float *scb = c->scores + (size_t)ith * ATT_G * nc;
+    uint16_t *pb = c->probs16 + (size_t)ith * ATT_G * nc;
+    /* Work item: one token and up to ATT_G query heads sharing a KV head,
+     * so each K and V row is loaded and converted once for all of them. */
+    const int ng = (gqa + ATT_G - 1) / ATT_G, per_tok = hp->n_head_kv * ng;
+    const int total = j->B * per_tok;
     for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
-        const int b = w / nh, h = w % nh, kh = h / gqa;
+        const int b = w / per_tok, kh = (w % per_tok) / ng;
+        const int h0 = kh * gqa + (w % ng) * ATT_G, G = CODI_MIN(ATT_G, kh * gqa + gqa - h0);
         const int n_kv = c->row_pos[b] + 1; /* causal: positions 0..pos */
         /* sliding window: keys at pos - t >= n_swa are masked (llama.cpp's
          * LLAMA_SWA_TYPE_STANDARD), i.e. only t0..pos take part */
-        const int t0 = swa ? CODI_MAX(0, n_kv - hp->n_swa) : 0;
+        const int t0 = swa ? CODI_MAX(0, n_kv - hp->n_swa) : 0, n = n_kv - t0;
         const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd;
-        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd * c->n_ctx;
+        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd * nc;
         /* llama.cpp (flash attention off) multiplies the fp16 cache with
          * fp16-rounded queries and fp16-rounded attention weights; round
          * the same way. */
-        uint16_t q16[1024];
-        codi_fp32_to_fp16_row(c->q + (size_t)b * dq + (size_t)h * hd, q16, hd);
-        for (int t = t0; t < n_kv; t++) {
-            float s;
-            dot16(hd, &s, kl + (size_t)t * dkv, q16);
-            sc[t - t0] = s * scale;
+        uint16_t q16[ATT_G][1024];
+        const uint16_t *qp[ATT_G], *pp[ATT_G];
+        for (int g = 0; g < G; g++) {
+            codi_fp32_to_fp16_row(c->q + (size_t)b * dq + (size_t)(h0 + g) * hd, q16[g], hd);
+            qp[g] = q16[g];
+            pp[g] = pb + (size_t)g * nc;
         }
-        codi_softmax_inplace(sc, n_kv - t0);
+        for (int t = t0; t < n_kv; t++) {
+            float s[ATT_G];
+            codi_dot_f16_multi(hd, s, kl + (size_t)t * dkv, qp, G);
+            for (int g = 0; g < G; g++)
+                scb[(size_t)g * nc + (size_t)(t - t0)] = s[g] * scale;
+        }
+        for (int g = 0; g < G; g++) {
+            codi_softmax_inplace(scb + (size_t)g * nc, n);
+            codi_fp32_to_fp16_row(scb + (size_t)g * nc, pb + (size_t)g * nc, n);
+        }
         /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
          * the transposed V rows, in llama.cpp's order. */
-        uint16_t *p16 = c->probs16 + (size_t)ith * c->n_ctx;
-        codi_fp32_to_fp16_row(sc, p16, n_kv - t0);
-        float *o = c->att + (size_t)b * dq + (size_t)h * hd;
-        for (int i = 0; i < hd; i++)
-            dot16(n_kv - t0, &o[i], vl + (size_t)i * c->n_ctx + t0, p16);
+        float *o = c->att + (size_t)b * dq + (size_t)h0 * hd;
+        for (int i = 0; i < hd; i++) {
+            float s[ATT_G];
+            codi_dot_f16_multi(n, s, vl + (size_t)i * nc + t0, pp, G);
+            for (int g = 0; g < G; g++)
+                o[(size_t)g * hd + i] = s[g];
+        }
     }
 }
 
