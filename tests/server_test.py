@@ -21,6 +21,8 @@ import time
 CODI, MODEL = sys.argv[1], sys.argv[2]
 THREADS = sys.argv[3] if len(sys.argv) > 3 else "2"
 KEY = "test-key-123"
+QUICK = bool(os.environ.get("CODI_TEST_QUICK"))  # sanitizer runs: fewer tokens
+N_LOAD = 16 if QUICK else 64
 PASS = FAIL = 0
 
 
@@ -319,6 +321,12 @@ def post_big(port, n, chunked):
     return int(h.split()[1]), body
 
 
+def t_page():
+    st, h, d = raw(srv.port, "GET", "/", headers={})
+    if st != 200 or not h.get("Content-Type", "").startswith("text/html") or b"/v1/chat/completions" not in d:
+        return "GET / -> %d %r" % (st, h)
+
+
 def t_health_metrics():
     st, _, d = raw(srv.port, "GET", "/health", headers={})
     if st != 200 or json.loads(d).get("status") != "ok":
@@ -388,17 +396,17 @@ def gen_stream(n_tok, out, i):
 def t_load():
     one = {}
     t0 = time.time()
-    gen_stream(64, one, 0)
+    gen_stream(N_LOAD, one, 0)
     t1 = time.time() - t0
     many = {}
-    ths = [threading.Thread(target=gen_stream, args=(64, many, i)) for i in range(8)]
+    ths = [threading.Thread(target=gen_stream, args=(N_LOAD, many, i)) for i in range(8)]
     t0 = time.time()
     for t in ths:
         t.start()
     for t in ths:
         t.join(300)
     t8 = time.time() - t0
-    if len(many) != 8 or any(v[0] != 64 for v in many.values()):
+    if len(many) != 8 or any(v[0] != N_LOAD for v in many.values()):
         return "not every stream completed: %r" % many
     r1 = one[0][0] / t1
     r8 = sum(v[0] for v in many.values()) / t8
@@ -413,7 +421,8 @@ for name, fn in [("chat completion", t_chat), ("streaming chat completion", t_st
                  ("auth failure -> 401", t_auth), ("over-long prompt -> 400", t_long_prompt),
                  ("bad input -> proper HTTP errors", t_bad_input),
                  ("client vanishing mid-stream frees its slot", t_disconnect),
-                 ("8 concurrent streams", t_load), ("health and metrics", t_health_metrics)]:
+                 ("8 concurrent streams", t_load), ("health and metrics", t_health_metrics),
+                 ("chat page at /", t_page)]:
     check(name, fn)
 
 rc = srv.stop()
@@ -426,7 +435,7 @@ else:
 def t_queue_full_and_drain():
     s2 = Server("--parallel", "1", "--queue", "1", "--ctx-per-slot", "256")
     try:
-        a, _ = stream_socket(s2.port, {"prompt": "Count: 1, 2, 3,", "max_tokens": 120, "stream": True,
+        a, _ = stream_socket(s2.port, {"prompt": "Count: 1, 2, 3,", "max_tokens": 30 if QUICK else 120, "stream": True,
                                        "ignore_eos": True})
         b_res = {}
 
