@@ -1,19 +1,12 @@
 /* codi serve: run the OpenAI-compatible server until SIGINT / SIGTERM,
  * then drain running requests and exit 0. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../server/server.h"
 #include "cli.h"
-
-static volatile sig_atomic_t g_stop;
-
-static void on_signal(int sig) {
-    (void)sig;
-    g_stop = 1;
-}
 
 static void log_line(void *user, const char *line) {
     (void)user;
@@ -46,12 +39,13 @@ int cmd_serve(const cli_opts *o) {
     p.model_name = model_name;
     p.log = log_line;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    /* SIGINT / SIGTERM blocked here and in every thread the server starts
+     * (they inherit the mask); this thread takes them with sigwait. */
+    sigset_t stop_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     char err[512];
@@ -61,8 +55,9 @@ int cmd_serve(const cli_opts *o) {
         codi_model_free(m);
         return 1;
     }
-    while (!g_stop)
-        pause();
+    int sig = 0;
+    while (sigwait(&stop_set, &sig) != 0)
+        ;
     fprintf(stderr, "codi serve: stopping (draining running requests)\n");
     codi_server_stop(s, 10.0);
     codi_model_free(m);
