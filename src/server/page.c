@@ -110,6 +110,7 @@ const char codi_server_page_html[] =
     "          const c = j.choices && j.choices[0];\n"
     "          if (c && c.delta && c.delta.content) {\n"
     "            answer += c.delta.content;\n"
+    "            out.dataset.chunks = (parseInt(out.dataset.chunks || \"0\", 10) + 1).toString();\n"
     "            out.textContent = answer;\n"
     "            $(\"log\").scrollTop = $(\"log\").scrollHeight;\n"
     "          }\n"
