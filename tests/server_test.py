@@ -476,5 +476,44 @@ def t_queue_full_and_drain():
 
 
 check("queue full -> 503 + Retry-After; SIGTERM drains", t_queue_full_and_drain)
+
+
+def t_timeout():
+    """--timeout 2, one slot: A runs, B and C wait. A ends at its deadline
+    with the text so far and finish_reason "length"; B gets the slot and
+    ends the same way at its own deadline; C then gets the slot in time
+    (requests run in order, so one that waits is never past its deadline
+    before those ahead of it are)."""
+    s3 = Server("--parallel", "1", "--queue", "4", "--ctx-per-slot", "2048", "--timeout", "2")
+    try:
+        res = {}
+
+        def one(k, n):
+            t0 = time.time()
+            st, _, d = raw(s3.port, "POST", "/v1/completions",
+                           {"prompt": "Tell me a story.", "max_tokens": n, "ignore_eos": True})
+            res[k] = (st, json.loads(d), time.time() - t0)
+        ths = []
+        for k, n in (("a", 2000), ("b", 2000), ("c", 4)):
+            ths.append(threading.Thread(target=one, args=(k, n)))
+            ths[-1].start()
+            time.sleep(0.5)
+        for t in ths:
+            t.join(60)
+        for k in "abc":
+            st, j, dt = res.get(k, (None, {}, 0))
+            fin = j.get("choices", [{}])[0].get("finish_reason")
+            n = j.get("usage", {}).get("completion_tokens", 0)
+            if st != 200 or fin != "length" or not (0 < n < 2000 if k != "c" else n == 4) \
+                    or (k != "c" and not 1.5 < dt < 15):
+                return "request %s: %r %r after %.1f s" % (k, st, j, dt)
+        n = metrics(s3.port).get("codi_requests_timed_out_total")
+        if n != 2:
+            return "codi_requests_timed_out_total %r, expected 2" % n
+    finally:
+        s3.stop()
+
+
+check("--timeout: running requests cut with 'length'", t_timeout)
 print("%d passed, %d failed" % (PASS, FAIL))
 sys.exit(1 if FAIL else 0)

@@ -44,6 +44,7 @@ typedef struct cli_opts {
     /* serve */
     const char *host, *api_key;
     int32_t port, parallel, ctx_per_slot, queue; /* port -1: default */
+    int32_t timeout; /* seconds; -1: default, 0: none */
 } cli_opts;
 
 int cmd_run(const cli_opts *o);

@@ -17,7 +17,7 @@ typedef enum {
     O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
-    O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE,
+    O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT,
 } opt_id;
 
 typedef struct {
@@ -59,6 +59,7 @@ static const opt_def OPTS[] = {
     {O_CTXSLOT, NULL, "--ctx-per-slot", "N", CMD_SERVE, "KV cache tokens per slot (default 2048 or the model's, smaller)"},
     {O_APIKEY, NULL, "--api-key", "KEY", CMD_SERVE, "require 'Authorization: Bearer KEY' on /v1/* and /metrics"},
     {O_QUEUE, NULL, "--queue", "N", CMD_SERVE, "requests that may wait for a slot before 503 (default 64)"},
+    {O_TIMEOUT, NULL, "--timeout", "S", CMD_SERVE, "seconds a request may take, queue wait included (default 600; 0 = no limit)"},
 };
 #define N_OPTS (sizeof(OPTS) / sizeof(OPTS[0]))
 
@@ -75,7 +76,7 @@ static const struct {
     {"bench", CMD_BENCH, "codi bench -m MODEL [-p N,N...] [-n N,N...] [-r N] [-t N] [--json]", "prompt processing and generation speed (like llama-bench)"},
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
-    {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N]", "OpenAI-compatible HTTP server with continuous batching"},
+    {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
 
@@ -216,6 +217,7 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_PARALLEL: rc = parse_i32(name, val, 1, 256, &o->parallel); break;
         case O_CTXSLOT: rc = parse_i32(name, val, 16, 1 << 20, &o->ctx_per_slot); break;
         case O_QUEUE: rc = parse_i32(name, val, 1, 1 << 16, &o->queue); break;
+        case O_TIMEOUT: rc = parse_i32(name, val, 0, 1 << 24, &o->timeout); break;
         case O_NPREDICT: rc = parse_i32(name, val, -1, 1 << 24, &o->n_predict); break;
         case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
         case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;
@@ -463,6 +465,7 @@ int main(int argc, char **argv) {
     o.n_predict = 128;
     o.n_bench_pp = o.n_bench_tg = -1;
     o.port = -1;
+    o.timeout = -1;
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);
     if (rc)

@@ -70,7 +70,7 @@ struct srv_engine {
     srv_metrics m;
 };
 
-static double now_s(void) {
+double srv_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
@@ -98,6 +98,39 @@ static void req_append(srv_req *r, const char *s, size_t n) {
     r->text[r->text_len] = '\0';
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
+}
+
+/* Complete request r that never reached a slot (with e->mu held by the
+ * caller or not: it takes only r->mu). */
+static void req_fail(srv_req *r, int status, const char *code, const char *error) {
+    pthread_mutex_lock(&r->mu);
+    r->state = SRV_DONE;
+    r->finish = "stop";
+    r->error_status = status;
+    r->error_code = code;
+    snprintf(r->error, sizeof(r->error), "%s", error);
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    srv_req_release(r);
+}
+
+/* Drop queued requests whose client left or whose deadline passed, so they
+ * neither wait for a slot nor hold a place in the queue. e->mu held. */
+static void prune_queue(srv_engine *e, double now) {
+    int32_t kept = 0;
+    for (int32_t k = 0; k < e->q_len; k++) {
+        srv_req *r = e->queue[(e->q_head + k) % e->max_queue];
+        if (atomic_load(&r->cancelled)) {
+            e->m.requests_cancelled++;
+            req_fail(r, 0, NULL, "cancelled");
+        } else if (r->deadline > 0 && now >= r->deadline) {
+            e->m.requests_timed_out++;
+            req_fail(r, 503, "timeout", "timed out waiting for a free slot (server --timeout)");
+        } else {
+            e->queue[(e->q_head + kept++) % e->max_queue] = r;
+        }
+    }
+    e->q_len = kept;
 }
 
 /* Free slot i and complete its request with finish reason / error. */
@@ -197,6 +230,7 @@ static int gen_push(slot *s, const char *p, size_t n) {
 
 /* Put queued requests into free slots. Called with e->mu held. */
 static void admit(srv_engine *e) {
+    prune_queue(e, srv_now());
     for (int32_t i = 0; i < e->n_slots && e->q_len > 0; i++) {
         slot *s = &e->slots[i];
         if (s->req)
@@ -225,6 +259,7 @@ static void admit(srv_engine *e) {
 
 static void step(srv_engine *e) {
     int32_t n = 0, budget = PREFILL_CHUNK;
+    double now = srv_now();
     /* Generating slots first (one token each), then prefill chunks. */
     for (int pass = 0; pass < 2; pass++) {
         for (int32_t i = 0; i < e->n_slots; i++) {
@@ -239,6 +274,13 @@ static void step(srv_engine *e) {
                 }
                 if (e->cut) {
                     slot_finish(e, i, "stop", "server shutting down");
+                    continue;
+                }
+                if (s->req->deadline > 0 && now >= s->req->deadline) {
+                    pthread_mutex_lock(&e->mu);
+                    e->m.requests_timed_out++;
+                    pthread_mutex_unlock(&e->mu);
+                    slot_finish(e, i, "length", NULL);
                     continue;
                 }
             }
@@ -273,9 +315,9 @@ static void step(srv_engine *e) {
         return;
     codi_batch b = {n, e->b_tok, e->b_pos, e->b_seq, e->b_logits};
     char err[512];
-    double t0 = now_s();
+    double t0 = srv_now();
     int rc = codi_decode_batch(e->ctx, &b, err, sizeof(err));
-    double dt = now_s() - t0;
+    double dt = srv_now() - t0;
     int32_t n_prompt_tok = 0, n_gen_tok = 0;
     for (int32_t j = 0; j < n; j++)
         if (e->b_pos[j] < e->slots[e->b_seq[j]].req->n_prompt)
@@ -444,24 +486,18 @@ void srv_engine_metrics(srv_engine *e, srv_metrics *m) {
 void srv_engine_drain(srv_engine *e, double timeout_s) {
     if (!e || !e->thread_started)
         return;
-    double t_end = now_s() + timeout_s;
+    double t_end = srv_now() + timeout_s;
     pthread_mutex_lock(&e->mu);
     e->stopping = true;
     while (e->busy > 0 || e->q_len > 0) {
-        if (now_s() >= t_end && !e->cut) {
+        if (srv_now() >= t_end && !e->cut) {
             e->cut = true; /* the worker cuts running slots next step */
             /* Queued requests never started: complete them here. */
             while (e->q_len > 0) {
                 srv_req *r = e->queue[e->q_head];
                 e->q_head = (e->q_head + 1) % e->max_queue;
                 e->q_len--;
-                pthread_mutex_lock(&r->mu);
-                r->state = SRV_DONE;
-                r->finish = "stop";
-                snprintf(r->error, sizeof(r->error), "server shutting down");
-                pthread_cond_broadcast(&r->cv);
-                pthread_mutex_unlock(&r->mu);
-                srv_req_release(r);
+                req_fail(r, 503, "shutting_down", "server shutting down");
             }
         }
         struct timespec ts;

@@ -26,6 +26,9 @@ typedef struct srv_req {
     size_t stop_len[SRV_MAX_STOP];
     int n_stop;
     bool ignore_eos; /* benchmarks: generate max_tokens regardless */
+    double deadline; /* CLOCK_MONOTONIC seconds (srv_now); 0: none. A request
+                        still queued then fails (503), a running one ends
+                        with finish "length" and the text so far */
 
     /* Shared with the worker: guarded by mu, signalled on cv. */
     pthread_mutex_t mu;
@@ -35,6 +38,8 @@ typedef struct srv_req {
     int state;          /* SRV_QUEUED / SRV_RUNNING / SRV_DONE */
     const char *finish; /* "stop" / "length" once done */
     char error[256];    /* non-empty: failed */
+    int error_status;   /* HTTP status for error; 0: 500 */
+    const char *error_code; /* OpenAI error code for error; NULL: null */
     int32_t n_gen;
 
     atomic_bool cancelled; /* the client went away: the worker drops it */
@@ -53,6 +58,7 @@ typedef struct srv_metrics {
     uint64_t requests_done;
     uint64_t requests_rejected;/* queue full or shutting down */
     uint64_t requests_cancelled;
+    uint64_t requests_timed_out;/* hit their deadline (queued or running) */
     uint64_t prompt_tokens;    /* prompt tokens evaluated */
     uint64_t gen_tokens;       /* tokens generated */
     uint64_t steps;            /* batched decode passes */
@@ -69,6 +75,8 @@ int srv_engine_create(codi_model *model, int32_t n_parallel, int32_t n_ctx,
  * queue is full, CODI_EINVAL when the engine is shutting down. */
 int srv_engine_submit(srv_engine *e, srv_req *r);
 int32_t srv_engine_n_ctx(const srv_engine *e);
+/* CLOCK_MONOTONIC in seconds (the clock of srv_req.deadline). */
+double srv_now(void);
 void srv_engine_metrics(srv_engine *e, srv_metrics *m);
 /* Refuse new requests; let running ones finish for up to timeout_s, then
  * cut them (error "server shutting down"). */
@@ -93,5 +101,8 @@ int srv_buf_printf(srv_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int srv_buf_json_str(srv_buf *b, const char *s, size_t n);
 void srv_buf_free(srv_buf *b);
+/* False when JSON text s[0..n) nests arrays/objects deeper than max_depth
+ * (checked before parsing: cJSON's parser recurses). */
+bool srv_json_depth_ok(const char *s, size_t n, int max_depth);
 
 #endif

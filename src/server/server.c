@@ -23,6 +23,7 @@
 #include "server.h"
 
 #define MAX_BODY (1u << 20)
+#define MAX_JSON_DEPTH 32 /* far more than any request needs */
 #define WAIT_MS 100 /* how often a waiting connection checks its client */
 
 extern const char codi_server_page_html[]; /* page.c */
@@ -32,6 +33,7 @@ struct codi_server {
     srv_engine *e;
     codi_model *model;
     char *api_key;
+    double timeout_s; /* per request; <= 0: none */
     char model_name[256];
     int port;
     codi_server_log_fn log;
@@ -496,6 +498,9 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
                                          bool chat) {
     if (!srv_utf8_valid(c->body.p ? c->body.p : "", c->body.len))
         return send_error(s, mc, 400, "invalid_utf8", "the request body is not valid UTF-8");
+    if (!srv_json_depth_ok(c->body.p ? c->body.p : "", c->body.len, MAX_JSON_DEPTH))
+        return send_error(s, mc, 400, "invalid_json", "the request body nests deeper than %d levels",
+                          MAX_JSON_DEPTH);
     cJSON *root = cJSON_ParseWithLength(c->body.p ? c->body.p : "", c->body.len);
     if (!root)
         return send_error(s, mc, 400, "invalid_json", "the request body is not valid JSON");
@@ -550,6 +555,8 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
     r->max_tokens = o.max_tokens > 0 ? o.max_tokens : n_ctx - r->n_prompt;
     r->sp = o.sp;
     r->ignore_eos = o.ignore_eos;
+    if (s->timeout_s > 0)
+        r->deadline = srv_now() + s->timeout_s;
     if (o.stop) {
         const cJSON *x;
         if (cJSON_IsString(o.stop))
@@ -619,7 +626,8 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
         }
     }
     if (r->error[0]) {
-        ret = send_error(s, mc, 500, NULL, "%s", r->error);
+        unsigned st = r->error_status ? (unsigned)r->error_status : 500;
+        ret = send_error(s, mc, st, r->error_code, "%s", r->error);
         goto done;
     }
     srv_buf b = {0};
@@ -678,6 +686,8 @@ static enum MHD_Result handle_metrics(codi_server *s, struct MHD_Connection *mc)
         "# TYPE codi_requests_cancelled_total counter\ncodi_requests_cancelled_total %llu\n"
         "# HELP codi_requests_rejected_total Requests refused (queue full or shutting down).\n"
         "# TYPE codi_requests_rejected_total counter\ncodi_requests_rejected_total %llu\n"
+        "# HELP codi_requests_timed_out_total Requests that reached the --timeout (queued or running).\n"
+        "# TYPE codi_requests_timed_out_total counter\ncodi_requests_timed_out_total %llu\n"
         "# HELP codi_prompt_tokens_total Prompt tokens evaluated.\n"
         "# TYPE codi_prompt_tokens_total counter\ncodi_prompt_tokens_total %llu\n"
         "# HELP codi_tokens_generated_total Tokens generated.\n"
@@ -697,6 +707,7 @@ static enum MHD_Result handle_metrics(codi_server *s, struct MHD_Connection *mc)
         (unsigned long long)atomic_load(&s->http_total), (unsigned long long)atomic_load(&s->http_errors),
         (unsigned long long)m.requests_total, (unsigned long long)m.requests_done,
         (unsigned long long)m.requests_cancelled, (unsigned long long)m.requests_rejected,
+        (unsigned long long)m.requests_timed_out,
         (unsigned long long)m.prompt_tokens, (unsigned long long)m.gen_tokens,
         (unsigned long long)m.steps, m.decode_seconds,
         m.decode_seconds > 0 ? (double)m.gen_tokens / m.decode_seconds : 0.0, m.queue_depth,
@@ -842,6 +853,7 @@ int codi_server_start(codi_model *model, const codi_server_params *p, codi_serve
     s->log = p->log;
     s->log_user = p->log_user;
     s->started = time(NULL);
+    s->timeout_s = p->timeout_s == 0 ? 600.0 : p->timeout_s;
     snprintf(s->model_name, sizeof(s->model_name), "%s", p->model_name ? p->model_name : "codi");
     if (p->api_key && p->api_key[0] && !(s->api_key = strdup(p->api_key))) {
         free(s);

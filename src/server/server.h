@@ -18,6 +18,8 @@ typedef struct codi_server_params {
     int32_t n_threads;     /* compute threads; 0: all cores */
     int32_t max_queue;     /* waiting requests before 503; 0: 64 */
     const char *api_key;   /* NULL: no auth */
+    double timeout_s;      /* per request, queue wait + generation; 0: 600,
+                              < 0: none */
     const char *model_name;/* reported by /v1/models */
     codi_server_log_fn log;/* NULL: silent */
     void *log_user;

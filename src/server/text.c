@@ -164,3 +164,25 @@ void srv_buf_free(srv_buf *b) {
     b->p = NULL;
     b->len = b->cap = 0;
 }
+
+bool srv_json_depth_ok(const char *s, size_t n, int max_depth) {
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++; /* skip the escaped character (\" stays in the string) */
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > max_depth)
+                return false;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return true;
+}
