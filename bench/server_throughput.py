@@ -7,7 +7,7 @@ alone, then P streams at once (standard library only).
 
 Starts the server on a free loopback port with P slots of 512 tokens
 (`codi serve --parallel P` or llama.cpp's `llama-server -np P -c 512*P`,
-built by tools/build_peer.sh into bench/.peer/build/bin), then streams
+built by tools/build_peer.sh into bench/.peer/bin), then streams
 /v1/completions with ignore_eos (so every stream generates exactly
 --tokens tokens), temperature 0.8 and a different seed and prompt per
 stream. Reports generated tokens / wall second for 1 stream and for P
@@ -27,7 +27,7 @@ import time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--server", choices=["codi", "llama"], default="codi")
-ap.add_argument("--bin", help="server binary (default build/codi or bench/.peer/build/bin/llama-server)")
+ap.add_argument("--bin", help="server binary (default build/codi or bench/.peer/bin/llama-server)")
 ap.add_argument("-m", "--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
 ap.add_argument("--streams", type=int, default=8)
 ap.add_argument("--tokens", type=int, default=128)
@@ -52,7 +52,7 @@ if args.server == "codi":
     cmd = [exe, "serve", "-m", args.model, "--port", str(port), "-t", args.threads,
            "--parallel", str(P), "--ctx-per-slot", "512", "--queue", str(4 * P)]
 else:
-    exe = args.bin or "bench/.peer/build/bin/llama-server"
+    exe = args.bin or "bench/.peer/bin/llama-server"
     cmd = [exe, "-m", args.model, "--port", str(port), "--host", "127.0.0.1", "-t", args.threads,
            "-tb", args.threads, "-np", str(P), "-c", str(512 * P), "--no-webui"]
 if not os.access(exe, os.X_OK):

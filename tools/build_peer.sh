@@ -8,7 +8,8 @@
 #   bench/.peer/bin/    llama.cpp's own tools, built from the very llama.cpp
 #                       that llama-cpp-python 0.3.36 vendors (sdist
 #                       vendor/llama.cpp): llama-bench, llama-perplexity,
-#                       llama-quantize, llama-cli (statically linked).
+#                       llama-quantize, llama-cli, llama-server (statically linked;
+#                       llama-server: bench/server_throughput.py --server llama).
 #   bench/.peer/src/, bench/.peer/build/   sdist and cmake build tree.
 #
 # Usage: tools/build_peer.sh [--venv-only | --tools-only] [--force]
@@ -33,7 +34,7 @@ BUILD="$PEER/build"
 PY="${PYTHON:-python3}"
 JOBS="${JOBS:-2}"
 VERSION=0.3.36
-TOOLS=(llama-bench llama-perplexity llama-quantize llama-cli)
+TOOLS=(llama-bench llama-perplexity llama-quantize llama-cli llama-server)
 
 do_venv=1; do_tools=1; force=0
 for arg in "$@"; do
