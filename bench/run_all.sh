@@ -13,7 +13,7 @@ OUT=bench/results/$(date -u +%Y-%m-%d)
 mkdir -p "$OUT"
 gcc -O2 -mavx2 -pthread bench/stream.c -o build/stream
 {
-  echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), codi $(git rev-parse --short HEAD), llama-cpp-python 0.3.36 (llama.cpp $(bench/.peer/bin/llama-bench --version 2>&1 | sed -n 's/.*build: \([0-9a-f]*\).*/\1/p' | head -1))"
+  echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), codi $(git rev-parse --short HEAD), llama-cpp-python 0.3.36 (llama.cpp commit $(bench/.peer/bin/llama-bench --version 2>&1 | sed -n 's/.*commit \([0-9a-f]*\).*/\1/p' | head -1))"
   echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   build/stream 2 1024 9
 } | tee "$OUT/machine.md"

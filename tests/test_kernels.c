@@ -383,6 +383,40 @@ static void test_dot_f16_multi(void **state) {
         }
 }
 
+/* Attention scores over a transposed fp16 K cache, against the scalar
+ * reference: every query count 1..7 (tiles of 3), key counts around the
+ * 16- and 8-key steps, head dims 64 and 40, a row stride wider than n. */
+static void test_attn_scores(void **state) {
+    (void)state;
+    rng_seed(14);
+    enum { HD = 64, LDK = 80, G = 7 };
+    uint16_t kT[HD * LDK];
+    float q[G * HD], got[G * LDK], want[G * LDK];
+    for (int i = 0; i < HD * LDK; i++)
+        kT[i] = codi_fp32_to_fp16(rnd_gauss());
+    for (int i = 0; i < G * HD; i++)
+        q[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(rnd_gauss()));
+    const int hds[2] = {64, 40};
+    for (int h = 0; h < 2; h++)
+        for (int g = 1; g <= G; g++)
+            for (int n = 0; n <= LDK; n += (n < 40 ? 1 : 7)) {
+                memset(got, 0xAB, sizeof got);
+                codi_attn_scores_f16(q, g, hds[h], kT, LDK, n, got, LDK, 0.125f);
+                codi_attn_scores_f16_ref(q, g, hds[h], kT, LDK, n, want, LDK, 0.125f);
+                for (int j = 0; j < g; j++)
+                    for (int t = 0; t < LDK; t++) {
+                        if (t >= n) {
+                            assert_int_equal(f2u(got[j * LDK + t]), 0xABABABABu);
+                            continue;
+                        }
+                        double mag = 0.0;
+                        for (int i = 0; i < hds[h]; i++)
+                            mag += fabs(q[j * hds[h] + i] * codi_fp16_to_fp32(kT[i * LDK + t]));
+                        assert_true(fabs((double)got[j * LDK + t] - want[j * LDK + t]) <= 1e-6 * mag + 1e-30);
+                    }
+            }
+}
+
 /* ---- activation quantizers ---- */
 
 /* Row fillers. `kind` picks the distribution. */
@@ -721,6 +755,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fp16_row_tails),
         cmocka_unit_test(test_axpy_f16),
         cmocka_unit_test(test_dot_f16_multi),
+        cmocka_unit_test(test_attn_scores),
         cmocka_unit_test(test_quantize_bytes),
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_quantized_rows),

@@ -19,6 +19,7 @@
 #if defined(CODI_HAVE_AVX2_KERNELS)
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "common.h"
@@ -217,6 +218,66 @@ void codi_dot_f16_multi_avx2(int64_t n, float *s, const uint16_t *x, const uint1
             dot_f16_m(n, s + j, x, y + j, 2);
         else
             dot_f16_m(n, s + j, x, y + j, 1);
+    }
+}
+
+/* Attention scores against a transposed fp16 K cache: s[g][t] = scale *
+ * sum_i q[g][i] * kT[i][t0 + t] for t < n, g < G (G <= 3). Eight keys per
+ * lane vector, so no horizontal sums: one FMA per (query, dim, 8 keys). */
+__attribute__((always_inline)) static inline void scores_g(const float *q, int hd, const uint16_t *kT,
+                                                          size_t ldk, int n, float *s, size_t lds,
+                                                          float scale, const int G) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    int t = 0;
+    for (; t + 16 <= n; t += 16) {
+        __m256 a[3][2];
+        for (int g = 0; g < G; g++)
+            a[g][0] = a[g][1] = _mm256_setzero_ps();
+        for (int i = 0; i < hd; i++) {
+            const __m256 k0 = load_f16x8(kT + (size_t)i * ldk + t);
+            const __m256 k1 = load_f16x8(kT + (size_t)i * ldk + t + 8);
+            for (int g = 0; g < G; g++) {
+                const __m256 qv = _mm256_broadcast_ss(q + (size_t)g * hd + i);
+                a[g][0] = _mm256_fmadd_ps(qv, k0, a[g][0]);
+                a[g][1] = _mm256_fmadd_ps(qv, k1, a[g][1]);
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            _mm256_storeu_ps(s + (size_t)g * lds + t, _mm256_mul_ps(a[g][0], vs));
+            _mm256_storeu_ps(s + (size_t)g * lds + t + 8, _mm256_mul_ps(a[g][1], vs));
+        }
+    }
+    for (; t + 8 <= n; t += 8) {
+        __m256 a[3];
+        for (int g = 0; g < G; g++)
+            a[g] = _mm256_setzero_ps();
+        for (int i = 0; i < hd; i++) {
+            const __m256 k0 = load_f16x8(kT + (size_t)i * ldk + t);
+            for (int g = 0; g < G; g++)
+                a[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(q + (size_t)g * hd + i), k0, a[g]);
+        }
+        for (int g = 0; g < G; g++)
+            _mm256_storeu_ps(s + (size_t)g * lds + t, _mm256_mul_ps(a[g], vs));
+    }
+    for (; t < n; t++)
+        for (int g = 0; g < G; g++) {
+            float acc = 0.0f;
+            for (int i = 0; i < hd; i++)
+                acc = fmaf(q[(size_t)g * hd + i], fp16(kT[(size_t)i * ldk + t]), acc);
+            s[(size_t)g * lds + t] = acc * scale;
+        }
+}
+
+void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
+                               float *s, size_t lds, float scale) {
+    for (int g = 0; g < G; g += 3) {
+        const int r = G - g;
+        if (r >= 3)
+            scores_g(q + (size_t)g * hd, hd, kT, ldk, n, s + (size_t)g * lds, lds, scale, 3);
+        else if (r == 2)
+            scores_g(q + (size_t)g * hd, hd, kT, ldk, n, s + (size_t)g * lds, lds, scale, 2);
+        else
+            scores_g(q + (size_t)g * hd, hd, kT, ldk, n, s + (size_t)g * lds, lds, scale, 1);
     }
 }
 

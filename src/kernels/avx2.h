@@ -15,6 +15,7 @@
 #ifndef CODI_KERNELS_AVX2_H
 #define CODI_KERNELS_AVX2_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -60,6 +61,11 @@ void codi_quantize_row_f16_avx2(const float *x, void *y, int64_t n);
 /* s[j] = dot(x, y[j]) for j < m over fp16 rows, each bit-equal to
  * codi_vec_dot_f16_avx2(n, &s[j], x, y[j]). */
 void codi_dot_f16_multi_avx2(int64_t n, float *s, const uint16_t *x, const uint16_t *const *y, int m);
+
+/* See codi_attn_scores_f16 (kernels.h); FMA in a different order than
+ * the reference, so equal to rounding. */
+void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
+                               float *s, size_t lds, float scale);
 
 /* y += a * x, x fp16 (= codi_axpy_f16_ref up to the rounding of FMA). */
 void codi_axpy_f16_avx2(float *y, float a, const uint16_t *x, int n);

@@ -165,6 +165,28 @@ void codi_dot_f16_multi(int64_t n, float *s, const uint16_t *x, const uint16_t *
         dot(n, &s[j], x, y[j]);
 }
 
+void codi_attn_scores_f16_ref(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
+                              float *s, size_t lds, float scale) {
+    for (int g = 0; g < G; g++)
+        for (int t = 0; t < n; t++) {
+            float acc = 0.0f;
+            for (int i = 0; i < hd; i++)
+                acc += q[(size_t)g * hd + i] * codi_fp16_to_fp32(kT[(size_t)i * ldk + t]);
+            s[(size_t)g * lds + t] = acc * scale;
+        }
+}
+
+void codi_attn_scores_f16(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
+                          float *s, size_t lds, float scale) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_attn_scores_f16_avx2(q, G, hd, kT, ldk, n, s, lds, scale);
+        return;
+    }
+#endif
+    codi_attn_scores_f16_ref(q, G, hd, kT, ldk, n, s, lds, scale);
+}
+
 void codi_axpy_f16_ref(float *y, float a, const uint16_t *x, int n) {
     for (int i = 0; i < n; i++)
         y[i] += a * codi_fp16_to_fp32(x[i]);

@@ -37,6 +37,14 @@ void codi_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n);
  * vec_dot kernel. */
 void codi_dot_f16_multi(int64_t n, float *s, const uint16_t *x, const uint16_t *const *y, int m);
 
+/* Attention scores of G query rows q[G][hd] (fp32, usually fp16-rounded)
+ * against n keys of a transposed fp16 K cache kT[hd][ldk]:
+ * s[g * lds + t] = scale * sum_i q[g][i] * kT[i][t], t < n. */
+void codi_attn_scores_f16(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
+                          float *s, size_t lds, float scale);
+void codi_attn_scores_f16_ref(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
+                              float *s, size_t lds, float scale);
+
 /* y[i] += a * x[i] for an fp16 row x (attention: weights times V rows).
  * The AVX2 path uses FMA, the scalar one a multiply and an add. */
 void codi_axpy_f16(float *y, float a, const uint16_t *x, int n);

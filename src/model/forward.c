@@ -26,7 +26,8 @@ struct codi_context {
     codi_model *m;
     int32_t n_ctx, n_batch, n_threads, n_seq;
     codi_threadpool *pool;
-    uint16_t *kc;      /* [n_seq][n_layer][n_ctx][kv_dim] fp16 */
+    uint16_t *kc;      /* [n_seq][n_layer][kv_dim][n_ctx] fp16, transposed:
+                          scores for 8 keys per vector, no horizontal sums */
     uint16_t *vc;      /* [n_seq][n_layer][kv_dim][n_ctx] fp16, transposed
                           as llama.cpp stores V without flash attention */
     int32_t *n_past;   /* [n_seq] tokens cached per sequence */
@@ -387,7 +388,7 @@ static void attn_task(void *arg, int ith, int nth) {
     codi_context *c = j->c;
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
-    const size_t dkv = (size_t)hp->n_head_kv * hd, dq = (size_t)nh * hd, nc = (size_t)c->n_ctx;
+    const size_t dq = (size_t)nh * hd, nc = (size_t)c->n_ctx;
     /* Gemma 3 scales the queries before attention (forward_batch). */
     const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
     const bool swa = c->m->layers[j->layer].swa && hp->n_swa > 0;
@@ -404,24 +405,20 @@ static void attn_task(void *arg, int ith, int nth) {
         /* sliding window: keys at pos - t >= n_swa are masked (llama.cpp's
          * LLAMA_SWA_TYPE_STANDARD), i.e. only t0..pos take part */
         const int t0 = swa ? CODI_MAX(0, n_kv - hp->n_swa) : 0, n = n_kv - t0;
-        const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd;
+        const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd * nc;
         const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd * nc;
         /* llama.cpp (flash attention off) multiplies the fp16 cache with
          * fp16-rounded queries and fp16-rounded attention weights; round
          * the same way. */
-        uint16_t q16[ATT_G][1024];
-        const uint16_t *qp[ATT_G], *pp[ATT_G];
+        float q32[ATT_G * 1024];
+        const uint16_t *pp[ATT_G];
         for (int g = 0; g < G; g++) {
-            codi_fp32_to_fp16_row(c->q + (size_t)b * dq + (size_t)(h0 + g) * hd, q16[g], hd);
-            qp[g] = q16[g];
+            const float *qs = c->q + (size_t)b * dq + (size_t)(h0 + g) * hd;
+            for (int i = 0; i < hd; i++)
+                q32[g * hd + i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qs[i]));
             pp[g] = pb + (size_t)g * nc;
         }
-        for (int t = t0; t < n_kv; t++) {
-            float s[ATT_G];
-            codi_dot_f16_multi(hd, s, kl + (size_t)t * dkv, qp, G);
-            for (int g = 0; g < G; g++)
-                scb[(size_t)g * nc + (size_t)(t - t0)] = s[g] * scale;
-        }
+        codi_attn_scores_f16(q32, G, hd, kl + t0, nc, n, scb, nc, scale);
         for (int g = 0; g < G; g++) {
             codi_softmax_inplace(scb + (size_t)g * nc, n);
             codi_fp32_to_fp16_row(scb + (size_t)g * nc, pb + (size_t)g * nc, n);
@@ -554,11 +551,12 @@ static void row_qkv(const rows_job *j, int b) {
     if (hp->arch_id == CODI_ARCH_GEMMA3)
         for (size_t i = 0; i < dq; i++)
             q[i] *= hp->attn_scale;
-    uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)p * dkv;
+    uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)p;
     uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)p;
-    codi_fp32_to_fp16_row(k, kd, (int64_t)dkv);
-    for (size_t i = 0; i < dkv; i++)
+    for (size_t i = 0; i < dkv; i++) {
+        kd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(k[i]);
         vd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(v[i]);
+    }
 }
 
 /* attention output: post-norm (Gemma), residual, FFN norm */
