@@ -197,6 +197,27 @@ def t_stop():
         return "text %r finish %r" % (t, r.choices[0].finish_reason)
 
 
+def t_utf8():
+    """Emoji and CJK take several tokens each: a streamed piece never ends
+    inside a character (no U+FFFD, held back until complete), and the
+    pieces add up to the non-streamed text."""
+    for prompt in ("Emoji list: \U0001F600 \U0001F603 \U0001F604 \U0001F601 \U0001F606",
+                   "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0: \u6771\u4eac\u306f"):
+        st, _, d = raw(srv.port, "POST", "/v1/completions",
+                       {"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": True,
+                        "stream_options": {"include_usage": True}})
+        evs = [json.loads(e[6:]) for e in d.decode("utf-8").split("\n\n") if e.startswith("data: {")]
+        parts = [e["choices"][0]["text"] for e in evs if e.get("choices")]
+        n_tok = evs[-1]["usage"]["completion_tokens"]
+        whole = client.completions.create(model="x", prompt=prompt, max_tokens=24, temperature=0)
+        if any("\ufffd" in x for x in parts):
+            return "broken character in %r" % parts
+        if "".join(parts) != whole.choices[0].text:
+            return "stream %r vs %r" % ("".join(parts), whole.choices[0].text)
+        if len([x for x in parts if x]) >= n_tok:
+            return "no piece was held back for %r (%d pieces, %d tokens)" % (prompt, len(parts), n_tok)
+
+
 def t_sampling():
     a = client.completions.create(model="x", prompt="Once upon a time", max_tokens=16,
                                   temperature=1.0, top_p=0.9, seed=42)
@@ -416,7 +437,7 @@ def t_load():
 
 for name, fn in [("chat completion", t_chat), ("streaming chat completion", t_stream),
                  ("SSE ends with [DONE] and a usage chunk", t_stream_done),
-                 ("completions (plain and streamed)", t_completions), ("stop strings", t_stop),
+                 ("completions (plain and streamed)", t_completions), ("stop strings", t_stop), ("UTF-8 split across tokens", t_utf8),
                  ("seeded sampling is reproducible", t_sampling), ("models list", t_models),
                  ("auth failure -> 401", t_auth), ("over-long prompt -> 400", t_long_prompt),
                  ("bad input -> proper HTTP errors", t_bad_input),
