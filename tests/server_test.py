@@ -473,6 +473,21 @@ def t_queue_full_and_drain():
             e = "no Retry-After header"
         # SIGTERM while a stream runs: it finishes (drains), then exit 0.
         s2.p.send_signal(signal.SIGTERM)
+        # While it drains, new connections are still answered: /health and
+        # new generation requests with 503 shutting_down.
+        t0 = time.time()
+        while not e and time.time() - t0 < 5:
+            st, h, d = raw(s2.port, "GET", "/health", headers={})
+            if st == 503:
+                break
+            time.sleep(0.02)
+        else:
+            e = e or "/health did not turn 503 after SIGTERM"
+        if not e:
+            st, h, d = raw(s2.port, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 4})
+            e = error_of(st, d, 503, "shutting_down")
+            if not e and "Retry-After" not in h:
+                e = "no Retry-After on shutting_down"
         rest = b""
         a.settimeout(30)
         while True:

@@ -788,7 +788,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         case R_PAGE:
             return send_buf(mc, 200, "text/html; charset=utf-8", codi_server_page_html,
                             strlen(codi_server_page_html));
-        case R_HEALTH: return send_json(mc, 200, "{\"status\":\"ok\"}");
+        case R_HEALTH:
+            return atomic_load(&s->stopping)
+                       ? send_json(mc, 503, "{\"status\":\"shutting_down\"}")
+                       : send_json(mc, 200, "{\"status\":\"ok\"}");
         case R_METRICS: return handle_metrics(s, mc);
         case R_MODELS: return handle_models(s, mc);
         default: return MHD_YES; /* POST: wait for the body */
@@ -915,8 +918,11 @@ int32_t codi_server_n_ctx(const codi_server *s) { return srv_engine_n_ctx(s->e);
 void codi_server_stop(codi_server *s, double drain_s) {
     if (!s)
         return;
+    /* Connections are still accepted while running requests drain: new
+     * generation requests get 503 shutting_down and /health 503 (rather
+     * than a connection left hanging in the listen backlog until it is
+     * reset), so a client or load balancer learns at once. */
     atomic_store(&s->stopping, true);
-    MHD_socket lfd = MHD_quiesce_daemon(s->d); /* no new connections */
     srv_engine_drain(s->e, drain_s);
     /* Let the connections whose requests just finished send their answers
      * (MHD_stop_daemon would close them mid-response). */
@@ -924,9 +930,7 @@ void codi_server_stop(codi_server *s, double drain_s) {
         struct timespec ts = {0, 25 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    MHD_stop_daemon(s->d); /* waits for connection threads */
-    if (lfd != MHD_INVALID_SOCKET)
-        close(lfd);
+    MHD_stop_daemon(s->d); /* closes the listener, waits for connection threads */
     srv_engine_free(s->e);
     free(s->api_key);
     free(s);
