@@ -4,9 +4,7 @@
  * never touch the context. Errors use OpenAI's shape:
  * {"error":{"message","type","code"}}. */
 #include <arpa/inet.h>
-#include <cjson/cJSON.h>
 #include <errno.h>
-#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -20,10 +18,10 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "request.h"
 #include "server.h"
 
 #define MAX_BODY (1u << 20)
-#define MAX_JSON_DEPTH 32 /* far more than any request needs */
 #define WAIT_MS 100 /* how often a waiting connection checks its client */
 
 extern const char codi_server_page_html[]; /* page.c */
@@ -281,296 +279,38 @@ static void stream_free(void *cls) {
 
 /* ------------------------------------------------------- request parsing */
 
-typedef struct gen_opts {
-    int32_t max_tokens; /* -1: not given */
-    codi_sampler_params sp;
-    bool stream, include_usage, ignore_eos;
-    const cJSON *stop;
-} gen_opts;
-
-static bool num(const cJSON *j, double *v) {
-    if (!cJSON_IsNumber(j))
-        return false;
-    *v = j->valuedouble;
-    return isfinite(*v);
-}
-
-/* Common sampling options. Returns NULL or an error message. */
-static const char *parse_opts(const cJSON *root, gen_opts *o, uint64_t seed0) {
-    memset(o, 0, sizeof(*o));
-    o->max_tokens = -1;
-    o->sp = codi_sampler_default_params();
-    o->sp.temp = 1.0f; /* OpenAI's defaults: plain softmax sampling */
-    o->sp.top_k = 0;
-    o->sp.top_p = 1.0f;
-    o->sp.min_p = 0.0f;
-    o->sp.repeat_penalty = 1.0f;
-    o->sp.seed = seed0;
-    const cJSON *j;
-    double v;
-    const char *mt[] = {"max_tokens", "max_completion_tokens", "n_predict"};
-    for (int i = 0; i < 3; i++) {
-        j = cJSON_GetObjectItemCaseSensitive(root, mt[i]);
-        if (j && !cJSON_IsNull(j)) {
-            if (!num(j, &v) || v != floor(v) || v < 1 || v > 1e7)
-                return "'max_tokens' must be an integer >= 1";
-            o->max_tokens = (int32_t)v;
-        }
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "temperature");
-    if (j && !cJSON_IsNull(j)) {
-        if (!num(j, &v) || v < 0 || v > 2)
-            return "'temperature' must be a number in [0, 2]";
-        o->sp.temp = (float)v;
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "top_p");
-    if (j && !cJSON_IsNull(j)) {
-        if (!num(j, &v) || v <= 0 || v > 1)
-            return "'top_p' must be a number in (0, 1]";
-        o->sp.top_p = (float)v;
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "top_k");
-    if (j && !cJSON_IsNull(j)) {
-        if (!num(j, &v) || v != floor(v) || v < 0 || v > 1e6)
-            return "'top_k' must be an integer >= 0";
-        o->sp.top_k = (int32_t)v;
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "min_p");
-    if (j && !cJSON_IsNull(j)) {
-        if (!num(j, &v) || v < 0 || v > 1)
-            return "'min_p' must be a number in [0, 1]";
-        o->sp.min_p = (float)v;
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "seed");
-    if (j && !cJSON_IsNull(j)) {
-        if (!num(j, &v) || v != floor(v) || fabs(v) > 9007199254740992.0)
-            return "'seed' must be an integer";
-        o->sp.seed = (uint64_t)(int64_t)v;
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "n");
-    if (j && !cJSON_IsNull(j) && (!num(j, &v) || v != 1))
-        return "only 'n' = 1 is supported";
-    j = cJSON_GetObjectItemCaseSensitive(root, "stream");
-    if (j && !cJSON_IsNull(j)) {
-        if (!cJSON_IsBool(j))
-            return "'stream' must be a boolean";
-        o->stream = cJSON_IsTrue(j);
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "ignore_eos"); /* llama.cpp's extension */
-    if (j && !cJSON_IsNull(j)) {
-        if (!cJSON_IsBool(j))
-            return "'ignore_eos' must be a boolean";
-        o->ignore_eos = cJSON_IsTrue(j);
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
-    if (j && cJSON_IsObject(j)) {
-        const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "include_usage");
-        o->include_usage = cJSON_IsTrue(u);
-    }
-    j = cJSON_GetObjectItemCaseSensitive(root, "stop");
-    if (j && !cJSON_IsNull(j)) {
-        if (cJSON_IsString(j)) {
-            if (!j->valuestring[0])
-                return "'stop' strings must not be empty";
-        } else if (cJSON_IsArray(j)) {
-            int n = cJSON_GetArraySize(j);
-            if (n > SRV_MAX_STOP)
-                return "'stop' holds at most 4 strings";
-            const cJSON *x;
-            cJSON_ArrayForEach(x, j) if (!cJSON_IsString(x) || !x->valuestring[0])
-                return "'stop' must be a string or an array of non-empty strings";
-        } else {
-            return "'stop' must be a string or an array of strings";
-        }
-        o->stop = j;
-    }
-    return NULL;
-}
-
-/* Text of a message's content: a string, null, or an array of
- * {"type":"text","text":...} parts (joined). Returns malloc'd or NULL. */
-static char *content_text(const cJSON *c, const char **why) {
-    if (cJSON_IsNull(c))
-        return strdup("");
-    if (cJSON_IsString(c))
-        return strdup(c->valuestring);
-    if (!cJSON_IsArray(c)) {
-        *why = "message 'content' must be a string or an array of text parts";
-        return NULL;
-    }
-    srv_buf b = {0};
-    srv_buf_puts(&b, "");
-    const cJSON *p;
-    cJSON_ArrayForEach(p, c) {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "type");
-        const cJSON *x = cJSON_GetObjectItemCaseSensitive(p, "text");
-        if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") || !cJSON_IsString(x)) {
-            *why = "only text content parts are supported";
-            srv_buf_free(&b);
-            return NULL;
-        }
-        srv_buf_puts(&b, x->valuestring);
-    }
-    return b.p;
-}
-
-/* The prompt text of a chat request (rendered template) or NULL with
- * *status and msg set. */
-static char *chat_prompt(codi_server *s, const cJSON *root, unsigned *status, char *msg, size_t msglen) {
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
-        *status = 400;
-        snprintf(msg, msglen, "'messages' must be a non-empty array");
-        return NULL;
-    }
-    size_t n = (size_t)cJSON_GetArraySize(msgs);
-    char **roles = calloc(n, sizeof(char *)), **texts = calloc(n, sizeof(char *));
-    char *out = NULL;
-    *status = 400;
-    if (!roles || !texts) {
-        *status = 500;
-        snprintf(msg, msglen, "out of memory");
-        goto done;
-    }
-    size_t i = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !content) {
-            snprintf(msg, msglen, "messages[%zu] needs a string 'role' and a 'content'", i);
-            goto done;
-        }
-        const char *why = "out of memory";
-        roles[i] = strdup(role->valuestring);
-        texts[i] = content_text(content, &why);
-        if (!roles[i] || !texts[i]) {
-            snprintf(msg, msglen, "messages[%zu]: %s", i, why);
-            goto done;
-        }
-        i++;
-    }
-    char err[256];
-    if (codi_chat_apply(s->model, NULL, (const char *const *)roles, (const char *const *)texts, n,
-                        true, &out, err, sizeof(err))) {
-        *status = 500;
-        snprintf(msg, msglen, "chat template: %s", err);
-        out = NULL;
-    }
-done:
-    for (size_t k = 0; k < n; k++) {
-        if (roles)
-            free(roles[k]);
-        if (texts)
-            free(texts[k]);
-    }
-    free(roles);
-    free(texts);
-    return out;
-}
-
-static int32_t *tokenize(codi_server *s, const char *text, int32_t *n_out) {
-    size_t len = strlen(text);
-    int32_t cap = (int32_t)(len + 8);
-    int32_t *t = malloc((size_t)cap * sizeof(int32_t));
-    if (!t)
-        return NULL;
-    int32_t n = codi_tokenize(s->model, text, len, t, cap, true, true);
-    if (n < 0) {
-        cap = -n;
-        int32_t *nt = realloc(t, (size_t)cap * sizeof(int32_t));
-        if (!nt) {
-            free(t);
-            return NULL;
-        }
-        t = nt;
-        n = codi_tokenize(s->model, text, len, t, cap, true, true);
-        if (n < 0) {
-            free(t);
-            return NULL;
-        }
-    }
-    *n_out = n;
-    return t;
-}
 
 static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *mc, conn *c,
                                          bool chat) {
-    if (!srv_utf8_valid(c->body.p ? c->body.p : "", c->body.len))
-        return send_error(s, mc, 400, "invalid_utf8", "the request body is not valid UTF-8");
-    if (!srv_json_depth_ok(c->body.p ? c->body.p : "", c->body.len, MAX_JSON_DEPTH))
-        return send_error(s, mc, 400, "invalid_json", "the request body nests deeper than %d levels",
-                          MAX_JSON_DEPTH);
-    cJSON *root = cJSON_ParseWithLength(c->body.p ? c->body.p : "", c->body.len);
-    if (!root)
-        return send_error(s, mc, 400, "invalid_json", "the request body is not valid JSON");
-    enum MHD_Result ret;
-    char *prompt = NULL;
-    srv_req *r = NULL;
-    if (!cJSON_IsObject(root)) {
-        ret = send_error(s, mc, 400, "invalid_json", "the request body must be a JSON object");
-        goto done;
-    }
     uint64_t id = atomic_fetch_add(&s->id_counter, 1);
-    gen_opts o;
-    const char *why = parse_opts(root, &o, (uint64_t)time(NULL) * 1000003u + id);
-    if (why) {
-        ret = send_error(s, mc, 400, "invalid_value", "%s", why);
-        goto done;
+    srv_request q;
+    const char *code;
+    char msg[512];
+    int status = srv_request_parse(s->model, c->body.p, c->body.len, chat,
+                                   (uint64_t)time(NULL) * 1000003u + id, srv_engine_n_ctx(s->e), &q,
+                                   &code, msg, sizeof(msg));
+    if (status)
+        return send_error(s, mc, (unsigned)status, code, "%s", msg);
+    enum MHD_Result ret;
+    srv_req *r = srv_req_new();
+    if (!r) {
+        srv_request_free(&q);
+        return send_error(s, mc, 500, NULL, "out of memory");
     }
-    if (chat) {
-        unsigned status;
-        char msg[300];
-        prompt = chat_prompt(s, root, &status, msg, sizeof(msg));
-        if (!prompt) {
-            ret = send_error(s, mc, status, status == 400 ? "invalid_value" : NULL, "%s", msg);
-            goto done;
-        }
-    } else {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-        if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1)
-            p = cJSON_GetArrayItem(p, 0);
-        if (!cJSON_IsString(p)) {
-            ret = send_error(s, mc, 400, "invalid_value", "'prompt' must be a string");
-            goto done;
-        }
-        prompt = strdup(p->valuestring);
+    /* The request takes the prompt and the stop strings. */
+    r->prompt = q.tokens;
+    r->n_prompt = q.n_tokens;
+    for (int k = 0; k < q.n_stop; k++) {
+        r->stop[k] = q.stop[k];
+        r->stop_len[k] = strlen(q.stop[k]);
     }
-    r = srv_req_new();
-    if (!prompt || !r || !(r->prompt = tokenize(s, prompt, &r->n_prompt))) {
-        ret = send_error(s, mc, 500, NULL, "out of memory");
-        goto done;
-    }
-    int32_t n_ctx = srv_engine_n_ctx(s->e);
-    if (r->n_prompt == 0) {
-        ret = send_error(s, mc, 400, "invalid_value", "the prompt is empty");
-        goto done;
-    }
-    if (r->n_prompt >= n_ctx) {
-        ret = send_error(s, mc, 400, "context_length_exceeded",
-                         "the prompt has %d tokens but a slot holds %d (server --ctx-per-slot)",
-                         r->n_prompt, n_ctx);
-        goto done;
-    }
-    r->max_tokens = o.max_tokens > 0 ? o.max_tokens : n_ctx - r->n_prompt;
-    r->sp = o.sp;
-    r->ignore_eos = o.ignore_eos;
+    r->n_stop = q.n_stop;
+    r->max_tokens = q.max_tokens > 0 ? q.max_tokens : srv_engine_n_ctx(s->e) - q.n_tokens;
+    r->sp = q.sp;
+    r->ignore_eos = q.ignore_eos;
     if (s->timeout_s > 0)
         r->deadline = srv_now() + s->timeout_s;
-    if (o.stop) {
-        const cJSON *x;
-        if (cJSON_IsString(o.stop))
-            r->stop[r->n_stop++] = strdup(o.stop->valuestring);
-        else
-            cJSON_ArrayForEach(x, o.stop) r->stop[r->n_stop++] = strdup(x->valuestring);
-        for (int k = 0; k < r->n_stop; k++) {
-            if (!r->stop[k]) {
-                ret = send_error(s, mc, 500, NULL, "out of memory");
-                goto done;
-            }
-            r->stop_len[k] = strlen(r->stop[k]);
-        }
-    }
+    const bool streamed = q.stream, include_usage = q.include_usage;
     int rc = srv_engine_submit(s->e, r);
     if (rc) {
         ret = send_error(s, mc, 503, rc == CODI_ERANGE ? "queue_full" : "shutting_down",
@@ -584,7 +324,7 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
     char idbuf[48];
     snprintf(idbuf, sizeof(idbuf), "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl",
              (unsigned long long)s->started, (unsigned long long)id);
-    if (o.stream) {
+    if (streamed) {
         stream *st = calloc(1, sizeof(*st));
         if (!st) {
             atomic_store(&r->cancelled, true);
@@ -596,7 +336,7 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
         srv_req_retain(r);
         st->mc = mc;
         st->chat = chat;
-        st->include_usage = o.include_usage;
+        st->include_usage = include_usage;
         snprintf(st->id, sizeof(st->id), "%s", idbuf);
         st->created = (long long)time(NULL);
         struct MHD_Response *resp =
@@ -651,8 +391,6 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
     srv_buf_free(&b);
 done:
     srv_req_release(r);
-    free(prompt);
-    cJSON_Delete(root);
     return ret;
 }
 
