@@ -17,10 +17,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-${FUZZ_SECONDS:-60}}
 shift || true
 targets=("$@")
-# safetensors (codi convert) is left out until its messages stop quoting
-# control bytes from tensor names (tests/fuzz/pending/safetensors/); run it
-# with CODI_FUZZ_LAX_MESSAGES=1 tools/fuzz.sh 60 safetensors meanwhile.
-[ ${#targets[@]} -gt 0 ] || targets=(gguf model tokenizer chat kl hparams)
+[ ${#targets[@]} -gt 0 ] || targets=(gguf model tokenizer chat kl hparams safetensors server)
 jobs=${FUZZ_JOBS:-$(nproc)}
 [ "$jobs" -le 4 ] || jobs=4
 
