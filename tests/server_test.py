@@ -551,5 +551,48 @@ def t_timeout():
 
 
 check("--timeout: running requests cut with 'length'", t_timeout)
+
+
+def t_keepalive():
+    """--idle-timeout 3, one slot busy for ~6 s: a stream queued behind it
+    stays open (SSE keep-alive comments every second), and the openai
+    client, which skips comments, gets its whole answer."""
+    s4 = Server("--parallel", "1", "--queue", "4", "--ctx-per-slot", "4096", "--idle-timeout", "3",
+                "--timeout", "6")
+    try:
+        cl = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % s4.port, api_key="x", max_retries=0,
+                           timeout=60)
+        res = {}
+
+        def busy():
+            res["a"] = raw(s4.port, "POST", "/v1/completions",
+                           {"prompt": "Tell me a story.", "max_tokens": 100000, "ignore_eos": True})
+        ta = threading.Thread(target=busy)
+        ta.start()
+        t0 = time.time()
+        while metrics(s4.port)["codi_slots_busy"] < 1 and time.time() - t0 < 10:
+            time.sleep(0.02)
+
+        def via_openai():
+            res["c"] = list(cl.completions.create(model="x", prompt="Hi", max_tokens=4, stream=True))
+        tc = threading.Thread(target=via_openai)
+        tc.start()
+        st, _, d = raw(s4.port, "POST", "/v1/completions",
+                       {"prompt": "Hi", "max_tokens": 4, "stream": True}, timeout=60)
+        ta.join(60)
+        tc.join(60)
+        chunks = res.get("c")
+        if st != 200 or b": keep-alive" not in d or not d.rstrip().endswith(b"data: [DONE]"):
+            return "queued raw stream: %d %r" % (st, d[:300])
+        if res.get("a", (0,))[0] != 200:
+            return "busy request: %r" % (res.get("a"),)
+        if not chunks or chunks[-1].choices[0].finish_reason != "length":
+            return "openai stream after the wait: %r" % chunks
+        print("     two streams queued for %.1f s with --idle-timeout 3" % (time.time() - t0))
+    finally:
+        s4.stop()
+
+
+check("a stream queued past --idle-timeout stays open (keep-alive comments)", t_keepalive)
 print("%d passed, %d failed" % (PASS, FAIL))
 sys.exit(1 if FAIL else 0)

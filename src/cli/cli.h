@@ -45,6 +45,7 @@ typedef struct cli_opts {
     const char *host, *api_key;
     int32_t port, parallel, ctx_per_slot, queue; /* port -1: default */
     int32_t timeout; /* seconds; -1: default, 0: none */
+    int32_t idle_timeout; /* seconds; 0: default */
 } cli_opts;
 
 int cmd_run(const cli_opts *o);

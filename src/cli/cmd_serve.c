@@ -37,6 +37,7 @@ int cmd_serve(const cli_opts *o) {
     p.max_queue = o->queue;
     p.api_key = o->api_key;
     p.timeout_s = o->timeout < 0 ? 0.0 : o->timeout == 0 ? -1.0 : (double)o->timeout;
+    p.idle_timeout_s = o->idle_timeout;
     p.model_name = model_name;
     p.log = log_line;
 

@@ -17,7 +17,7 @@ typedef enum {
     O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
-    O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT,
+    O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
 } opt_id;
 
 typedef struct {
@@ -60,6 +60,7 @@ static const opt_def OPTS[] = {
     {O_APIKEY, NULL, "--api-key", "KEY", CMD_SERVE, "require 'Authorization: Bearer KEY' on /v1/* and /metrics"},
     {O_QUEUE, NULL, "--queue", "N", CMD_SERVE, "requests that may wait for a slot before 503 (default 64)"},
     {O_TIMEOUT, NULL, "--timeout", "S", CMD_SERVE, "seconds a request may take, queue wait included (default 600; 0 = no limit)"},
+    {O_IDLE, NULL, "--idle-timeout", "S", CMD_SERVE, "seconds before an idle connection is closed (default 30)"},
 };
 #define N_OPTS (sizeof(OPTS) / sizeof(OPTS[0]))
 
@@ -76,7 +77,7 @@ static const struct {
     {"bench", CMD_BENCH, "codi bench -m MODEL [-p N,N...] [-n N,N...] [-r N] [-t N] [--json]", "prompt processing and generation speed (like llama-bench)"},
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
-    {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
+    {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S] [--idle-timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
 
@@ -218,6 +219,7 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_CTXSLOT: rc = parse_i32(name, val, 16, 1 << 20, &o->ctx_per_slot); break;
         case O_QUEUE: rc = parse_i32(name, val, 1, 1 << 16, &o->queue); break;
         case O_TIMEOUT: rc = parse_i32(name, val, 0, 1 << 24, &o->timeout); break;
+        case O_IDLE: rc = parse_i32(name, val, 1, 86400, &o->idle_timeout); break;
         case O_NPREDICT: rc = parse_i32(name, val, -1, 1 << 24, &o->n_predict); break;
         case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
         case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;

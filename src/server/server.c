@@ -23,6 +23,11 @@
 
 #define MAX_BODY (1u << 20)
 #define WAIT_MS 100 /* how often a waiting connection checks its client */
+/* A stream with nothing to say for this long (queued behind busy slots)
+ * sends an SSE comment: libmicrohttpd drops a connection idle for its
+ * timeout (--idle-timeout), and proxies do the same. At most a third of
+ * the idle timeout. */
+#define KEEPALIVE_MS 10000
 
 extern const char codi_server_page_html[]; /* page.c */
 
@@ -32,6 +37,7 @@ struct codi_server {
     codi_model *model;
     char *api_key;
     double timeout_s; /* per request; <= 0: none */
+    int keepalive_ms; /* SSE comment after this much silence */
     char model_name[256];
     int port;
     codi_server_log_fn log;
@@ -131,11 +137,18 @@ static bool client_gone(struct MHD_Connection *mc) {
     return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
-/* Wait until r has text past `have` or is done. -1: the client left (the
- * request is marked cancelled). */
-static int wait_req(srv_req *r, struct MHD_Connection *mc, size_t have) {
+/* Wait until r has text past `have` or is done: 0. -1: the client left
+ * (the request is marked cancelled). 1: neither within max_ms (0: no
+ * limit). */
+static int wait_req(srv_req *r, struct MHD_Connection *mc, size_t have, int max_ms) {
+    int waited_ms = 0;
     pthread_mutex_lock(&r->mu);
     while (r->text_len == have && r->state != SRV_DONE) {
+        if (max_ms > 0 && waited_ms >= max_ms) {
+            pthread_mutex_unlock(&r->mu);
+            return 1;
+        }
+        waited_ms += WAIT_MS;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += WAIT_MS * 1000000L;
@@ -216,8 +229,14 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 continue;
             }
         }
-        if (wait_req(st->r, st->mc, st->text_off) < 0)
+        int w = wait_req(st->r, st->mc, st->text_off, st->s->keepalive_ms);
+        if (w < 0)
             return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (w > 0) { /* clients skip SSE comments */
+            if (srv_buf_puts(&st->out, ": keep-alive\n\n"))
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            continue;
+        }
         srv_req *r = st->r;
         pthread_mutex_lock(&r->mu);
         size_t n = r->text_len - st->text_off;
@@ -360,7 +379,7 @@ static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *
         pthread_mutex_unlock(&r->mu);
         if (done)
             break;
-        if (wait_req(r, mc, have) < 0) {
+        if (wait_req(r, mc, have, 0) < 0) {
             ret = MHD_NO; /* the client left: drop the connection */
             goto done;
         }
@@ -595,6 +614,10 @@ int codi_server_start(codi_model *model, const codi_server_params *p, codi_serve
     s->log_user = p->log_user;
     s->started = time(NULL);
     s->timeout_s = p->timeout_s == 0 ? 600.0 : p->timeout_s;
+    const unsigned idle_s = p->idle_timeout_s > 0 ? (unsigned)p->idle_timeout_s : 30u;
+    s->keepalive_ms = (int)(idle_s * 1000u / 3u);
+    if (s->keepalive_ms > KEEPALIVE_MS)
+        s->keepalive_ms = KEEPALIVE_MS;
     snprintf(s->model_name, sizeof(s->model_name), "%s", p->model_name ? p->model_name : "codi");
     if (p->api_key && p->api_key[0] && !(s->api_key = strdup(p->api_key))) {
         free(s);
@@ -632,7 +655,7 @@ int codi_server_start(codi_model *model, const codi_server_params *p, codi_serve
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+        MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
         MHD_OPTION_END);
     if (!s->d) {

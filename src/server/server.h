@@ -20,6 +20,7 @@ typedef struct codi_server_params {
     const char *api_key;   /* NULL: no auth */
     double timeout_s;      /* per request, queue wait + generation; 0: 600,
                               < 0: none */
+    int idle_timeout_s;    /* close connections idle this long; 0: 30 */
     const char *model_name;/* reported by /v1/models */
     codi_server_log_fn log;/* NULL: silent */
     void *log_user;
