@@ -399,6 +399,43 @@ def t_disconnect():
     print("     slot freed %.2f s after the client left" % freed)
 
 
+def t_prefill_interleaved():
+    """A long prompt is prefilled in chunks between decode steps: a stream
+    that is already running keeps getting tokens while it is read."""
+    s, got = stream_socket(srv.port, {"prompt": "Once upon a time", "max_tokens": 400,
+                                      "stream": True, "ignore_eos": True})
+    times = []
+    stop = threading.Event()
+
+    def reader():
+        s.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                continue
+            if not d:
+                break
+            times.append((time.time(), d.count(b"data: ")))
+    th = threading.Thread(target=reader)
+    th.start()
+    time.sleep(0.3)
+    t0 = time.time()
+    st, _, d = raw(srv.port, "POST", "/v1/completions", {"prompt": "word " * 450, "max_tokens": 1})
+    t1 = time.time()
+    stop.set()
+    th.join(10)
+    s.close()
+    if st != 200:
+        return "long prompt: %d %r" % (st, d[:200])
+    n_prompt = json.loads(d)["usage"]["prompt_tokens"]
+    during = sum(n for t, n in times if t0 <= t <= t1)
+    if during < 4:
+        return "the running stream got %d events while %d prompt tokens were read (%.2f s)" % (
+            during, n_prompt, t1 - t0)
+    print("     %d stream events during a %d-token prefill (%.2f s)" % (during, n_prompt, t1 - t0))
+
+
 def gen_stream(n_tok, out, i):
     t0 = time.time()
     n = 0
@@ -442,6 +479,7 @@ for name, fn in [("chat completion", t_chat), ("streaming chat completion", t_st
                  ("auth failure -> 401", t_auth), ("over-long prompt -> 400", t_long_prompt),
                  ("bad input -> proper HTTP errors", t_bad_input),
                  ("client vanishing mid-stream frees its slot", t_disconnect),
+                 ("long prompt prefilled between decode steps", t_prefill_interleaved),
                  ("8 concurrent streams", t_load), ("health and metrics", t_health_metrics),
                  ("chat page at /", t_page)]:
     check(name, fn)
