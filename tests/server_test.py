@@ -552,6 +552,31 @@ def t_queue_full_and_drain():
 check("queue full -> 503 + Retry-After; SIGTERM drains", t_queue_full_and_drain)
 
 
+def t_start_errors():
+    """Bad --host, a port in use, a bad option value: exit status 1 or 2
+    and one line on stderr, no traceback of threads left behind."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    busy_port = taken.getsockname()[1]
+    cases = [(["--host", "999.1.1.1"], 1, "bad address"),
+             (["--host", "127.0.0.1", "--port", str(busy_port)], 1, "cannot listen"),
+             (["--parallel", "0"], 2, "--parallel"),
+             (["--idle-timeout", "x"], 2, "--idle-timeout")]
+    try:
+        for args, want_rc, want in cases:
+            p = subprocess.run([CODI, "serve", "-m", MODEL, "-t", THREADS] + args, capture_output=True,
+                               timeout=60, text=True)
+            lines = p.stderr.strip().splitlines()
+            if p.returncode != want_rc or len(lines) != 1 or want not in lines[0]:
+                return "%r: exit %d, stderr %r" % (args, p.returncode, p.stderr[-300:])
+    finally:
+        taken.close()
+
+
+check("start-up errors: one line, exit 1/2", t_start_errors)
+
+
 def t_timeout():
     """--timeout 2, one slot: A runs, B and C wait (sent 1 s apart). A ends
     at its deadline with the text so far and finish_reason "length"; B gets

@@ -44,6 +44,7 @@ struct codi_server {
     void *log_user;
     atomic_uint_fast64_t http_total, http_errors, id_counter;
     atomic_bool stopping;
+    atomic_bool listening; /* MHD_start_daemon returned: log its messages */
     atomic_int in_flight; /* connections holding a generation request */
     time_t started;
 };
@@ -591,7 +592,9 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     codi_server *s = cls;
-    if (!s->log)
+    /* Before the daemon runs, its complaint (bind failed) is in the one
+     * error line codi_server_start returns. */
+    if (!s->log || !atomic_load(&s->listening))
         return;
     char line[512];
     vsnprintf(line, sizeof(line), fmt, ap);
@@ -665,6 +668,7 @@ int codi_server_start(codi_model *model, const codi_server_params *p, codi_serve
         free(s);
         return CODI_EIO;
     }
+    atomic_store(&s->listening, true);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : p->port;
     logf_(s, "listening on http://%s:%d (%d slots x %d tokens)", host, s->port, n_par,
