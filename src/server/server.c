@@ -297,9 +297,10 @@ static void stream_free(void *cls) {
     free(st);
 }
 
-/* ------------------------------------------------------- request parsing */
+/* ---------------------------------------------------------- completions */
 
-
+/* POST /v1/chat/completions and /v1/completions: parse (request.c), queue,
+ * then stream the answer or wait for all of it. */
 static enum MHD_Result handle_completion(codi_server *s, struct MHD_Connection *mc, conn *c,
                                          bool chat) {
     uint64_t id = atomic_fetch_add(&s->id_counter, 1);
