@@ -1,6 +1,6 @@
-/* Shared by the per-model end-to-end tests (test_gemma3.c, test_qwen.c):
+/* Shared by the end-to-end tests (test_e2e.c, test_gemma3.c, test_qwen.c):
  * compare codi's next-token distributions with a CODIREF1 logits fixture
- * (format in tools/make_reference.py), with the metrics of test_e2e.c:
+ * (format in tools/make_reference.py):
  * mean KL(ref || codi) over the reference's top-k plus one bucket for the
  * rest, top-1 agreement over all positions and over decisive positions
  * (reference top-2 gap >= 0.5). Include after <cmocka.h> and "codi.h". */

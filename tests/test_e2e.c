@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "codi.h"
+#include "ref_compare.h"
 
 #define MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIX "tests/fixtures/ref/"
@@ -59,115 +60,19 @@ static codi_context *new_ctx(int32_t n_ctx) {
     return c;
 }
 
-static void read_exact(FILE *f, void *p, size_t n) {
-    assert_int_equal(fread(p, 1, n, f), n);
-}
-
 static void test_logits_vs_llamacpp(void **state) {
     (void)state;
-    FILE *f = fopen(FIX "logits_smollm2.bin", "rb");
-    assert_non_null(f);
-    char magic[8];
-    uint32_t ver, n_prompts;
-    read_exact(f, magic, 8);
-    assert_memory_equal(magic, "CODIREF1", 8);
-    read_exact(f, &ver, 4);
-    assert_int_equal(ver, 1);
-    read_exact(f, &n_prompts, 4);
-    assert_true(n_prompts > 0 && n_prompts < 100);
     codi_context *c = new_ctx(512);
-    const int32_t nv = codi_model_n_vocab(g_model);
-    double *lp = malloc((size_t)nv * sizeof(double));
-    assert_non_null(lp);
-    int64_t positions = 0, agree = 0, dec_pos = 0, dec_agree = 0;
-    double kl_sum = 0.0, kl_max = 0.0;
-    for (uint32_t pi = 0; pi < n_prompts; pi++) {
-        uint32_t n, k;
-        read_exact(f, &n, 4);
-        assert_true(n > 0 && n <= 512);
-        int32_t *toks = malloc(n * sizeof(int32_t));
-        read_exact(f, toks, n * sizeof(int32_t));
-        read_exact(f, &k, 4);
-        assert_true(k > 0 && k <= 1000);
-        int32_t *ids = malloc(k * sizeof(int32_t));
-        float *vals = malloc(k * sizeof(float));
-        const bool run = !g_quick || pi < 2;
-        if (run) {
-            char err[256];
-            int rc = codi_decode(c, toks, (int32_t)n, 0, true, err, sizeof(err));
-            if (rc)
-                fprintf(stderr, "%s\n", err);
-            assert_int_equal(rc, 0);
-        }
-        for (uint32_t p = 0; p < n; p++) {
-            float lse_ref;
-            read_exact(f, &lse_ref, 4);
-            for (uint32_t j = 0; j < k; j++) {
-                read_exact(f, &ids[j], 4);
-                read_exact(f, &vals[j], 4);
-            }
-            if (!run)
-                continue;
-            const float *lg = codi_get_logits(c, (int32_t)p);
-            assert_non_null(lg);
-            double mx = lg[0];
-            int best = 0;
-            for (int32_t i = 1; i < nv; i++)
-                if (lg[i] > mx)
-                    mx = lg[i], best = (int)i;
-            double s = 0.0;
-            for (int32_t i = 0; i < nv; i++)
-                s += exp(lg[i] - mx);
-            const double lse = mx + log(s);
-            /* KL(ref || codi) over the reference's top-k, plus the rest of
-             * the mass as one bucket. */
-            double kl = 0.0, pr_sum = 0.0, pc_sum = 0.0;
-            for (uint32_t j = 0; j < k; j++) {
-                const double lr = vals[j] - lse_ref, lc = lg[ids[j]] - lse;
-                const double pr = exp(lr);
-                kl += pr * (lr - lc);
-                pr_sum += pr;
-                pc_sum += exp(lc);
-            }
-            const double rr = 1.0 - pr_sum, rc_ = 1.0 - pc_sum;
-            if (rr > 1e-9 && rc_ > 1e-9)
-                kl += rr * log(rr / rc_);
-            kl = kl < 0.0 ? 0.0 : kl;
-            kl_sum += kl;
-            kl_max = kl > kl_max ? kl : kl_max;
-            /* top-1 agreement; a near-tie (ref logits within 1e-3) counts
-             * as agreement if codi picked the other tied token */
-            int ok = best == ids[0];
-            if (!ok && k > 1 && fabsf(vals[0] - vals[1]) < 1e-3f && best == ids[1])
-                ok = 1;
-            agree += ok;
-            positions++;
-            if (vals[0] - vals[1] >= 0.5f) {
-                dec_pos++;
-                dec_agree += ok;
-            }
-        }
-        free(toks);
-        free(ids);
-        free(vals);
-    }
-    fclose(f);
-    free(lp);
+    ref_stats st;
+    ref_compare_logits(g_model, c, FIX "logits_smollm2.bin", g_quick ? 2 : -1, &st);
     codi_context_free(c);
-    const double agree_pct = 100.0 * (double)agree / (double)positions;
-    const double dec_pct = 100.0 * (double)dec_agree / (double)dec_pos;
-    const double kl_mean = kl_sum / (double)positions;
-    double floor_agree = -1.0;
-    FILE *nf = fopen(FIX "noise_floor_smollm2.txt", "r");
-    assert_non_null(nf);
-    char line[256];
-    while (fgets(line, sizeof(line), nf))
-        sscanf(line, "agree %lf", &floor_agree);
-    fclose(nf);
-    assert_true(floor_agree > 50.0);
+    const double agree_pct = 100.0 * (double)st.agree / (double)st.positions;
+    const double dec_pct = 100.0 * (double)st.dec_agree / (double)st.dec_pos;
+    const double kl_mean = st.kl_sum / (double)st.positions;
+    const double floor_agree = ref_noise_floor(FIX "noise_floor_smollm2.txt");
     printf("logits vs llama.cpp: %lld positions, top-1 agreement %.2f%% (llama.cpp flash-attn vs non-flash: %.2f%%), "
            "decisive positions %.2f%% of %lld, mean KL %.6f, max KL %.6f\n",
-           (long long)positions, agree_pct, floor_agree, dec_pct, (long long)dec_pos, kl_mean, kl_max);
+           st.positions, agree_pct, floor_agree, dec_pct, st.dec_pos, kl_mean, st.kl_max);
     assert_true(kl_mean <= 0.01);
     assert_true(dec_pct >= 98.0);
     if (!g_quick)
