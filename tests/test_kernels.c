@@ -326,36 +326,6 @@ static void test_fp16_row_tails(void **state) {
 #endif
 }
 
-/* axpy over fp16 rows: every length and offset, equal to the reference up
- * to FMA rounding; elements outside the row untouched. */
-static void test_axpy_f16(void **state) {
-    (void)state;
-    SKIP_WITHOUT_AVX2();
-#if defined(CODI_HAVE_AVX2_KERNELS)
-    rng_seed(12);
-    uint16_t h[96];
-    float y0[96], ya[96], yr[96];
-    for (int i = 0; i < 96; i++) {
-        h[i] = codi_fp32_to_fp16(rnd_gauss() * 4.0f);
-        y0[i] = rnd_gauss();
-    }
-    for (int off = 0; off < 8; off++)
-        for (int n = 0; n <= 80; n++) {
-            const float a = rnd_gauss();
-            memcpy(ya, y0, sizeof ya);
-            memcpy(yr, y0, sizeof yr);
-            codi_axpy_f16_avx2(ya + off, a, h + off, n);
-            codi_axpy_f16_ref(yr + off, a, h + off, n);
-            for (int i = 0; i < 96; i++) {
-                if (i < off || i >= off + n)
-                    assert_int_equal(f2u(ya[i]), f2u(y0[i]));
-                else
-                    assert_true(fabsf(ya[i] - yr[i]) <= 1e-6f * (1.0f + fabsf(yr[i])));
-            }
-        }
-#endif
-}
-
 /* Several fp16 dots against one row (attention heads sharing a KV head):
  * bit-equal to one dispatched F16 vec_dot per row, every m and length. */
 static void test_dot_f16_multi(void **state) {
@@ -753,7 +723,6 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fp16_to_fp32_all),
         cmocka_unit_test(test_fp32_to_fp16),
         cmocka_unit_test(test_fp16_row_tails),
-        cmocka_unit_test(test_axpy_f16),
         cmocka_unit_test(test_dot_f16_multi),
         cmocka_unit_test(test_attn_scores),
         cmocka_unit_test(test_quantize_bytes),

@@ -173,18 +173,6 @@ void codi_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) 
     *s = (float)sum;
 }
 
-void codi_axpy_f16_avx2(float *y, float a, const uint16_t *x, int n) {
-    const __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load_f16x8(x + i), _mm256_loadu_ps(y + i)));
-        _mm256_storeu_ps(y + i + 8,
-                         _mm256_fmadd_ps(va, load_f16x8(x + i + 8), _mm256_loadu_ps(y + i + 8)));
-    }
-    for (; i < n; i++)
-        y[i] += a * fp16(x[i]);
-}
-
 /* m <= 3 dot products of x against y[0..m) at once, each computed exactly as
  * codi_vec_dot_f16_avx2 computes it (same accumulators, same order), with
  * the loads and conversions of x shared. */

@@ -67,9 +67,6 @@ void codi_dot_f16_multi_avx2(int64_t n, float *s, const uint16_t *x, const uint1
 void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
                                float *s, size_t lds, float scale);
 
-/* y += a * x, x fp16 (= codi_axpy_f16_ref up to the rounding of FMA). */
-void codi_axpy_f16_avx2(float *y, float a, const uint16_t *x, int n);
-
 #endif
 
 #endif

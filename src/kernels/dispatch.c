@@ -187,21 +187,6 @@ void codi_attn_scores_f16(const float *q, int G, int hd, const uint16_t *kT, siz
     codi_attn_scores_f16_ref(q, G, hd, kT, ldk, n, s, lds, scale);
 }
 
-void codi_axpy_f16_ref(float *y, float a, const uint16_t *x, int n) {
-    for (int i = 0; i < n; i++)
-        y[i] += a * codi_fp16_to_fp32(x[i]);
-}
-
-void codi_axpy_f16(float *y, float a, const uint16_t *x, int n) {
-#if defined(CODI_HAVE_AVX2_KERNELS)
-    if (use_avx2()) {
-        codi_axpy_f16_avx2(y, a, x, n);
-        return;
-    }
-#endif
-    codi_axpy_f16_ref(y, a, x, n);
-}
-
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     double ss = 0.0; /* llama.cpp accumulates in ggml_float (double) */
     for (int i = 0; i < n; i++)

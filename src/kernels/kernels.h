@@ -45,11 +45,6 @@ void codi_attn_scores_f16(const float *q, int G, int hd, const uint16_t *kT, siz
 void codi_attn_scores_f16_ref(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
                               float *s, size_t lds, float scale);
 
-/* y[i] += a * x[i] for an fp16 row x (attention: weights times V rows).
- * The AVX2 path uses FMA, the scalar one a multiply and an add. */
-void codi_axpy_f16(float *y, float a, const uint16_t *x, int n);
-void codi_axpy_f16_ref(float *y, float a, const uint16_t *x, int n);
-
 /* Small fused float ops (scalar here; vectorised by the compiler). */
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void codi_softmax_inplace(float *x, int n);
