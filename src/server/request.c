@@ -245,8 +245,16 @@ int srv_request_parse(const codi_model *model, const char *body, size_t len, boo
         snprintf(msg, msglen, "the request body nests deeper than %d levels", SRV_MAX_JSON_DEPTH);
         return 400;
     }
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    if (!root) {
+    /* cJSON stops at the end of the first value (or at a NUL byte):
+     * anything but whitespace after it makes the body invalid. */
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    size_t used = root && end ? (size_t)(end - body) : len;
+    while (used < len && (body[used] == ' ' || body[used] == '\t' || body[used] == '\n' ||
+                          body[used] == '\r'))
+        used++;
+    if (!root || used != len) {
+        cJSON_Delete(root);
         snprintf(msg, msglen, "the request body is not valid JSON");
         return 400;
     }
