@@ -1739,10 +1739,15 @@ static jv binop(jctx *J, const node *n, jv a, jv b) {
     }
     if (str_eq(op, "**", 2)) {
         if (ints && y >= 0) {
-            int64_t r = 1;
-            for (int64_t e = 0; e < y; e++)
-                if (__builtin_mul_overflow(r, x, &r))
+            /* Square-and-multiply: at most 63 steps whatever y is (a loop
+             * of y multiplications never ends for 1 ** 99999999999). */
+            int64_t r = 1, b = x;
+            for (int64_t e = y; e > 0; e >>= 1) {
+                if ((e & 1) && __builtin_mul_overflow(r, b, &r))
                     fail(J, CODI_ERANGE, "line %d: integer overflow", line);
+                if (e > 1 && __builtin_mul_overflow(b, b, &b))
+                    fail(J, CODI_ERANGE, "line %d: integer overflow", line);
+            }
             return mk_int(r);
         }
         return mk_float(pow(fx, fy));

@@ -198,6 +198,21 @@ static void test_limits(void **state) {
                  "{% endfor %}{% endfor %}{% for i in range(1000000) %}{% for j in range(100) %}{% endfor %}{% endfor %}",
                  CODI_ERANGE, "more than");
     expect_error("{{ 'x' * 100000000 }}", CODI_ERANGE, "repetition larger than");
+    /* a huge exponent costs ~63 squarings, not 10^11 multiplications
+     * (fuzz_chat timed out on 1 ** 99999999999) */
+    {
+        static const char *const roles[] = {"user"};
+        static const char *const contents[] = {"Hi"};
+        char *out = NULL, err[256];
+        assert_int_equal(codi_chat_render_tokens("{{ 1 ** 99999999999 }}|{{ (-1) ** 99999999999 }}|{{ 0 ** 9999999999 }}"
+                                                 "|{{ 3 ** 5 }}|{{ 2 ** 62 }}|{{ (-2) ** 63 }}|{{ 7 ** 0 }}",
+                                                 "", "", roles, contents, 1, true, &out, err, sizeof(err)),
+                         0);
+        assert_string_equal(out, "1|-1|0|243|4611686018427387904|-9223372036854775808|1");
+        free(out);
+    }
+    expect_error("{{ 2 ** 63 }}", CODI_ERANGE, "integer overflow");
+    expect_error("{{ 3 ** 99999999999 }}", CODI_ERANGE, "integer overflow");
     expect_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", CODI_ERANGE,
                  "macro calls nest deeper than");
     expect_error("{% set s = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' * 100000 %}"
