@@ -93,7 +93,46 @@ typedef struct codi_context_params {
     int32_t n_threads; /* 0 = number of cores */
     int32_t n_seq;     /* independent sequences (server slots), each with
                           its own KV cache of n_ctx tokens; 0 = 1 */
+    /* KV cache storage and budget (docs/kv-cache.md). */
+    int32_t kv_type;   /* enum codi_kv_type */
+    int32_t kv_smooth; /* key smoothing of q8/q4 keys: -1 = default (on
+                          for q4), 0 = off, 1 = on */
+    const char *kv_calib; /* text whose keys set the smoothing scales;
+                             NULL = a built-in English paragraph */
+    int32_t kv_budget; /* most tokens each sequence keeps per layer; 0 = no
+                          budget (every token of the context) */
+    int32_t kv_policy; /* enum codi_kv_policy: which tokens a budget keeps */
+    int32_t kv_window; /* recent tokens always kept; 0 = default: half the
+                          budget (window policy: budget - sinks) */
+    int32_t kv_sinks;  /* first tokens always kept; -1 = default (4) */
 } codi_context_params;
+
+enum codi_kv_type {
+    CODI_KV_F16 = 0, /* fp16, as llama.cpp */
+    CODI_KV_Q8 = 1,  /* 8-bit codes, fp16 scale + min per 32 channels */
+    CODI_KV_Q4 = 2,  /* 4-bit codes, fp16 scale + min per 32 channels */
+};
+
+enum codi_kv_policy {
+    CODI_KV_ALISA = 0,  /* sinks + recent window + tokens with the most
+                           attention from recent queries (ALISA's sparse
+                           window attention) */
+    CODI_KV_WINDOW = 1, /* sinks + recent window (StreamingLLM) */
+    CODI_KV_H2O = 2,    /* sinks + recent window + tokens with the most
+                           attention accumulated over all queries (H2O) */
+};
+
+/* Memory of a context (codi_context_memory). */
+typedef struct codi_memory_info {
+    uint64_t kv_bytes;      /* K/V codes/values, scales, slot tables */
+    uint64_t scratch_bytes; /* activations and attention scratch (bounded
+                               by n_batch) */
+    uint64_t logits_bytes;  /* logits kept of the last decode call */
+    int32_t kv_slots;       /* cache slots per sequence and layer */
+    int64_t kv_kept;        /* tokens cached now, summed over sequences
+                               (the largest layer) */
+    int64_t kv_evicted;     /* tokens evicted so far (per layer, mean) */
+} codi_memory_info;
 
 codi_context_params codi_context_default_params(void);
 
@@ -101,6 +140,11 @@ int codi_context_create(codi_model *model, const codi_context_params *params,
                         codi_context **out, char *err, size_t errlen);
 void codi_context_free(codi_context *ctx);
 int32_t codi_context_n_ctx(const codi_context *ctx);
+void codi_context_memory(const codi_context *ctx, codi_memory_info *out);
+/* Parse "f16" | "q8" | "q4" (enum codi_kv_type) and "alisa" | "window" |
+ * "h2o" (enum codi_kv_policy); -1 when unknown. */
+int codi_kv_type_from_name(const char *name);
+int codi_kv_policy_from_name(const char *name);
 
 /* Evaluate n tokens at positions pos..pos+n-1 (pos must equal the number of
  * tokens already in the cache, or less to overwrite a suffix). When

@@ -46,7 +46,13 @@ typedef struct cli_opts {
     int32_t port, parallel, ctx_per_slot, queue; /* port -1: default */
     int32_t timeout; /* seconds; -1: default, 0: none */
     int32_t idle_timeout; /* seconds; 0: default */
+    /* KV cache (run, chat, ppl, bench) */
+    int32_t kv_type, kv_policy, kv_budget, kv_window, kv_sinks, kv_smooth;
+    double kv_budget_pct; /* --kv-budget P%: > 0 */
+    const char *kv_calib;
 } cli_opts;
+
+#define CODI_CLI_MIN(a, b) ((a) < (b) ? (a) : (b))
 
 int cmd_run(const cli_opts *o);
 int cmd_convert(const cli_opts *o);
@@ -62,5 +68,7 @@ char *cli_read_file(const char *path, size_t *len);
 int32_t *cli_tokenize(const codi_model *m, const char *text, size_t len,
                       bool add_special, bool parse_special, int32_t *n_out);
 double cli_now(void);
+/* One stderr line: KV bytes, slots, kept/evicted tokens, scratch, logits. */
+void cli_print_memory(const codi_context *c, int kv_type);
 
 #endif

@@ -152,8 +152,10 @@ int cmd_run(const cli_opts *o) {
     rc = generate(c, m, s, toks, n, 0, o->n_predict, &st, NULL, NULL);
     printf("\n");
     fflush(stdout);
-    if (rc == 0)
+    if (rc == 0) {
         print_stats(&st);
+        cli_print_memory(c, o->kv_type);
+    }
     if (g_interrupted)
         fprintf(stderr, "codi: interrupted\n");
 done:

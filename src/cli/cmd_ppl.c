@@ -196,6 +196,7 @@ int cmd_ppl(const cli_opts *o) {
     double dt = cli_now() - t0;
     fprintf(stderr, "evaluated %d windows of %d tokens in %.2f s (%.1f tokens/s)\n", n_chunks,
             n_ctx, dt, (double)n_chunks * n_ctx / dt);
+    cli_print_memory(c, o->kv_type);
     if (o->kl && n_kl > 0) {
         qsort(kls, (size_t)n_kl, sizeof(double), cmp_double);
         int64_t k99 = (int64_t)ceil(0.99 * (double)n_kl) - 1;

@@ -18,6 +18,7 @@ typedef enum {
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
+    O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
 } opt_id;
 
 typedef struct {
@@ -47,6 +48,14 @@ static const opt_def OPTS[] = {
     {O_CTX, "-c", "--ctx-size", "N", ALL_MODEL, "context size in tokens (default: 4096 or the model's, smaller; ppl: 512)"},
     {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE, "compute threads (default: all cores)"},
     {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
+    {O_UBATCH, NULL, "--ubatch", "N", EVAL, "the same: prompts are evaluated in chunks of N tokens, scratch memory bounded by N"},
+    {O_KVTYPE, NULL, "--kv-type", "TYPE", EVAL, "KV cache storage: f16 (default), q8 or q4"},
+    {O_KVBUDGET, NULL, "--kv-budget", "N|P%", EVAL, "keep at most N tokens (or P% of the context) per layer in the KV cache"},
+    {O_KVPOLICY, NULL, "--kv-policy", "NAME", EVAL, "which tokens a budget keeps: alisa (default), window or h2o"},
+    {O_KVWINDOW, NULL, "--kv-window", "N", EVAL, "recent tokens a budget always keeps (default: half the budget)"},
+    {O_KVSINKS, NULL, "--kv-sinks", "N", EVAL, "first tokens a budget always keeps (default 4)"},
+    {O_KVSMOOTH, NULL, "--kv-smooth", "on|off", EVAL, "key smoothing for q8/q4 keys (default: on for q4)"},
+    {O_KVCALIB, NULL, "--kv-calib", "FILE", EVAL, "text that sets the key smoothing scales (default: built in)"},
     {O_SYSTEM, NULL, "--system", "TEXT", CMD_CHAT, "system message"},
     {O_KLBASE, NULL, "--kl-base", "FILE", CMD_PPL, "save the next-token distributions to FILE"},
     {O_KL, NULL, "--kl", "FILE", CMD_PPL, "compare with distributions saved by --kl-base"},
@@ -223,7 +232,50 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_NPREDICT: rc = parse_i32(name, val, -1, 1 << 24, &o->n_predict); break;
         case O_CTX: rc = parse_i32(name, val, 1, 1 << 20, &o->n_ctx); break;
         case O_THREADS: rc = parse_i32(name, val, 1, 256, &o->n_threads); break;
-        case O_BATCH: rc = parse_i32(name, val, 1, 1 << 16, &o->n_batch); break;
+        case O_BATCH:
+        case O_UBATCH: rc = parse_i32(name, val, 1, 1 << 16, &o->n_batch); break;
+        case O_KVTYPE:
+            o->kv_type = codi_kv_type_from_name(val);
+            if (o->kv_type < 0) {
+                fprintf(stderr, "codi: %s expects f16, q8 or q4, got '%s'\n", name, val);
+                return 2;
+            }
+            break;
+        case O_KVPOLICY:
+            o->kv_policy = codi_kv_policy_from_name(val);
+            if (o->kv_policy < 0) {
+                fprintf(stderr, "codi: %s expects alisa, window or h2o, got '%s'\n", name, val);
+                return 2;
+            }
+            break;
+        case O_KVSMOOTH:
+            if (strcmp(val, "on") && strcmp(val, "off")) {
+                fprintf(stderr, "codi: %s expects on or off, got '%s'\n", name, val);
+                return 2;
+            }
+            o->kv_smooth = !strcmp(val, "on");
+            break;
+        case O_KVBUDGET: {
+            const size_t L = strlen(val);
+            if (L > 1 && val[L - 1] == '%') {
+                char num[32];
+                char *end;
+                snprintf(num, sizeof(num), "%.*s", (int)(L - 1), val);
+                errno = 0;
+                const double pc = strtod(num, &end);
+                if (errno || end == num || *end || !(pc > 0.0) || pc > 100.0) {
+                    fprintf(stderr, "codi: %s expects N or a percentage in (0, 100], got '%s'\n", name, val);
+                    return 2;
+                }
+                o->kv_budget_pct = pc;
+            } else {
+                rc = parse_i32(name, val, 1, 1 << 20, &o->kv_budget);
+            }
+            break;
+        }
+        case O_KVWINDOW: rc = parse_i32(name, val, 1, 1 << 20, &o->kv_window); break;
+        case O_KVSINKS: rc = parse_i32(name, val, 0, 1 << 20, &o->kv_sinks); break;
+        case O_KVCALIB: o->kv_calib = val; break;
         case O_NPROMPT: rc = cli_parse_list(name, val, o->bench_pp, &o->n_bench_pp); break;
         case O_NGEN: rc = cli_parse_list(name, val, o->bench_tg, &o->n_bench_tg); break;
         case O_JSON: o->json = true; break;
@@ -347,13 +399,50 @@ int cli_load(const cli_opts *o, codi_model **m, codi_context **c) {
     cp.n_threads = o->n_threads;
     if (o->n_batch)
         cp.n_batch = o->n_batch;
-    if (codi_context_create(*m, &cp, c, err, sizeof(err))) {
+    cp.kv_type = o->kv_type;
+    cp.kv_policy = o->kv_policy;
+    cp.kv_window = o->kv_window;
+    cp.kv_sinks = o->kv_sinks;
+    cp.kv_smooth = o->kv_smooth;
+    cp.kv_budget = o->kv_budget;
+    char *calib = NULL;
+    if (o->kv_budget_pct > 0.0) {
+        const int32_t ctx = o->n_ctx ? o->n_ctx : CODI_CLI_MIN(codi_model_n_ctx_train(*m), 4096);
+        cp.kv_budget = (int32_t)(o->kv_budget_pct / 100.0 * ctx + 0.5);
+        if (cp.kv_budget < 1)
+            cp.kv_budget = 1;
+    }
+    if (o->kv_calib) {
+        size_t len;
+        calib = cli_read_file(o->kv_calib, &len);
+        if (!calib) {
+            codi_model_free(*m);
+            *m = NULL;
+            return 1;
+        }
+        cp.kv_calib = calib;
+    }
+    int rc = codi_context_create(*m, &cp, c, err, sizeof(err));
+    free(calib);
+    if (rc) {
         fprintf(stderr, "codi: %s\n", err);
         codi_model_free(*m);
         *m = NULL;
         return 1;
     }
     return 0;
+}
+
+void cli_print_memory(const codi_context *c, int kv_type) {
+    static const char *const names[] = {"f16", "q8", "q4"};
+    codi_memory_info mi;
+    codi_context_memory(c, &mi);
+    fprintf(stderr,
+            "memory: KV %s %.2f MiB (%d slots per layer and sequence), tokens kept %lld, evicted %lld; "
+            "scratch %.2f MiB; logits %.2f MiB\n",
+            names[kv_type >= 0 && kv_type <= 2 ? kv_type : 0], mi.kv_bytes / 1048576.0, mi.kv_slots,
+            (long long)mi.kv_kept, (long long)mi.kv_evicted, mi.scratch_bytes / 1048576.0,
+            mi.logits_bytes / 1048576.0);
 }
 
 static int cmd_tokenize(const cli_opts *o) {
@@ -468,6 +557,8 @@ int main(int argc, char **argv) {
     o.n_bench_pp = o.n_bench_tg = -1;
     o.port = -1;
     o.timeout = -1;
+    o.kv_sinks = -1;
+    o.kv_smooth = -1;
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);
     if (rc)

@@ -16,6 +16,7 @@
 #include "common.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
+#include "kernels/kvcache.h"
 #include "model/model.h"
 #include "tensor/types.h"
 
@@ -26,10 +27,34 @@ struct codi_context {
     codi_model *m;
     int32_t n_ctx, n_batch, n_threads, n_seq;
     codi_threadpool *pool;
-    uint16_t *kc;      /* [n_seq][n_layer][kv_dim][n_ctx] fp16, transposed:
-                          scores for 8 keys per vector, no horizontal sums */
-    uint16_t *vc;      /* [n_seq][n_layer][kv_dim][n_ctx] fp16, transposed
-                          as llama.cpp stores V without flash attention */
+    /* KV cache: per sequence and layer, kv_dim rows (channels) of kv_cap
+     * slots, transposed (scores for 8 keys per vector, no horizontal sums;
+     * V as llama.cpp stores it without flash attention). Without a budget
+     * slot = position. Rows hold fp16 values or q8/q4 codes (kvcache.h). */
+    int kv_type, kv_bits; /* 16, 8 or 4 */
+    int32_t kv_cap;       /* slots per sequence and layer */
+    int kv_gs;            /* channels per scale group (q8/q4) */
+    size_t kv_row;        /* bytes per row */
+    uint8_t *kc, *vc;     /* [n_seq][n_layer][kv_dim] rows */
+    uint16_t *ksc, *kmn, *vsc, *vmn; /* [n_seq][n_layer][kv_dim/gs][kv_cap] */
+    float *smooth;        /* [n_layer][kv_dim] key smoothing scales or NULL */
+    float *kstat;         /* [n_layer][kv_dim] |K| maxima while calibrating */
+    /* token budget (kv_budget > 0) */
+    int32_t kv_budget, kv_window, kv_sinks, kv_policy;
+    float kv_decay;       /* importance decay per query (ALISA), 1 (H2O) */
+    int32_t *slot_pos;    /* [n_seq][n_layer][kv_cap] position of each slot */
+    int32_t *n_slots;     /* [n_seq][n_layer] slots in use */
+    float *imp;           /* [n_seq][n_layer][kv_cap] attention importance */
+    float *imp_th;        /* [n_threads][n_seq][kv_cap] this pass's share */
+    int32_t *ev_idx;      /* [kv_cap] eviction scratch */
+    uint8_t *ev_mark;     /* [kv_cap] */
+    int64_t n_evicted;    /* slot entries evicted, all layers */
+    float *vtmp;          /* [n_threads][ATT_G][kv_cap] q8/q4 V scratch */
+    int32_t *row_slot, *row_rank; /* [n_batch] slot in the current layer,
+                                     rank among its sequence's rows */
+    int32_t *seq_cnt, *seq_last;  /* [n_seq] rows and last position per
+                                     sequence in the current pass */
+    uint64_t kv_bytes, scratch_bytes;
     int32_t *n_past;   /* [n_seq] tokens cached per sequence */
     int32_t *row_pos, *row_seq; /* [n_batch] of the pass being evaluated */
     int32_t *seq_first;         /* [n_seq] scratch for batch validation */
@@ -37,8 +62,8 @@ struct codi_context {
     float *x, *xn, *q, *k, *v, *att, *g, *u;
     void *xq;
     size_t xq_stride; /* bytes per token row in xq */
-    float *scores;    /* [n_threads][ATT_G][n_ctx] */
-    uint16_t *probs16;/* [n_threads][ATT_G][n_ctx] attention weights as fp16 */
+    float *scores;    /* [n_threads][ATT_G][kv_cap] */
+    uint16_t *probs16;/* [n_threads][ATT_G][kv_cap] attention weights as fp16 */
     float *rope_theta;/* [2][n_rot/2] per-pair frequency: global layers,
                          then sliding-window layers (own rope base) */
     /* logits of the last decode call */
@@ -52,8 +77,35 @@ struct codi_context {
 };
 
 codi_context_params codi_context_default_params(void) {
-    codi_context_params p = {0, 512, 0, 1};
+    codi_context_params p = {.n_ctx = 0, .n_batch = 512, .n_threads = 0, .n_seq = 1,
+                             .kv_type = CODI_KV_F16, .kv_smooth = -1, .kv_calib = NULL,
+                             .kv_budget = 0, .kv_policy = CODI_KV_ALISA, .kv_window = 0,
+                             .kv_sinks = -1};
     return p;
+}
+
+int codi_kv_type_from_name(const char *name) {
+    if (!name)
+        return -1;
+    if (!strcmp(name, "f16"))
+        return CODI_KV_F16;
+    if (!strcmp(name, "q8"))
+        return CODI_KV_Q8;
+    if (!strcmp(name, "q4"))
+        return CODI_KV_Q4;
+    return -1;
+}
+
+int codi_kv_policy_from_name(const char *name) {
+    if (!name)
+        return -1;
+    if (!strcmp(name, "alisa"))
+        return CODI_KV_ALISA;
+    if (!strcmp(name, "window"))
+        return CODI_KV_WINDOW;
+    if (!strcmp(name, "h2o"))
+        return CODI_KV_H2O;
+    return -1;
 }
 
 static void *xaligned(size_t bytes) {
@@ -64,6 +116,14 @@ static void *xaligned(size_t bytes) {
         return NULL;
     return p;
 }
+
+/* xaligned, counted into *total (memory accounting) */
+static void *xalloc_n(size_t bytes, uint64_t *total) {
+    *total += (bytes + 63) & ~(size_t)63;
+    return xaligned(bytes);
+}
+
+static int calibrate_smoothing(codi_context *c, const char *text, char *err, size_t errlen);
 
 int codi_context_create(codi_model *m, const codi_context_params *params,
                         codi_context **out, char *err, size_t errlen) {
@@ -92,6 +152,32 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     }
     if (p.n_threads > 256)
         return codi_errorf(err, errlen, CODI_EINVAL, "too many threads (%d)", p.n_threads);
+    if (p.kv_type < CODI_KV_F16 || p.kv_type > CODI_KV_Q4)
+        return codi_errorf(err, errlen, CODI_EINVAL, "unknown KV cache type %d (f16, q8 or q4)", p.kv_type);
+    if (p.kv_policy < CODI_KV_ALISA || p.kv_policy > CODI_KV_H2O)
+        return codi_errorf(err, errlen, CODI_EINVAL, "unknown KV policy %d (alisa, window or h2o)", p.kv_policy);
+    if (p.kv_budget < 0 || p.kv_window < 0 || p.kv_sinks < -1)
+        return codi_errorf(err, errlen, CODI_EINVAL, "KV budget, window and sinks must not be negative");
+    if (p.kv_smooth < -1 || p.kv_smooth > 1)
+        return codi_errorf(err, errlen, CODI_EINVAL, "kv_smooth must be -1, 0 or 1");
+    if (p.kv_smooth == 1 && p.kv_type == CODI_KV_F16)
+        return codi_errorf(err, errlen, CODI_EINVAL, "key smoothing applies to q8/q4 KV caches, not f16");
+    const int32_t sinks = p.kv_sinks < 0 ? 4 : p.kv_sinks;
+    int32_t window = p.kv_window;
+    if (p.kv_budget >= p.n_ctx)
+        p.kv_budget = 0; /* the whole context fits: nothing to evict */
+    if (p.kv_budget > 0) {
+        if (window == 0)
+            window = p.kv_policy == CODI_KV_WINDOW ? p.kv_budget - sinks : p.kv_budget / 2;
+        if (p.kv_policy == CODI_KV_WINDOW ? (int64_t)window + sinks > p.kv_budget
+                                          : (int64_t)window + sinks >= p.kv_budget)
+            return codi_errorf(err, errlen, CODI_EINVAL,
+                               "KV budget %d is too small for a recent window of %d plus %d sink tokens%s",
+                               p.kv_budget, window, sinks,
+                               p.kv_policy == CODI_KV_WINDOW ? "" : " (and room for important tokens)");
+        if (window < 1)
+            return codi_errorf(err, errlen, CODI_EINVAL, "KV budget %d leaves no recent window", p.kv_budget);
+    }
 
     codi_context *c = calloc(1, sizeof(*c));
     if (!c)
@@ -104,18 +190,63 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     const size_t B = (size_t)p.n_batch, d = (size_t)hp->n_embd,
                  dq = (size_t)hp->n_head * hp->head_dim,
                  dkv = (size_t)hp->n_head_kv * hp->head_dim, ff = (size_t)hp->n_ff;
-    const size_t kv_elems = (size_t)p.n_seq * (size_t)hp->n_layer * (size_t)p.n_ctx * dkv;
-    c->kc = xaligned(kv_elems * sizeof(uint16_t));
-    c->vc = xaligned(kv_elems * sizeof(uint16_t));
+    const size_t NS = (size_t)p.n_seq, NL = (size_t)hp->n_layer;
+    c->kv_type = p.kv_type;
+    c->kv_bits = p.kv_type == CODI_KV_Q8 ? 8 : p.kv_type == CODI_KV_Q4 ? 4 : 16;
+    c->kv_budget = p.kv_budget;
+    c->kv_window = window;
+    c->kv_sinks = sinks;
+    c->kv_policy = p.kv_policy;
+    c->kv_decay = p.kv_policy == CODI_KV_ALISA ? expf(-1.0f / (float)CODI_MAX(window, 1)) : 1.0f;
+    /* A budget needs room for one pass of n_batch new tokens before the
+     * pass evicts back down to the budget. */
+    c->kv_cap = p.kv_budget > 0 ? (int32_t)CODI_MIN((int64_t)p.kv_budget + p.n_batch, (int64_t)p.n_ctx) : p.n_ctx;
+    c->kv_gs = hp->head_dim % 32 == 0 ? 32 : hp->head_dim;
+    const size_t cap = (size_t)c->kv_cap, ngrp = dkv / (size_t)c->kv_gs;
+    c->kv_row = c->kv_bits == 16 ? cap * 2 : codi_kvq_row_bytes(c->kv_bits, cap);
+    const size_t kv_rows = NS * NL * dkv;
+    c->kc = xalloc_n(kv_rows * c->kv_row, &c->kv_bytes);
+    c->vc = xalloc_n(kv_rows * c->kv_row, &c->kv_bytes);
+    bool ok = c->kc && c->vc;
+    if (ok && c->kv_bits == 4) { /* nibbles are read-modify-written */
+        memset(c->kc, 0, kv_rows * c->kv_row);
+        memset(c->vc, 0, kv_rows * c->kv_row);
+    }
+    if (c->kv_bits < 16) {
+        const size_t nsc = NS * NL * ngrp * cap;
+        c->ksc = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
+        c->kmn = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
+        c->vsc = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
+        c->vmn = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
+        c->vtmp = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(float), &c->scratch_bytes);
+        ok = ok && c->ksc && c->kmn && c->vsc && c->vmn && c->vtmp;
+        if (p.kv_smooth == 1 || (p.kv_smooth == -1 && p.kv_type == CODI_KV_Q4)) {
+            c->smooth = xalloc_n(NL * dkv * sizeof(float), &c->kv_bytes);
+            ok = ok && c->smooth;
+        }
+    }
+    if (c->kv_budget > 0) {
+        c->slot_pos = xalloc_n(NS * NL * cap * sizeof(int32_t), &c->kv_bytes);
+        c->n_slots = calloc(NS * NL, sizeof(int32_t));
+        c->imp = xalloc_n(NS * NL * cap * sizeof(float), &c->kv_bytes);
+        c->imp_th = xalloc_n((size_t)p.n_threads * NS * cap * sizeof(float), &c->kv_bytes);
+        c->ev_idx = xalloc_n(cap * sizeof(int32_t), &c->kv_bytes);
+        c->ev_mark = xalloc_n(cap, &c->kv_bytes);
+        c->kv_bytes += NS * NL * sizeof(int32_t);
+        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_mark;
+        if (c->imp_th)
+            memset(c->imp_th, 0, (size_t)p.n_threads * NS * cap * sizeof(float));
+    }
+    uint64_t *sb = &c->scratch_bytes;
     size_t wide = CODI_MAX(CODI_MAX(d, dq), ff);
-    c->x = xaligned(B * d * sizeof(float));
-    c->xn = xaligned(B * wide * sizeof(float));
-    c->q = xaligned(B * dq * sizeof(float));
-    c->k = xaligned(B * dkv * sizeof(float));
-    c->v = xaligned(B * dkv * sizeof(float));
-    c->att = xaligned(B * dq * sizeof(float));
-    c->g = xaligned(B * ff * sizeof(float));
-    c->u = xaligned(B * ff * sizeof(float));
+    c->x = xalloc_n(B * d * sizeof(float), sb);
+    c->xn = xalloc_n(B * wide * sizeof(float), sb);
+    c->q = xalloc_n(B * dq * sizeof(float), sb);
+    c->k = xalloc_n(B * dkv * sizeof(float), sb);
+    c->v = xalloc_n(B * dkv * sizeof(float), sb);
+    c->att = xalloc_n(B * dq * sizeof(float), sb);
+    c->g = xalloc_n(B * ff * sizeof(float), sb);
+    c->u = xalloc_n(B * ff * sizeof(float), sb);
     /* Largest quantized activation row over every weight's vec_dot_type. */
     size_t qrow = wide * sizeof(float);
     const codi_weight *ws[] = {&m->tok_embd, &m->output};
@@ -133,24 +264,28 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         }
     }
     c->xq_stride = (qrow + 63) & ~(size_t)63;
-    c->xq = xaligned(B * c->xq_stride);
-    c->scores = xaligned((size_t)p.n_threads * ATT_G * (size_t)p.n_ctx * sizeof(float));
-    c->probs16 = xaligned((size_t)p.n_threads * ATT_G * (size_t)p.n_ctx * sizeof(uint16_t));
+    c->xq = xalloc_n(B * c->xq_stride, sb);
+    c->scores = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(float), sb);
+    c->probs16 = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(uint16_t), sb);
     c->rope_theta = xaligned((size_t)hp->n_rot * sizeof(float));
     c->logits_cap = 1;
     c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
     c->n_past = calloc((size_t)p.n_seq, sizeof(int32_t));
     c->seq_first = calloc((size_t)p.n_seq, sizeof(int32_t));
+    c->seq_cnt = calloc((size_t)p.n_seq, sizeof(int32_t));
+    c->seq_last = calloc((size_t)p.n_seq, sizeof(int32_t));
     c->row_pos = calloc(B, sizeof(int32_t));
     c->row_seq = calloc(B, sizeof(int32_t));
+    c->row_slot = calloc(B, sizeof(int32_t));
+    c->row_rank = calloc(B, sizeof(int32_t));
     c->out_idx = calloc(B, sizeof(int32_t));
     c->logit_row_cap = B;
     c->logit_row = calloc(B, sizeof(int32_t));
     c->pool = codi_threadpool_create(p.n_threads);
-    if (!c->kc || !c->vc || !c->x || !c->xn || !c->q || !c->k || !c->v ||
+    if (!ok || !c->x || !c->xn || !c->q || !c->k || !c->v ||
         !c->att || !c->g || !c->u || !c->xq || !c->scores || !c->probs16 || !c->rope_theta ||
-        !c->logits || !c->n_past || !c->seq_first || !c->row_pos || !c->row_seq ||
-        !c->out_idx || !c->logit_row || !c->pool) {
+        !c->logits || !c->n_past || !c->seq_first || !c->seq_cnt || !c->seq_last || !c->row_pos ||
+        !c->row_seq || !c->row_slot || !c->row_rank || !c->out_idx || !c->logit_row || !c->pool) {
         codi_context_free(c);
         return codi_errorf(err, errlen, CODI_ENOMEM,
                            "out of memory creating a context of %d tokens", p.n_ctx);
@@ -166,6 +301,13 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
             th *= theta_scale;
         }
     }
+    if (c->smooth) {
+        int rc = calibrate_smoothing(c, p.kv_calib, err, errlen);
+        if (rc) {
+            codi_context_free(c);
+            return rc;
+        }
+    }
     *out = c;
     return 0;
 }
@@ -176,6 +318,23 @@ void codi_context_free(codi_context *c) {
     codi_threadpool_free(c->pool);
     free(c->kc);
     free(c->vc);
+    free(c->ksc);
+    free(c->kmn);
+    free(c->vsc);
+    free(c->vmn);
+    free(c->smooth);
+    free(c->kstat);
+    free(c->slot_pos);
+    free(c->n_slots);
+    free(c->imp);
+    free(c->imp_th);
+    free(c->ev_idx);
+    free(c->ev_mark);
+    free(c->vtmp);
+    free(c->row_slot);
+    free(c->row_rank);
+    free(c->seq_cnt);
+    free(c->seq_last);
     free(c->x);
     free(c->xn);
     free(c->q);
@@ -200,13 +359,100 @@ void codi_context_free(codi_context *c) {
 
 int32_t codi_context_n_ctx(const codi_context *c) { return c->n_ctx; }
 
+/* ------------------------------------------------------------ KV cache */
+
+/* First row (channel 0) of the K or V cache of one sequence and layer. */
+static uint8_t *kv_at(const codi_context *c, uint8_t *base, int seq, int layer) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    return base + ((size_t)seq * hp->n_layer + (size_t)layer) * dkv * c->kv_row;
+}
+
+/* First scale row (group 0) of one sequence and layer. */
+static uint16_t *sc_at(const codi_context *c, uint16_t *base, int seq, int layer) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t ngrp = (size_t)hp->n_head_kv * hp->head_dim / (size_t)c->kv_gs;
+    return base + ((size_t)seq * hp->n_layer + (size_t)layer) * ngrp * (size_t)c->kv_cap;
+}
+
+static size_t sl_index(const codi_context *c, int seq, int layer) {
+    return ((size_t)seq * c->m->hp.n_layer + (size_t)layer) * (size_t)c->kv_cap;
+}
+
+/* Copy slot src to slot dst in every row of one sequence and layer. */
+static void kv_move_slot(codi_context *c, int seq, int layer, int32_t src, int32_t dst) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    uint8_t *bases[2] = {kv_at(c, c->kc, seq, layer), kv_at(c, c->vc, seq, layer)};
+    for (int kv = 0; kv < 2; kv++)
+        for (size_t i = 0; i < dkv; i++) {
+            uint8_t *row = bases[kv] + i * c->kv_row;
+            if (c->kv_bits == 16)
+                ((uint16_t *)row)[dst] = ((uint16_t *)row)[src];
+            else
+                codi_kvq_set(c->kv_bits, row, (size_t)dst, codi_kvq_get(c->kv_bits, row, (size_t)src));
+        }
+    if (c->kv_bits < 16) {
+        const size_t ngrp = dkv / (size_t)c->kv_gs;
+        uint16_t *sc[4] = {sc_at(c, c->ksc, seq, layer), sc_at(c, c->kmn, seq, layer),
+                           sc_at(c, c->vsc, seq, layer), sc_at(c, c->vmn, seq, layer)};
+        for (int a = 0; a < 4; a++)
+            for (size_t g = 0; g < ngrp; g++)
+                sc[a][g * (size_t)c->kv_cap + (size_t)dst] = sc[a][g * (size_t)c->kv_cap + (size_t)src];
+    }
+    const size_t si = sl_index(c, seq, layer);
+    c->slot_pos[si + (size_t)dst] = c->slot_pos[si + (size_t)src];
+    c->imp[si + (size_t)dst] = c->imp[si + (size_t)src];
+}
+
+/* Drop the slots marked in c->ev_mark of one sequence and layer: the last
+ * kept slots move into the holes, so slots 0..n-1 stay dense. */
+static void kv_compact(codi_context *c, int seq, int layer) {
+    int32_t *ns = &c->n_slots[(size_t)seq * c->m->hp.n_layer + (size_t)layer];
+    int32_t lo = 0, hi = *ns - 1;
+    for (;;) {
+        while (lo <= hi && !c->ev_mark[lo])
+            lo++;
+        while (hi >= lo && c->ev_mark[hi])
+            hi--;
+        if (lo >= hi)
+            break;
+        kv_move_slot(c, seq, layer, hi, lo);
+        c->ev_mark[lo] = 0;
+        c->ev_mark[hi] = 1;
+    }
+    int32_t n = 0;
+    while (n < *ns && !c->ev_mark[n])
+        n++;
+    *ns = n;
+}
+
+/* Budget mode: forget every slot of seq at position >= pos. */
+static void kv_drop_from(codi_context *c, int32_t seq, int32_t pos) {
+    if (c->kv_budget <= 0)
+        return;
+    for (int l = 0; l < c->m->hp.n_layer; l++) {
+        const size_t si = sl_index(c, seq, l);
+        const int32_t n = c->n_slots[(size_t)seq * c->m->hp.n_layer + (size_t)l];
+        bool any = false;
+        for (int32_t t = 0; t < n; t++) {
+            c->ev_mark[t] = c->slot_pos[si + (size_t)t] >= pos;
+            any = any || c->ev_mark[t];
+        }
+        if (any)
+            kv_compact(c, seq, l);
+    }
+}
+
 void codi_kv_seq_truncate(codi_context *c, int32_t seq, int32_t pos) {
     if (!c || seq < 0 || seq >= c->n_seq)
         return;
     if (pos < 0)
         pos = 0;
-    if (pos < c->n_past[seq])
+    if (pos < c->n_past[seq]) {
         c->n_past[seq] = pos;
+        kv_drop_from(c, seq, pos);
+    }
 }
 
 void codi_kv_truncate(codi_context *c, int32_t pos) { codi_kv_seq_truncate(c, 0, pos); }
@@ -219,11 +465,27 @@ int32_t codi_kv_seq_len(const codi_context *c, int32_t seq) {
     return c->n_past[seq];
 }
 
-/* K or V cache of one sequence and layer: n_ctx * kv_dim elements. */
-static uint16_t *kv_at(const codi_context *c, uint16_t *base, int seq, int layer) {
-    const codi_hparams *hp = &c->m->hp;
-    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
-    return base + ((size_t)seq * hp->n_layer + (size_t)layer) * (size_t)c->n_ctx * dkv;
+void codi_context_memory(const codi_context *c, codi_memory_info *out) {
+    if (!out)
+        return;
+    memset(out, 0, sizeof(*out));
+    if (!c)
+        return;
+    out->kv_bytes = c->kv_bytes;
+    out->scratch_bytes = c->scratch_bytes;
+    out->logits_bytes = (uint64_t)c->logits_cap * (uint64_t)c->m->hp.n_vocab * sizeof(float);
+    out->kv_slots = c->kv_cap;
+    const int nl = c->m->hp.n_layer;
+    for (int s = 0; s < c->n_seq; s++) {
+        int32_t mx = c->n_past[s];
+        if (c->kv_budget > 0) {
+            mx = 0;
+            for (int l = 0; l < nl; l++)
+                mx = CODI_MAX(mx, c->n_slots[(size_t)s * nl + (size_t)l]);
+        }
+        out->kv_kept += mx;
+    }
+    out->kv_evicted = nl > 0 ? c->n_evicted / nl : 0;
 }
 
 /* ------------------------------------------------------------ matmul */
@@ -388,12 +650,15 @@ static void attn_task(void *arg, int ith, int nth) {
     codi_context *c = j->c;
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
-    const size_t dq = (size_t)nh * hd, nc = (size_t)c->n_ctx;
+    const size_t dq = (size_t)nh * hd, cap = (size_t)c->kv_cap;
     /* Gemma 3 scales the queries before attention (forward_batch). */
     const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
     const bool swa = c->m->layers[j->layer].swa && hp->n_swa > 0;
-    float *scb = c->scores + (size_t)ith * ATT_G * nc;
-    uint16_t *pb = c->probs16 + (size_t)ith * ATT_G * nc;
+    const bool budget = c->kv_budget > 0;
+    const bool track = budget && c->kv_policy != CODI_KV_WINDOW;
+    const int bits = c->kv_bits, gs = c->kv_gs, hpg = hd / gs; /* groups per head */
+    float *scb = c->scores + (size_t)ith * ATT_G * cap;
+    uint16_t *pb = c->probs16 + (size_t)ith * ATT_G * cap;
     /* Work item: one token and up to ATT_G query heads sharing a KV head,
      * so each K and V row is loaded and converted once for all of them. */
     const int ng = (gqa + ATT_G - 1) / ATT_G, per_tok = hp->n_head_kv * ng;
@@ -401,36 +666,74 @@ static void attn_task(void *arg, int ith, int nth) {
     for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
         const int b = w / per_tok, kh = (w % per_tok) / ng;
         const int h0 = kh * gqa + (w % ng) * ATT_G, G = CODI_MIN(ATT_G, kh * gqa + gqa - h0);
-        const int n_kv = c->row_pos[b] + 1; /* causal: positions 0..pos */
-        /* sliding window: keys at pos - t >= n_swa are masked (llama.cpp's
-         * LLAMA_SWA_TYPE_STANDARD), i.e. only t0..pos take part */
-        const int t0 = swa ? CODI_MAX(0, n_kv - hp->n_swa) : 0, n = n_kv - t0;
-        const uint16_t *kl = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)kh * hd * nc;
-        const uint16_t *vl = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)kh * hd * nc;
-        /* llama.cpp (flash attention off) multiplies the fp16 cache with
-         * fp16-rounded queries and fp16-rounded attention weights; round
-         * the same way. */
-        float q32[ATT_G * 1024];
-        const uint16_t *pp[ATT_G];
-        for (int g = 0; g < G; g++) {
-            const float *qs = c->q + (size_t)b * dq + (size_t)(h0 + g) * hd;
-            for (int i = 0; i < hd; i++)
-                q32[g * hd + i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qs[i]));
-            pp[g] = pb + (size_t)g * nc;
-        }
-        codi_attn_scores_f16(q32, G, hd, kl + t0, nc, n, scb, nc, scale);
-        for (int g = 0; g < G; g++) {
-            codi_softmax_inplace(scb + (size_t)g * nc, n);
-            codi_fp32_to_fp16_row(scb + (size_t)g * nc, pb + (size_t)g * nc, n);
-        }
-        /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
-         * the transposed V rows, in llama.cpp's order. */
+        const int seq = c->row_seq[b], pos = c->row_pos[b];
+        /* Causal: slots 0..row_slot (without a budget slot = position; with
+         * one, kept slots all precede this pass and the pass's tokens are
+         * appended in order). Sliding window: keys at pos - t >= n_swa are
+         * masked (llama.cpp's LLAMA_SWA_TYPE_STANDARD). */
+        const int n_kv = c->row_slot[b] + 1;
+        const int t0 = swa && !budget ? CODI_MAX(0, n_kv - hp->n_swa) : 0, n = n_kv - t0;
+        const uint8_t *kl = kv_at(c, c->kc, seq, j->layer) + (size_t)kh * hd * c->kv_row;
+        const uint8_t *vl = kv_at(c, c->vc, seq, j->layer) + (size_t)kh * hd * c->kv_row;
+        const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
         float *o = c->att + (size_t)b * dq + (size_t)h0 * hd;
-        for (int i = 0; i < hd; i++) {
-            float s[ATT_G];
-            codi_dot_f16_multi(n, s, vl + (size_t)i * nc + t0, pp, G);
-            for (int g = 0; g < G; g++)
-                o[(size_t)g * hd + i] = s[g];
+        if (bits == 16) {
+            /* llama.cpp (flash attention off) multiplies the fp16 cache with
+             * fp16-rounded queries and fp16-rounded attention weights; round
+             * the same way. */
+            float q32[ATT_G * 1024];
+            for (int i = 0; i < G * hd; i++)
+                q32[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qb[i]));
+            codi_attn_scores_f16(q32, G, hd, (const uint16_t *)kl + t0, cap, n, scb, cap, scale);
+        } else {
+            codi_attn_scores_kvq(bits, qb, G, hd, gs, kl, c->kv_row,
+                                 sc_at(c, c->ksc, seq, j->layer) + (size_t)kh * hpg * cap,
+                                 sc_at(c, c->kmn, seq, j->layer) + (size_t)kh * hpg * cap, cap, t0, n,
+                                 scb, cap, scale);
+        }
+        if (swa && budget) {
+            const int32_t *sp = c->slot_pos + sl_index(c, seq, j->layer);
+            for (int t = 0; t < n; t++)
+                if (pos - sp[t] >= hp->n_swa)
+                    for (int g = 0; g < G; g++)
+                        scb[(size_t)g * cap + t] = -INFINITY;
+        }
+        for (int g = 0; g < G; g++)
+            codi_softmax_inplace(scb + (size_t)g * cap, n);
+        if (track) {
+            /* importance: this query's attention, discounted (ALISA) by
+             * how many queries of the pass come after it */
+            float wq = 1.0f;
+            if (c->kv_decay != 1.0f)
+                wq = powf(c->kv_decay, (float)(c->seq_last[seq] - pos));
+            float *acc = c->imp_th + ((size_t)ith * c->n_seq + (size_t)seq) * cap + t0;
+            for (int g = 0; g < G; g++) {
+                const float *pg = scb + (size_t)g * cap;
+                for (int t = 0; t < n; t++)
+                    acc[t] += wq * pg[t];
+            }
+        }
+        if (bits == 16) {
+            const uint16_t *pp[ATT_G];
+            for (int g = 0; g < G; g++) {
+                pp[g] = pb + (size_t)g * cap;
+                codi_fp32_to_fp16_row(scb + (size_t)g * cap, pb + (size_t)g * cap, n);
+            }
+            /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
+             * the transposed V rows, in llama.cpp's order. */
+            for (int i = 0; i < hd; i++) {
+                float sv[ATT_G];
+                codi_dot_f16_multi(n, sv, (const uint16_t *)(vl + (size_t)i * c->kv_row) + t0, pp, G);
+                for (int g = 0; g < G; g++)
+                    o[(size_t)g * hd + i] = sv[g];
+            }
+        } else {
+            float ob[ATT_G * 1024];
+            codi_attn_values_kvq(bits, scb, cap, G, hd, gs, vl, c->kv_row,
+                                 sc_at(c, c->vsc, seq, j->layer) + (size_t)kh * hpg * cap,
+                                 sc_at(c, c->vmn, seq, j->layer) + (size_t)kh * hpg * cap, cap, t0, n, ob,
+                                 c->vtmp + (size_t)ith * ATT_G * cap);
+            memcpy(o, ob, (size_t)G * hd * sizeof(float));
         }
     }
 }
@@ -546,16 +849,153 @@ static void row_qkv(const rows_job *j, int b) {
     add_bias(v, L->bv, 1, dkv);
     head_norm(q, L->attn_q_norm, 1, hp->n_head, hp);
     head_norm(k, L->attn_k_norm, 1, hp->n_head_kv, hp);
-    const int p = c->row_pos[b];
+    const int p = c->row_pos[b], seq = c->row_seq[b];
     rope_qk(c, L, q, k, p);
     if (hp->arch_id == CODI_ARCH_GEMMA3)
         for (size_t i = 0; i < dq; i++)
             q[i] *= hp->attn_scale;
-    uint16_t *kd = kv_at(c, c->kc, c->row_seq[b], j->layer) + (size_t)p;
-    uint16_t *vd = kv_at(c, c->vc, c->row_seq[b], j->layer) + (size_t)p;
+    int32_t slot = p;
+    if (c->kv_budget > 0) {
+        slot = c->n_slots[(size_t)seq * hp->n_layer + (size_t)j->layer] + c->row_rank[b];
+        const size_t si = sl_index(c, seq, j->layer) + (size_t)slot;
+        c->slot_pos[si] = p;
+        c->imp[si] = 0.0f;
+    }
+    c->row_slot[b] = slot;
+    if (c->kv_bits < 16) {
+        /* key smoothing: K / lambda into the cache, Q * lambda, so that
+         * q.k is unchanged; quantized stores follow (store_kv_quant) */
+        const int hd = hp->head_dim;
+        if (c->smooth) {
+            const float *lam = c->smooth + (size_t)j->layer * dkv;
+            const int gqa = hp->n_head / hp->n_head_kv;
+            for (int h = 0; h < hp->n_head; h++)
+                for (int i = 0; i < hd; i++)
+                    q[(size_t)h * hd + i] *= lam[(size_t)(h / gqa) * hd + i];
+            for (size_t i = 0; i < dkv; i++)
+                k[i] /= lam[i];
+        }
+        return;
+    }
+    uint16_t *kd = (uint16_t *)kv_at(c, c->kc, seq, j->layer) + slot;
+    uint16_t *vd = (uint16_t *)kv_at(c, c->vc, seq, j->layer) + slot;
+    const size_t ld = c->kv_row / 2;
     for (size_t i = 0; i < dkv; i++) {
-        kd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(k[i]);
-        vd[i * (size_t)c->n_ctx] = codi_fp32_to_fp16(v[i]);
+        kd[i * ld] = codi_fp32_to_fp16(k[i]);
+        vd[i * ld] = codi_fp32_to_fp16(v[i]);
+    }
+}
+
+/* q8/q4 cache: quantize each row's K (smoothed) and V into its slot. One
+ * thread: two slots share a byte of a 4-bit row. While calibrating, the
+ * |K| maxima per channel are collected here too. */
+static void store_kv_quant(codi_context *c, int layer, int B) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, cap = (size_t)c->kv_cap;
+    const int gs = c->kv_gs, ngrp = (int)(dkv / (size_t)gs), bits = c->kv_bits;
+    uint8_t codes[1024];
+    for (int b = 0; b < B; b++) {
+        const int seq = c->row_seq[b];
+        const size_t slot = (size_t)c->row_slot[b];
+        const float *k = c->k + (size_t)b * dkv, *v = c->v + (size_t)b * dkv;
+        if (c->kstat) {
+            float *ks = c->kstat + (size_t)layer * dkv;
+            for (size_t i = 0; i < dkv; i++)
+                ks[i] = CODI_MAX(ks[i], fabsf(k[i]));
+        }
+        for (int kv = 0; kv < 2; kv++) {
+            uint8_t *base = kv_at(c, kv ? c->vc : c->kc, seq, layer);
+            uint16_t *scr = sc_at(c, kv ? c->vsc : c->ksc, seq, layer);
+            uint16_t *mnr = sc_at(c, kv ? c->vmn : c->kmn, seq, layer);
+            for (int g = 0; g < ngrp; g++) {
+                const float *src = (kv ? v : k) + (size_t)g * gs;
+                codi_kvq_quantize_group(bits, src, gs, codes, &scr[(size_t)g * cap + slot],
+                                        &mnr[(size_t)g * cap + slot]);
+                for (int i = 0; i < gs; i++)
+                    codi_kvq_set(bits, base + ((size_t)g * gs + (size_t)i) * c->kv_row, slot, codes[i]);
+            }
+        }
+    }
+}
+
+/* Budget mode, after a layer's attention: fold this pass's importance into
+ * the slots, count the new slots, and evict each sequence down to the
+ * budget. Protected: the first kv_sinks positions and the kv_window most
+ * recent ones; of the rest, the policy evicts the oldest (window) or the
+ * least important (alisa, h2o). */
+/* Sort slot indices by key (ties: lower slot first); shell sort, since
+ * C11's qsort takes no context and n is at most budget + n_batch. */
+static bool ev_before(const float *key, int32_t a, int32_t b) {
+    return key[a] < key[b] || (key[a] == key[b] && a < b);
+}
+
+static void sort_by_key(int32_t *idx, int32_t n, const float *key) {
+    for (int32_t gap = n / 2; gap > 0; gap = gap == 2 ? 1 : gap * 5 / 11) {
+        for (int32_t i = gap; i < n; i++) {
+            const int32_t v = idx[i];
+            int32_t j = i;
+            for (; j >= gap && ev_before(key, v, idx[j - gap]); j -= gap)
+                idx[j] = idx[j - gap];
+            idx[j] = v;
+        }
+    }
+}
+
+static void kv_budget_step(codi_context *c, int layer) {
+    const int nl = c->m->hp.n_layer;
+    const size_t cap = (size_t)c->kv_cap;
+    const bool track = c->kv_policy != CODI_KV_WINDOW;
+    for (int s = 0; s < c->n_seq; s++) {
+        if (c->seq_cnt[s] == 0)
+            continue;
+        int32_t *ns = &c->n_slots[(size_t)s * nl + (size_t)layer];
+        const int32_t n_old = *ns, n = n_old + c->seq_cnt[s];
+        const size_t si = sl_index(c, s, layer);
+        float *imp = c->imp + si;
+        int32_t *sp = c->slot_pos + si;
+        if (track) {
+            const float dec = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)c->seq_cnt[s]);
+            for (int32_t t = 0; t < n_old; t++)
+                imp[t] *= dec;
+            for (int th = 0; th < c->n_threads; th++) {
+                float *acc = c->imp_th + ((size_t)th * c->n_seq + (size_t)s) * cap;
+                for (int32_t t = 0; t < n; t++) {
+                    imp[t] += acc[t];
+                    acc[t] = 0.0f;
+                }
+            }
+        }
+        *ns = n;
+        if (n <= c->kv_budget)
+            continue;
+        const int32_t e = n - c->kv_budget, last = c->seq_last[s];
+        int32_t nc = 0;
+        for (int32_t t = 0; t < n; t++) {
+            c->ev_mark[t] = 0;
+            if (sp[t] >= c->kv_sinks && sp[t] <= last - c->kv_window)
+                c->ev_idx[nc++] = t;
+        }
+        CODI_ASSERT(nc >= e); /* budget > window + sinks (context_create) */
+        /* window: oldest first (key = position); else least important */
+        float *key = imp;
+        if (!track) {
+            key = c->imp_th; /* free scratch while no importance is tracked */
+            for (int32_t t = 0; t < n; t++)
+                key[t] = (float)sp[t];
+        }
+        if (e == 1) {
+            int32_t best = 0;
+            for (int32_t k2 = 1; k2 < nc; k2++)
+                if (key[c->ev_idx[k2]] < key[c->ev_idx[best]])
+                    best = k2;
+            c->ev_mark[c->ev_idx[best]] = 1;
+        } else {
+            sort_by_key(c->ev_idx, nc, key);
+            for (int32_t k2 = 0; k2 < e; k2++)
+                c->ev_mark[c->ev_idx[k2]] = 1;
+        }
+        kv_compact(c, s, layer);
+        c->n_evicted += e;
     }
 }
 
@@ -622,8 +1062,12 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
             matmul_mixed(c, 3, ws, ys, c->xn, B);
         }
         for_rows(c, l, B, tokens, row_qkv);
+        if (c->kv_bits < 16)
+            store_kv_quant(c, l, B);
         attn_job aj = {c, l, B, 0};
         codi_threadpool_run(c->pool, attn_task, &aj);
+        if (c->kv_budget > 0)
+            kv_budget_step(c, l);
         matmul1(c, &L->wo, c->xn, c->att, B);
         for_rows(c, l, B, tokens, row_attn_out);
         {
@@ -711,16 +1155,22 @@ static int decode_rows(codi_context *c, const int32_t *tokens, int32_t n,
     }
     /* Overwrite any suffix beyond each sequence's first position. */
     for (int32_t i = 0; i < n; i++)
-        if (ROW_POS(i) < c->n_past[ROW_SEQ(i)])
+        if (ROW_POS(i) < c->n_past[ROW_SEQ(i)]) {
             c->n_past[ROW_SEQ(i)] = ROW_POS(i);
+            kv_drop_from(c, ROW_SEQ(i), ROW_POS(i));
+        }
     size_t row = 0;
     for (int32_t s0 = 0; s0 < n; s0 += c->n_batch) {
         const int B = (int)CODI_MIN(c->n_batch, n - s0);
         int n_out = 0;
+        for (int32_t s = 0; s < c->n_seq; s++)
+            c->seq_cnt[s] = 0;
         for (int b = 0; b < B; b++) {
             const int32_t i = s0 + b;
             c->row_pos[b] = ROW_POS(i);
             c->row_seq[b] = ROW_SEQ(i);
+            c->row_rank[b] = c->seq_cnt[c->row_seq[b]]++;
+            c->seq_last[c->row_seq[b]] = c->row_pos[b]; /* positions rise within a sequence */
             c->logit_row[i] = ROW_KEEP(i) ? (int32_t)(row + (size_t)n_out) : -1;
             if (ROW_KEEP(i))
                 c->out_idx[n_out++] = b;
@@ -777,4 +1227,68 @@ const float *codi_get_logits(const codi_context *c, int32_t i) {
     if (r < 0)
         return NULL;
     return c->logits + (size_t)r * c->m->hp.n_vocab;
+}
+
+/* ------------------------------------------------------------ key smoothing */
+
+/* Calibration text for the key smoothing scales when the caller gives none:
+ * plain English prose of several registers, written for codi. */
+static const char CALIB_TEXT[] =
+    "The old harbour town wakes slowly. Before six the bakers have already lit their ovens, and the "
+    "smell of bread drifts down the narrow streets towards the water, where fishing boats rock "
+    "against the stone quay. By eight the market square is full: farmers unload crates of apples, "
+    "cabbages and late tomatoes, a man sells knives and scissors from a folding table, and children "
+    "run between the stalls on their way to school.\n\n"
+    "How does a small engine decide what to keep in memory? It measures. Every design choice has a "
+    "cost in bytes and a cost in time, and the only honest way to compare them is to run both on the "
+    "same machine, with the same input, and to report the median of several runs together with the "
+    "spread. A table of numbers without the command that produced it is a rumour, not a result.\n\n"
+    "In 1969 the first message was sent between two computers more than three hundred miles apart. "
+    "The system crashed after the second letter, but within a few years the network connected dozens "
+    "of universities, and by the end of the century it had changed how people shop, write, argue and "
+    "fall in love. Historians still debate which decisions mattered most: open standards, cheap "
+    "hardware, or simply the stubborn curiosity of a few thousand engineers.\n\n"
+    "Q: What is the capital of Australia?\nA: Canberra, not Sydney, although many people guess the "
+    "larger city.\nQ: Why is the sky blue?\nA: Air molecules scatter short wavelengths of sunlight "
+    "more strongly than long ones, so blue light reaches our eyes from every direction.\n";
+
+static int calibrate_smoothing(codi_context *c, const char *text, char *err, size_t errlen) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    if (!text)
+        text = CALIB_TEXT;
+    const size_t len = strlen(text);
+    const int32_t n_max = CODI_MIN(c->n_ctx, 1024);
+    int32_t *toks = malloc((size_t)(len + 8) * sizeof(int32_t));
+    c->kstat = calloc((size_t)hp->n_layer * dkv, sizeof(float));
+    if (!toks || !c->kstat) {
+        free(toks);
+        return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory calibrating key smoothing");
+    }
+    int32_t n = codi_tokenize(c->m, text, len, toks, (int32_t)(len + 8), true, false);
+    if (n > n_max)
+        n = n_max;
+    if (n < 8) {
+        free(toks);
+        return codi_errorf(err, errlen, CODI_EINVAL,
+                           "the key smoothing calibration text has %d tokens (at least 8 needed)", n < 0 ? 0 : n);
+    }
+    float *lam = c->smooth;
+    c->smooth = NULL; /* calibrate on unsmoothed keys */
+    int rc = decode_rows(c, toks, n, NULL, 0, NULL, NULL, false, err, errlen);
+    free(toks);
+    c->smooth = lam;
+    if (rc)
+        return rc;
+    /* SmoothAttention (QServe): lambda_i = max|K_i|^0.5, so K / lambda has
+     * the square root of the old range and Q * lambda makes up for it. */
+    for (size_t i = 0; i < (size_t)hp->n_layer * dkv; i++)
+        lam[i] = sqrtf(CODI_MAX(c->kstat[i], 1e-4f));
+    free(c->kstat);
+    c->kstat = NULL;
+    /* forget the calibration tokens */
+    codi_kv_seq_truncate(c, 0, 0);
+    c->n_evicted = 0;
+    c->has_logits = false;
+    return 0;
 }
