@@ -141,6 +141,12 @@ int codi_context_create(codi_model *model, const codi_context_params *params,
 void codi_context_free(codi_context *ctx);
 int32_t codi_context_n_ctx(const codi_context *ctx);
 void codi_context_memory(const codi_context *ctx, codi_memory_info *out);
+/* Positions cached for sequence seq in layer `layer` (with a budget, the
+ * tokens kept; without, 0..len-1), in cache slot order, into out[n_max].
+ * Returns how many there are (possibly more than n_max), or -1 for a bad
+ * sequence or layer. */
+int32_t codi_kv_seq_positions(const codi_context *ctx, int32_t seq, int32_t layer,
+                              int32_t *out, int32_t n_max);
 /* Parse "f16" | "q8" | "q4" (enum codi_kv_type) and "alisa" | "window" |
  * "h2o" (enum codi_kv_policy); -1 when unknown. */
 int codi_kv_type_from_name(const char *name);

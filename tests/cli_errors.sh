@@ -264,4 +264,15 @@ else
         "$CODI" ppl -m "$M" -f tests/data/eval.txt -c 16 --chunks 2 --kl "$TMP/cut.kl" "${T[@]}"
 fi
 
+# KV cache options (issue 6)
+expect_error "--ubatch 0" "--ubatch.*integer" "$CODI" run -m "$M" -p hi -n 1 --ubatch 0 "${T[@]}"
+expect_error "--kv-type unknown" "--kv-type.*f16, q8 or q4.*q5" "$CODI" run -m "$M" -p hi -n 1 --kv-type q5 "${T[@]}"
+expect_error "--kv-policy unknown" "--kv-policy.*alisa" "$CODI" run -m "$M" -p hi -n 1 --kv-policy lru "${T[@]}"
+expect_error "--kv-budget 0%" "--kv-budget.*percentage" "$CODI" run -m "$M" -p hi -n 1 --kv-budget 0% "${T[@]}"
+expect_error "--kv-budget smaller than the window" "budget 20 is too small.*window of 16" \
+    "$CODI" run -m "$M" -p hi -n 1 --kv-budget 20 --kv-window 16 "${T[@]}"
+expect_error "--kv-smooth on with f16" "smoothing.*q8/q4" "$CODI" run -m "$M" -p hi -n 1 --kv-smooth on "${T[@]}"
+expect_error "--kv-calib missing file" "cannot open.*nope" \
+    "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-calib "$TMP/nope.txt" "${T[@]}"
+
 finish

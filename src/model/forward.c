@@ -465,6 +465,22 @@ int32_t codi_kv_seq_len(const codi_context *c, int32_t seq) {
     return c->n_past[seq];
 }
 
+int32_t codi_kv_seq_positions(const codi_context *c, int32_t seq, int32_t layer, int32_t *out,
+                              int32_t n_max) {
+    if (!c || seq < 0 || seq >= c->n_seq || layer < 0 || layer >= c->m->hp.n_layer)
+        return -1;
+    if (c->kv_budget <= 0) {
+        for (int32_t t = 0; t < c->n_past[seq] && t < n_max; t++)
+            out[t] = t;
+        return c->n_past[seq];
+    }
+    const int32_t n = c->n_slots[(size_t)seq * c->m->hp.n_layer + (size_t)layer];
+    const int32_t *sp = c->slot_pos + sl_index(c, seq, layer);
+    for (int32_t t = 0; t < n && t < n_max; t++)
+        out[t] = sp[t];
+    return n;
+}
+
 void codi_context_memory(const codi_context *c, codi_memory_info *out) {
     if (!out)
         return;

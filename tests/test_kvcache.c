@@ -1,0 +1,475 @@
+/* KV cache types, token budgets and chunked prefill (issue 6):
+ *   - q8/q4 group quantization round trip within half a step;
+ *   - the dispatched (AVX2) attention kernels of the q8/q4 cache against
+ *     their scalar references;
+ *   - q8 logits close to f16's, q4 with key smoothing closer than without;
+ *   - budget bookkeeping: never more than the budget after a pass, sinks
+ *     and the recent window kept, positions distinct and correct, the
+ *     window policy keeps exactly sinks + window; a budget that evicts
+ *     nothing changes no logit; truncation drops later positions;
+ *   - prefill in chunks of 7 tokens gives the logits of one 512-token pass
+ *     (within float tolerance);
+ *   - impossible settings are refused with a clear error.
+ * Uses the default model (tools/fetch_models.sh). CODI_TEST_QUICK=1
+ * (sanitizer builds) uses shorter texts. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "codi.h"
+#include "kernels/kvcache.h"
+#include "tensor/types.h"
+
+#define MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+static codi_model *g_model;
+static int32_t *g_toks; /* tokens of tests/data/eval.txt */
+static int32_t g_ntok;
+static int g_quick;
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+
+static int setup(void **state) {
+    (void)state;
+    char err[512];
+    const char *qk = getenv("CODI_TEST_QUICK");
+    g_quick = qk && *qk && *qk != '0';
+    if (codi_model_load(MODEL, NULL, &g_model, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cannot load %s (run tools/fetch_models.sh): %s\n", MODEL, err);
+        return -1;
+    }
+    FILE *f = fopen("tests/data/eval.txt", "rb");
+    if (!f)
+        return -1;
+    static char text[1 << 16];
+    const size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    g_toks = malloc((n + 8) * sizeof(int32_t));
+    g_ntok = codi_tokenize(g_model, text, n, g_toks, (int32_t)(n + 8), true, false);
+    return g_ntok > 600 ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    free(g_toks);
+    codi_model_free(g_model);
+    return 0;
+}
+
+static codi_context *make_ctx(codi_context_params p) {
+    char err[512];
+    codi_context *c = NULL;
+    if (codi_context_create(g_model, &p, &c, err, sizeof(err)) != 0)
+        fail_msg("context: %s", err);
+    return c;
+}
+
+static codi_context_params base_params(void) {
+    codi_context_params p = codi_context_default_params();
+    p.n_ctx = 1024;
+    p.n_threads = 2;
+    return p;
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+static void test_quantize_group(void **state) {
+    (void)state;
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (int trial = 0; trial < 200; trial++) {
+            float x[64];
+            uint8_t codes[64];
+            const float amp = trial % 3 == 0 ? 100.0f : trial % 3 == 1 ? 1.0f : 0.01f;
+            for (int i = 0; i < 32; i++)
+                x[i] = amp * frand();
+            if (trial % 5 == 0)
+                x[trial % 32] *= 20.0f; /* an outlier */
+            if (trial == 7)
+                for (int i = 0; i < 32; i++)
+                    x[i] = 3.25f; /* constant group: exact */
+            uint16_t s, m;
+            codi_kvq_quantize_group(bits, x, 32, codes, &s, &m);
+            const float sf = codi_fp16_to_fp32(s), mf = codi_fp16_to_fp32(m);
+            float lo = x[0], hi = x[0];
+            for (int i = 0; i < 32; i++) {
+                lo = fminf(lo, x[i]);
+                hi = fmaxf(hi, x[i]);
+            }
+            const float step = (hi - lo) / (float)((1 << bits) - 1);
+            for (int i = 0; i < 32; i++) {
+                assert_true(codes[i] < (1 << bits));
+                const float dec = sf * (float)codes[i] + mf;
+                /* half a step, plus the fp16 rounding of scale and minimum */
+                const float tol = 0.5f * step * 1.01f + fabsf(lo) * 1e-3f + (hi - lo) * 2e-3f + 1e-6f;
+                if (fabsf(dec - x[i]) > tol)
+                    fail_msg("bits %d trial %d: x %g decoded %g (tol %g)", bits, trial, x[i], dec, tol);
+            }
+        }
+}
+
+static void test_kernels_vs_ref(void **state) {
+    (void)state;
+    enum { CAP = 200 };
+    const int hds[] = {64, 256, 48};
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (int hi = 0; hi < 3; hi++) {
+            const int hd = hds[hi], gs = hd % 32 == 0 ? 32 : hd, ng = hd / gs;
+            const size_t ld = codi_kvq_row_bytes(bits, CAP);
+            uint8_t *kT = calloc((size_t)hd * ld, 1);
+            uint16_t *ks = malloc((size_t)ng * CAP * 2), *km = malloc((size_t)ng * CAP * 2);
+            float col[256];
+            uint8_t codes[256];
+            for (int t = 0; t < CAP; t++) {
+                for (int g = 0; g < ng; g++) {
+                    for (int i = 0; i < gs; i++)
+                        col[i] = frand() * (1.0f + (float)g);
+                    codi_kvq_quantize_group(bits, col, gs, codes, &ks[g * CAP + t], &km[g * CAP + t]);
+                    for (int i = 0; i < gs; i++)
+                        codi_kvq_set(bits, kT + (size_t)(g * gs + i) * ld, (size_t)t, codes[i]);
+                }
+            }
+            float q[3 * 256], p[3 * CAP];
+            for (int i = 0; i < 3 * hd; i++)
+                q[i] = frand();
+            for (int i = 0; i < 3 * CAP; i++)
+                p[i] = 0.5f * (frand() + 1.0f);
+            const int t0s[] = {0, 1, 5, 8};
+            const int ns[] = {1, 7, 8, 9, 17, 33, 150};
+            for (int G = 1; G <= 3; G++)
+                for (int a = 0; a < 4; a++)
+                    for (int b = 0; b < 7; b++) {
+                        const int t0 = t0s[a], n = ns[b];
+                        float got[3 * CAP], want[3 * CAP], og[3 * 256], ow[3 * 256], tmp[3 * CAP];
+                        codi_attn_scores_kvq(bits, q, G, hd, gs, kT, ld, ks, km, CAP, t0, n, got, CAP, 0.125f);
+                        codi_attn_scores_kvq_ref(bits, q, G, hd, gs, kT, ld, ks, km, CAP, t0, n, want, CAP,
+                                                 0.125f);
+                        for (int g = 0; g < G; g++)
+                            for (int t = 0; t < n; t++) {
+                                const float w = want[g * CAP + t], d = fabsf(got[g * CAP + t] - w);
+                                if (d > 1e-4f * (1.0f + fabsf(w)) * sqrtf((float)hd))
+                                    fail_msg("scores bits %d hd %d G %d t0 %d n %d: [%d][%d] %g vs %g", bits, hd,
+                                             G, t0, n, g, t, got[g * CAP + t], w);
+                            }
+                        codi_attn_values_kvq(bits, p, CAP, G, hd, gs, kT, ld, ks, km, CAP, t0, n, og, tmp);
+                        codi_attn_values_kvq_ref(bits, p, CAP, G, hd, gs, kT, ld, ks, km, CAP, t0, n, ow);
+                        for (int i = 0; i < G * hd; i++)
+                            if (fabsf(og[i] - ow[i]) > 1e-4f * (1.0f + fabsf(ow[i])) * sqrtf((float)n))
+                                fail_msg("values bits %d hd %d G %d t0 %d n %d: [%d] %g vs %g", bits, hd, G, t0,
+                                         n, i, og[i], ow[i]);
+                    }
+            free(kT);
+            free(ks);
+            free(km);
+        }
+}
+
+/* ---------------------------------------------------------------- quality */
+
+/* Log-softmax of n_vocab logits into out. */
+static void log_softmax(const float *x, float *out, int n) {
+    float mx = x[0];
+    for (int i = 1; i < n; i++)
+        mx = fmaxf(mx, x[i]);
+    double s = 0.0;
+    for (int i = 0; i < n; i++)
+        s += exp((double)(x[i] - mx));
+    const float ls = (float)log(s);
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] - mx - ls;
+}
+
+/* All logits of the first n eval tokens under params p. */
+static float *all_logits(codi_context_params p, int n) {
+    codi_context *c = make_ctx(p);
+    char err[512];
+    assert_int_equal(codi_decode(c, g_toks, n, 0, true, err, sizeof(err)), 0);
+    const int nv = codi_model_n_vocab(g_model);
+    float *out = malloc((size_t)n * nv * sizeof(float));
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * nv, codi_get_logits(c, i), (size_t)nv * sizeof(float));
+    codi_context_free(c);
+    return out;
+}
+
+/* Mean KL(base || other) over positions from..n-1, and top-1 agreement. */
+static double mean_kl(const float *base, const float *other, int from, int n, double *top1) {
+    const int nv = codi_model_n_vocab(g_model);
+    float *a = malloc((size_t)nv * sizeof(float)), *b = malloc((size_t)nv * sizeof(float));
+    double kl = 0.0;
+    int same = 0;
+    for (int i = from; i < n; i++) {
+        log_softmax(base + (size_t)i * nv, a, nv);
+        log_softmax(other + (size_t)i * nv, b, nv);
+        double k = 0.0;
+        int ta = 0, tb = 0;
+        for (int v = 0; v < nv; v++) {
+            k += exp((double)a[v]) * ((double)a[v] - (double)b[v]);
+            ta = a[v] > a[ta] ? v : ta;
+            tb = b[v] > b[tb] ? v : tb;
+        }
+        kl += k;
+        same += ta == tb;
+    }
+    free(a);
+    free(b);
+    *top1 = (double)same / (n - from);
+    return kl / (n - from);
+}
+
+static void test_quantized_cache_quality(void **state) {
+    (void)state;
+    const int n = g_quick ? 160 : 300;
+    codi_context_params p = base_params();
+    float *f16 = all_logits(p, n);
+    p.kv_type = CODI_KV_Q8;
+    float *q8 = all_logits(p, n);
+    p.kv_type = CODI_KV_Q4;
+    float *q4 = all_logits(p, n);
+    p.kv_smooth = 0;
+    float *q4raw = all_logits(p, n);
+    double t8, t4, t4r;
+    const double k8 = mean_kl(f16, q8, 1, n, &t8), k4 = mean_kl(f16, q4, 1, n, &t4),
+                 k4r = mean_kl(f16, q4raw, 1, n, &t4r);
+    printf("mean KL vs f16 cache over %d positions: q8 %.5f (top-1 %.1f%%), q4 smoothed %.5f (%.1f%%), "
+           "q4 unsmoothed %.5f (%.1f%%)\n",
+           n - 1, k8, 100 * t8, k4, 100 * t4, k4r, 100 * t4r);
+    /* bounds at about twice what was measured (release: q8 0.0063, 96%;
+     * q4 0.10 smoothed, 0.23 unsmoothed over 300 positions) */
+    assert_true(k8 < 0.015);
+    assert_true(t8 > 0.90);
+    assert_true(k4 < 0.25);
+    assert_true(k4 < 0.8 * k4r); /* smoothing helps, clearly */
+    free(f16);
+    free(q8);
+    free(q4);
+    free(q4raw);
+}
+
+/* ---------------------------------------------------------------- budget */
+
+static int cmp_i32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Check the kept positions of every layer after n tokens. */
+static void check_kept(codi_context *c, int n, int budget, int window, int sinks, int policy) {
+    const int nl = codi_model_n_layer(g_model);
+    int32_t pos[2048];
+    for (int l = 0; l < nl; l++) {
+        const int32_t k = codi_kv_seq_positions(c, 0, l, pos, 2048);
+        const int expect = n < budget ? n : budget;
+        if (k != expect)
+            fail_msg("after %d tokens layer %d keeps %d (budget %d)", n, l, k, budget);
+        qsort(pos, (size_t)k, sizeof(int32_t), cmp_i32);
+        for (int i = 0; i < k; i++) {
+            assert_true(pos[i] >= 0 && pos[i] < n);
+            if (i > 0 && pos[i] == pos[i - 1])
+                fail_msg("layer %d keeps position %d twice", l, pos[i]);
+        }
+        /* sinks and the recent window are there */
+        for (int s = 0; s < sinks && s < n; s++)
+            assert_int_equal(pos[s], s);
+        const int w = n < window ? n : window;
+        for (int i = 0; i < w; i++)
+            assert_int_equal(pos[k - 1 - i], n - 1 - i);
+        if (policy == CODI_KV_WINDOW && n > budget)
+            for (int i = sinks; i < k; i++)
+                assert_int_equal(pos[i], n - (k - i));
+    }
+    codi_memory_info mi;
+    codi_context_memory(c, &mi);
+    assert_int_equal(mi.kv_kept, n < budget ? n : budget);
+    assert_int_equal(mi.kv_evicted, n > budget ? n - budget : 0);
+}
+
+static void test_budget_bookkeeping(void **state) {
+    (void)state;
+    char err[512];
+    const int policies[] = {CODI_KV_ALISA, CODI_KV_WINDOW, CODI_KV_H2O};
+    const int types[] = {CODI_KV_F16, CODI_KV_Q4, CODI_KV_Q8};
+    for (int pi = 0; pi < 3; pi++) {
+        codi_context_params p = base_params();
+        p.kv_budget = 48;
+        p.kv_policy = policies[pi];
+        p.kv_window = policies[pi] == CODI_KV_WINDOW ? 44 : 16;
+        p.kv_sinks = 4;
+        p.kv_type = types[pi];
+        p.n_batch = 8;
+        codi_context *c = make_ctx(p);
+        /* calls of 1..13 tokens: passes of up to 8 tokens each */
+        int n = 0, step = 1;
+        while (n < (g_quick ? 120 : 300)) {
+            const int k = step;
+            assert_int_equal(codi_decode(c, g_toks + n, k, n, false, err, sizeof(err)), 0);
+            n += k;
+            check_kept(c, n, p.kv_budget, p.kv_window, p.kv_sinks, p.kv_policy);
+            step = step % 13 + 1;
+        }
+        /* rewinding drops every later position */
+        const int back = n - 50;
+        codi_kv_truncate(c, back);
+        int32_t pos[64];
+        for (int l = 0; l < codi_model_n_layer(g_model); l++) {
+            const int32_t k = codi_kv_seq_positions(c, 0, l, pos, 64);
+            assert_true(k > 0 && k <= 48);
+            for (int i = 0; i < k; i++)
+                assert_true(pos[i] < back);
+        }
+        /* and decoding continues from there */
+        assert_int_equal(codi_decode(c, g_toks + back, 20, back, false, err, sizeof(err)), 0);
+        assert_non_null(codi_get_logits(c, -1));
+        codi_context_free(c);
+    }
+}
+
+/* A budget that never has to evict gives the logits of no budget exactly:
+ * slots are positions then and attention sees the same keys in order. */
+static void test_budget_without_eviction(void **state) {
+    (void)state;
+    const int n = g_quick ? 100 : 200;
+    codi_context_params p = base_params();
+    p.n_batch = 16;
+    float *full = all_logits(p, n);
+    p.kv_budget = 400;
+    float *bud = all_logits(p, n);
+    const int nv = codi_model_n_vocab(g_model);
+    assert_memory_equal(full, bud, (size_t)n * nv * sizeof(float));
+    free(full);
+    free(bud);
+}
+
+/* Budgets keep quality in order: the more kept, the closer to the full
+ * cache; ALISA no worse than the plain window at 25%. */
+static void test_budget_quality(void **state) {
+    (void)state;
+    const int n = g_quick ? 256 : 512;
+    codi_context_params p = base_params();
+    p.n_batch = 16;
+    float *full = all_logits(p, n);
+    double kl[3][2], top;
+    const int budgets[] = {n / 2, n / 4};
+    const int policies[] = {CODI_KV_ALISA, CODI_KV_WINDOW, CODI_KV_H2O};
+    for (int pi = 0; pi < 3; pi++)
+        for (int b = 0; b < 2; b++) {
+            p.kv_budget = budgets[b];
+            p.kv_policy = policies[pi];
+            float *x = all_logits(p, n);
+            kl[pi][b] = mean_kl(full, x, 1, n, &top);
+            free(x);
+        }
+    printf("mean KL vs full cache, %d tokens: alisa %.4f / %.4f, window %.4f / %.4f, h2o %.4f / %.4f "
+           "(budget %d / %d)\n",
+           n, kl[0][0], kl[0][1], kl[1][0], kl[1][1], kl[2][0], kl[2][1], budgets[0], budgets[1]);
+    for (int pi = 0; pi < 3; pi++)
+        assert_true(kl[pi][0] < kl[pi][1]);
+    assert_true(kl[0][1] < kl[1][1]);
+    free(full);
+}
+
+/* ---------------------------------------------------------------- chunks */
+
+static void test_chunked_prefill(void **state) {
+    (void)state;
+    const int n = g_quick ? 120 : 300;
+    const int types[] = {CODI_KV_F16, CODI_KV_Q8};
+    for (int ti = 0; ti < 2; ti++) {
+        codi_context_params p = base_params();
+        p.kv_type = types[ti];
+        p.n_batch = 512;
+        float *one = all_logits(p, n);
+        p.n_batch = 7;
+        float *chunked = all_logits(p, n);
+        const int nv = codi_model_n_vocab(g_model);
+        double maxd = 0.0;
+        int same = 0;
+        for (int i = 0; i < n; i++) {
+            const float *a = one + (size_t)i * nv, *b = chunked + (size_t)i * nv;
+            int ta = 0, tb = 0;
+            for (int v = 0; v < nv; v++) {
+                maxd = fmax(maxd, fabs((double)a[v] - (double)b[v]));
+                ta = a[v] > a[ta] ? v : ta;
+                tb = b[v] > b[tb] ? v : tb;
+            }
+            same += ta == tb;
+        }
+        printf("kv %d: one pass vs chunks of 7: max |logit diff| %.4f, top-1 %d/%d\n", types[ti], maxd, same, n);
+        assert_true(maxd < 0.05);
+        assert_true(same >= n - 3);
+        free(one);
+        free(chunked);
+    }
+}
+
+/* ---------------------------------------------------------------- errors */
+
+static void expect_refused(codi_context_params p, const char *needle) {
+    char err[512] = "";
+    codi_context *c = NULL;
+    const int rc = codi_context_create(g_model, &p, &c, err, sizeof(err));
+    if (rc == 0 || c != NULL || !strstr(err, needle))
+        fail_msg("expected an error containing '%s', got rc %d '%s'", needle, rc, err);
+    assert_null(strchr(err, '\n'));
+}
+
+static void test_bad_settings(void **state) {
+    (void)state;
+    codi_context_params p = base_params();
+    p.kv_type = 3;
+    expect_refused(p, "unknown KV cache type");
+    p = base_params();
+    p.kv_policy = -2;
+    expect_refused(p, "unknown KV policy");
+    p = base_params();
+    p.kv_budget = 20;
+    p.kv_window = 16;
+    expect_refused(p, "too small for a recent window of 16 plus 4");
+    p.kv_policy = CODI_KV_WINDOW;
+    p.kv_window = 17;
+    expect_refused(p, "too small");
+    p = base_params();
+    p.kv_budget = -1;
+    expect_refused(p, "must not be negative");
+    p = base_params();
+    p.kv_smooth = 1;
+    expect_refused(p, "smoothing");
+    p = base_params();
+    p.kv_type = CODI_KV_Q4;
+    p.kv_calib = "hi";
+    expect_refused(p, "calibration text has");
+    /* a budget of at least the context is simply no budget */
+    p = base_params();
+    p.kv_budget = 5000;
+    codi_context *c = make_ctx(p);
+    codi_memory_info mi;
+    codi_context_memory(c, &mi);
+    assert_int_equal(mi.kv_slots, 1024);
+    codi_context_free(c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quantize_group),
+        cmocka_unit_test(test_kernels_vs_ref),
+        cmocka_unit_test(test_quantized_cache_quality),
+        cmocka_unit_test(test_budget_bookkeeping),
+        cmocka_unit_test(test_budget_without_eviction),
+        cmocka_unit_test(test_budget_quality),
+        cmocka_unit_test(test_chunked_prefill),
+        cmocka_unit_test(test_bad_settings),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
