@@ -1678,6 +1678,8 @@ static jv binop(jctx *J, const node *n, jv a, jv b) {
             int64_t times = k->t == V_INT ? k->u.i : k->u.b;
             if (times < 0) times = 0;
             const size_t unit = s->t == V_STR ? s->u.s.n : s->u.l->n;
+            if (unit == 0)
+                times = 0; /* '' * 10^10 is '' at once, not after 10^10 steps */
             if (unit && (uint64_t)times > MAX_ITEMS / unit)
                 fail(J, CODI_ERANGE, "line %d: repetition larger than %u items", line, MAX_ITEMS);
             if (s->t == V_STR) {

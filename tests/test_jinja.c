@@ -210,6 +210,13 @@ static void test_limits(void **state) {
                          0);
         assert_string_equal(out, "1|-1|0|243|4611686018427387904|-9223372036854775808|1");
         free(out);
+        /* empty sequences repeated 10^10 times (a fuzz_chat timeout) */
+        assert_int_equal(codi_chat_render_tokens("[{{ '' * 9999999999 }}]{{ (() * 7203685999)|length }}"
+                                                 "{{ ([] * 9999999999)|length }}",
+                                                 "", "", roles, contents, 1, true, &out, err, sizeof(err)),
+                         0);
+        assert_string_equal(out, "[]00");
+        free(out);
     }
     expect_error("{{ 2 ** 63 }}", CODI_ERANGE, "integer overflow");
     expect_error("{{ 3 ** 99999999999 }}", CODI_ERANGE, "integer overflow");
