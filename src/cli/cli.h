@@ -68,6 +68,11 @@ char *cli_read_file(const char *path, size_t *len);
 int32_t *cli_tokenize(const codi_model *m, const char *text, size_t len,
                       bool add_special, bool parse_special, int32_t *n_out);
 double cli_now(void);
+/* Context parameters of the common options (-t, -b, --kv-*), n_ctx tokens
+ * (0 = default); *calib_text: the --kv-calib text, to free after the
+ * context is created. Prints an error and returns 1 on failure. */
+int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, codi_context_params *out,
+                       char **calib_text);
 /* One stderr line: KV bytes, slots, kept/evicted tokens, scratch, logits. */
 void cli_print_memory(const codi_context *c, int kv_type);
 

@@ -2,6 +2,7 @@
  * then drain running requests and exit 0. */
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,6 +40,17 @@ int cmd_serve(const cli_opts *o) {
     p.timeout_s = o->timeout < 0 ? 0.0 : o->timeout == 0 ? -1.0 : (double)o->timeout;
     p.idle_timeout_s = o->idle_timeout;
     p.model_name = model_name;
+    codi_context_params kv;
+    char *calib = NULL;
+    /* --kv-budget P% is a share of a slot's context */
+    int32_t slot_ctx = o->ctx_per_slot;
+    if (slot_ctx <= 0)
+        slot_ctx = CODI_CLI_MIN(codi_model_n_ctx_train(m) > 0 ? codi_model_n_ctx_train(m) : 2048, 2048);
+    if (cli_context_params(o, m, slot_ctx, &kv, &calib)) {
+        codi_model_free(m);
+        return 1;
+    }
+    p.kv = &kv;
     p.log = log_line;
 
     /* SIGINT / SIGTERM blocked here and in every thread the server starts
@@ -52,7 +64,9 @@ int cmd_serve(const cli_opts *o) {
 
     char err[512];
     codi_server *s;
-    if (codi_server_start(m, &p, &s, err, sizeof(err))) {
+    rc = codi_server_start(m, &p, &s, err, sizeof(err));
+    free(calib);
+    if (rc) {
         fprintf(stderr, "codi: %s\n", err);
         codi_model_free(m);
         return 1;

@@ -12,6 +12,7 @@
 #define ALL_MODEL (CMD_RUN | CMD_CHAT | CMD_PPL | CMD_TOKENIZE | CMD_BENCH)
 #define GEN (CMD_RUN | CMD_CHAT)
 #define EVAL (CMD_RUN | CMD_CHAT | CMD_PPL | CMD_BENCH)
+#define KVOPT (EVAL | CMD_SERVE)
 
 typedef enum {
     O_MODEL, O_PROMPT, O_FILE, O_NPREDICT, O_TEMP, O_TOPK, O_TOPP, O_MINP,
@@ -49,13 +50,13 @@ static const opt_def OPTS[] = {
     {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE, "compute threads (default: all cores)"},
     {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
     {O_UBATCH, NULL, "--ubatch", "N", EVAL, "the same: prompts are evaluated in chunks of N tokens, scratch memory bounded by N"},
-    {O_KVTYPE, NULL, "--kv-type", "TYPE", EVAL, "KV cache storage: f16 (default), q8 or q4"},
-    {O_KVBUDGET, NULL, "--kv-budget", "N|P%", EVAL, "keep at most N tokens (or P% of the context) per layer in the KV cache"},
-    {O_KVPOLICY, NULL, "--kv-policy", "NAME", EVAL, "which tokens a budget keeps: alisa (default), window or h2o"},
-    {O_KVWINDOW, NULL, "--kv-window", "N", EVAL, "recent tokens a budget always keeps (default: half the budget)"},
-    {O_KVSINKS, NULL, "--kv-sinks", "N", EVAL, "first tokens a budget always keeps (default 4)"},
-    {O_KVSMOOTH, NULL, "--kv-smooth", "on|off", EVAL, "key smoothing for q8/q4 keys (default: on for q4)"},
-    {O_KVCALIB, NULL, "--kv-calib", "FILE", EVAL, "text that sets the key smoothing scales (default: built in)"},
+    {O_KVTYPE, NULL, "--kv-type", "TYPE", KVOPT, "KV cache storage: f16 (default), q8 or q4"},
+    {O_KVBUDGET, NULL, "--kv-budget", "N|P%", KVOPT, "keep at most N tokens (or P% of the context) per layer in the KV cache"},
+    {O_KVPOLICY, NULL, "--kv-policy", "NAME", KVOPT, "which tokens a budget keeps: alisa (default), window or h2o"},
+    {O_KVWINDOW, NULL, "--kv-window", "N", KVOPT, "recent tokens a budget always keeps (default: half the budget)"},
+    {O_KVSINKS, NULL, "--kv-sinks", "N", KVOPT, "first tokens a budget always keeps (default 4)"},
+    {O_KVSMOOTH, NULL, "--kv-smooth", "on|off", KVOPT, "key smoothing for q8/q4 keys (default: on for q4)"},
+    {O_KVCALIB, NULL, "--kv-calib", "FILE", KVOPT, "text that sets the key smoothing scales (default: built in)"},
     {O_SYSTEM, NULL, "--system", "TEXT", CMD_CHAT, "system message"},
     {O_KLBASE, NULL, "--kl-base", "FILE", CMD_PPL, "save the next-token distributions to FILE"},
     {O_KL, NULL, "--kl", "FILE", CMD_PPL, "compare with distributions saved by --kl-base"},
@@ -394,33 +395,12 @@ int cli_load(const cli_opts *o, codi_model **m, codi_context **c) {
     }
     if (!c)
         return 0;
-    codi_context_params cp = codi_context_default_params();
-    cp.n_ctx = o->n_ctx;
-    cp.n_threads = o->n_threads;
-    if (o->n_batch)
-        cp.n_batch = o->n_batch;
-    cp.kv_type = o->kv_type;
-    cp.kv_policy = o->kv_policy;
-    cp.kv_window = o->kv_window;
-    cp.kv_sinks = o->kv_sinks;
-    cp.kv_smooth = o->kv_smooth;
-    cp.kv_budget = o->kv_budget;
+    codi_context_params cp;
     char *calib = NULL;
-    if (o->kv_budget_pct > 0.0) {
-        const int32_t ctx = o->n_ctx ? o->n_ctx : CODI_CLI_MIN(codi_model_n_ctx_train(*m), 4096);
-        cp.kv_budget = (int32_t)(o->kv_budget_pct / 100.0 * ctx + 0.5);
-        if (cp.kv_budget < 1)
-            cp.kv_budget = 1;
-    }
-    if (o->kv_calib) {
-        size_t len;
-        calib = cli_read_file(o->kv_calib, &len);
-        if (!calib) {
-            codi_model_free(*m);
-            *m = NULL;
-            return 1;
-        }
-        cp.kv_calib = calib;
+    if (cli_context_params(o, *m, o->n_ctx, &cp, &calib)) {
+        codi_model_free(*m);
+        *m = NULL;
+        return 1;
     }
     int rc = codi_context_create(*m, &cp, c, err, sizeof(err));
     free(calib);
@@ -430,6 +410,37 @@ int cli_load(const cli_opts *o, codi_model **m, codi_context **c) {
         *m = NULL;
         return 1;
     }
+    return 0;
+}
+
+int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, codi_context_params *out,
+                       char **calib_text) {
+    codi_context_params cp = codi_context_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_threads = o->n_threads;
+    if (o->n_batch)
+        cp.n_batch = o->n_batch;
+    cp.kv_type = o->kv_type;
+    cp.kv_policy = o->kv_policy;
+    cp.kv_window = o->kv_window;
+    cp.kv_sinks = o->kv_sinks;
+    cp.kv_smooth = o->kv_smooth;
+    cp.kv_budget = o->kv_budget;
+    *calib_text = NULL;
+    if (o->kv_budget_pct > 0.0) {
+        const int32_t ctx = n_ctx ? n_ctx : CODI_CLI_MIN(codi_model_n_ctx_train(m), 4096);
+        cp.kv_budget = (int32_t)(o->kv_budget_pct / 100.0 * ctx + 0.5);
+        if (cp.kv_budget < 1)
+            cp.kv_budget = 1;
+    }
+    if (o->kv_calib) {
+        size_t len;
+        *calib_text = cli_read_file(o->kv_calib, &len);
+        if (!*calib_text)
+            return 1;
+        cp.kv_calib = *calib_text;
+    }
+    *out = cp;
     return 0;
 }
 

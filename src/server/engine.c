@@ -409,8 +409,8 @@ static void *worker(void *arg) {
 }
 
 int srv_engine_create(codi_model *model, int32_t n_parallel, int32_t n_ctx,
-                      int32_t n_threads, int32_t max_queue, srv_engine **out,
-                      char *err, size_t errlen) {
+                      int32_t n_threads, int32_t max_queue, const codi_context_params *kv,
+                      srv_engine **out, char *err, size_t errlen) {
     *out = NULL;
     if (n_parallel < 1 || n_parallel > 256 || max_queue < 1 || n_ctx < 0) {
         snprintf(err, errlen, "server: bad engine parameters");
@@ -422,6 +422,15 @@ int srv_engine_create(codi_model *model, int32_t n_parallel, int32_t n_ctx,
         return CODI_ENOMEM;
     }
     codi_context_params cp = codi_context_default_params();
+    if (kv) {
+        cp.kv_type = kv->kv_type;
+        cp.kv_smooth = kv->kv_smooth;
+        cp.kv_calib = kv->kv_calib;
+        cp.kv_budget = kv->kv_budget;
+        cp.kv_policy = kv->kv_policy;
+        cp.kv_window = kv->kv_window;
+        cp.kv_sinks = kv->kv_sinks;
+    }
     cp.n_ctx = n_ctx;
     cp.n_threads = n_threads;
     cp.n_seq = n_parallel;

@@ -69,8 +69,8 @@ typedef struct srv_metrics {
 } srv_metrics;
 
 int srv_engine_create(codi_model *model, int32_t n_parallel, int32_t n_ctx,
-                      int32_t n_threads, int32_t max_queue, srv_engine **out,
-                      char *err, size_t errlen);
+                      int32_t n_threads, int32_t max_queue, const codi_context_params *kv,
+                      srv_engine **out, char *err, size_t errlen);
 /* Queue r (the engine takes its own reference). 0, CODI_ERANGE when the
  * queue is full, CODI_EINVAL when the engine is shutting down. */
 int srv_engine_submit(srv_engine *e, srv_req *r);

@@ -646,7 +646,7 @@ int codi_server_start(codi_model *model, const codi_server_params *p, codi_serve
     if (p->n_ctx_slot <= 0 && train > 0 && train < n_ctx)
         n_ctx = train;
     int rc = srv_engine_create(model, n_par, n_ctx, p->n_threads, p->max_queue > 0 ? p->max_queue : 64,
-                               &s->e, err, errlen);
+                               p->kv, &s->e, err, errlen);
     if (rc) {
         free(s->api_key);
         free(s);

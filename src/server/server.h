@@ -22,6 +22,8 @@ typedef struct codi_server_params {
                               < 0: none */
     int idle_timeout_s;    /* close connections idle this long; 0: 30 */
     const char *model_name;/* reported by /v1/models */
+    const codi_context_params *kv; /* KV cache type and budget of every slot
+                              (kv_* fields); NULL: f16, no budget */
     codi_server_log_fn log;/* NULL: silent */
     void *log_user;
 } codi_server_params;
