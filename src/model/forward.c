@@ -545,10 +545,14 @@ static void matmul_task(void *arg, int ith, int nth) {
         const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
         const uint8_t *xr = (const uint8_t *)j->xq + (size_t)c0 * j->xq_stride;
         float *yr = j->y[i] + (size_t)c0 * w->ne1 + r0;
-        if (j->gemm[i] && nc > 1) /* one token: vec_dot is faster (bench/gemm_bench.c) */
-            j->gemm[i](w->ne0, nr, nc, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
-        else
-            codi_gemm_generic(j->dot[i], w->ne0, nr, nc, wr, w->row_bytes, xr, j->xq_stride, yr,
+        /* Tiles of 3 tokens; 1-2 tokens left over go through vec_dot, which
+         * is faster than a narrower tile (bench/gemm_bench.c, batch_decode.c) */
+        const int nt = j->gemm[i] ? nc - nc % 3 : 0;
+        if (nt > 0)
+            j->gemm[i](w->ne0, nr, nt, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
+        if (nt < nc)
+            codi_gemm_generic(j->dot[i], w->ne0, nr, nc - nt, wr, w->row_bytes,
+                              xr + (size_t)nt * j->xq_stride, j->xq_stride, yr + (size_t)nt * w->ne1,
                               (size_t)w->ne1);
     }
 }
