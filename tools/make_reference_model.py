@@ -28,6 +28,25 @@ n_ctx=128 x 4 windows and n_ctx=1024 x 2 windows of tests/data/eval.txt.
 
 qwen2 / qwen3: tests/fixtures/synthetic/<tag>-tiny.gguf; prompts are fixed
 pseudo-random token ids (seeded), evaluated as ids (no tokenizer involved).
+
+mixtral / qwen2moe / qwen3moe / olmoe: the tiny MoE files of
+tools/make_synthetic_models.py (routing semantics in its docstring), as
+qwen2/qwen3 (4 seeded random prompts of 24, 60, 150, 256 tokens, 490
+positions), test_moe.c compares codi against them:
+
+    bench/.peer/venv/bin/python tools/make_synthetic_models.py mixtral qwen2moe qwen3moe olmoe
+    bench/.peer/venv/bin/python tools/make_reference_model.py mixtral qwen2moe qwen3moe olmoe
+
+For these the script also runs np_forward, an independent float64 numpy
+forward of the file (llama.cpp's routing; matmul inputs rounded to Q8_0 /
+F16 as llama.cpp's CPU backend does) and deliberately wrong variants of it
+(WRONG: other expert, renormalising or not, shared-expert gate missing or
+without sigmoid, rope style, Q/K norm per head, top-1), and appends their
+mean KL against the fixture to noise_floor_<tag>.txt as '#' lines. It
+fails when the numpy forward is above KL 0.005 (the notes would not
+describe what llama.cpp computes) or a wrong variant below 0.05 (the
+fixture would not catch that mistake; test_moe.c's bound is 0.01).
+It also fails on non-finite llama.cpp logits.
 """
 
 import os
@@ -92,6 +111,227 @@ MODELS = {
     "qwen3": dict(path=os.path.join(ROOT, "tests", "fixtures", "synthetic", "qwen3-tiny.gguf"),
                   n_ctx=256, random_prompts=(8, [24, 60, 150, 256]), ppl=()),
 }
+# the tiny MoE files (tools/make_synthetic_models.py): same procedure as
+# qwen2/qwen3, plus the numpy cross-check of np_forward (moe=True)
+for _i, _tag in enumerate(("mixtral", "qwen2moe", "qwen3moe", "olmoe")):
+    MODELS[_tag] = dict(path=os.path.join(ROOT, "tests", "fixtures", "synthetic", "%s-tiny.gguf" % _tag),
+                        n_ctx=256, random_prompts=(21 + _i, [24, 60, 150, 256]), ppl=(), moe=True)
+
+
+# ---------------------------------------------------------------------------
+# Independent numpy forward of the tiny MoE files (weights dequantized from
+# the file with gguf-py, everything in float64). It checks that the routing
+# notes in tools/make_synthetic_models.py describe what llama.cpp computes,
+# and that the fixture discriminates: deliberately wrong variants (see
+# WRONG) must land far above test_moe.c's KL bound of 0.01.
+
+WRONG = {
+    "mixtral": ["expert_off_by_one", "no_renorm", "raw_logit_weights", "top1", "neox_rope"],
+    "qwen2moe": ["expert_off_by_one", "renorm", "shexp_no_gate", "shexp_gate_no_sigmoid", "no_shexp"],
+    "qwen3moe": ["expert_off_by_one", "no_renorm", "qk_norm_off", "top1"],
+    "olmoe": ["expert_off_by_one", "renorm", "qk_norm_per_head_first", "norm_rope"],
+}
+
+
+def np_load(path):
+    import gguf
+    r = gguf.GGUFReader(path)
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+
+    def kv(key, default=None):
+        f = r.fields.get("%s.%s" % (arch, key))
+        return default if f is None else f.parts[-1][0].item()
+    t = {}
+    types = {}
+    for ti in r.tensors:
+        types[ti.name] = ti.tensor_type
+        shape = tuple(int(x) for x in reversed(ti.shape.tolist()))  # numpy order
+        a = gguf.quants.dequantize(ti.data, ti.tensor_type).astype(np.float64)
+        t[ti.name] = a.reshape(shape)
+    hp = dict(arch=arch, n_layer=kv("block_count"), n_head=kv("attention.head_count"),
+              n_head_kv=kv("attention.head_count_kv"), eps=kv("attention.layer_norm_rms_epsilon"),
+              base=kv("rope.freq_base", 10000.0), n_used=kv("expert_used_count"), types=types)
+    return hp, t
+
+
+def q8_act(x):
+    """ggml's Q8_0 quantization of an activation row (what llama.cpp's CPU
+    matmul does to the input of a Q8_0/Q4_0 weight), dequantized again."""
+    sh = x.shape
+    b = x.reshape(-1, 32)
+    d = np.abs(b).max(-1, keepdims=True) / 127.0
+    dd = d.astype(np.float16).astype(np.float64)
+    q = np.round(np.divide(b, d, out=np.zeros_like(b), where=d > 0))
+    return (q * dd).reshape(sh)
+
+
+def np_forward(hp, t, toks, variant=None, qact=False):
+    """variant: None (llama.cpp's semantics) or one of WRONG[tag]; qact:
+    round matmul inputs as llama.cpp's CPU backend does (Q8_0 for Q8_0/Q4_0
+    weights, F16 for F16 weights)."""
+    import gguf
+    arch, v = hp["arch"], variant or ""
+
+    def mm(x, name, e=None):
+        w = t[name] if e is None else t[name][e]
+        ty = hp["types"][name]
+        if qact and ty in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0):
+            x = q8_act(x)
+        elif qact and ty == gguf.GGMLQuantizationType.F16:
+            x = x.astype(np.float16).astype(np.float64)
+        return x @ w.T
+    eps, nh, nkv = hp["eps"], hp["n_head"], hp["n_head_kv"]
+    n_embd = t["token_embd.weight"].shape[1]
+    hd = t["blk.0.attn_q.weight"].shape[0] // nh
+    T = len(toks)
+
+    def rms(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    neox = arch != "llama"
+    if v == "neox_rope":
+        neox = True
+    if v == "norm_rope":
+        neox = False
+    inv = hp["base"] ** (-np.arange(0, hd, 2) / hd)
+    ang = np.arange(T)[:, None] * inv[None, :]  # [T, hd/2]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+
+    def rope(x):  # [T, H, hd]
+        if neox:
+            a, b = x[..., : hd // 2], x[..., hd // 2:]
+            return np.concatenate([a * cos - b * sin, a * sin + b * cos], -1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+        return out
+
+    def silu(x):
+        return x / (1.0 + np.exp(-x))
+
+    h = t["token_embd.weight"][toks]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    norm_w = arch in ("llama", "qwen3moe")
+    if v == "no_renorm":
+        norm_w = False
+    if v == "renorm":
+        norm_w = True
+    k_used = 1 if v == "top1" else hp["n_used"]
+    for l in range(hp["n_layer"]):
+        p = "blk.%d." % l
+        x = rms(h, t[p + "attn_norm.weight"])
+        q, k, val = mm(x, p + "attn_q.weight"), mm(x, p + "attn_k.weight"), mm(x, p + "attn_v.weight")
+        if p + "attn_q.bias" in t:
+            q, k, val = q + t[p + "attn_q.bias"], k + t[p + "attn_k.bias"], val + t[p + "attn_v.bias"]
+        if arch == "olmoe" and v != "qk_norm_per_head_first":
+            q, k = rms(q, t[p + "attn_q_norm.weight"]), rms(k, t[p + "attn_k_norm.weight"])
+        q, k, val = q.reshape(T, nh, hd), k.reshape(T, nkv, hd), val.reshape(T, nkv, hd)
+        if arch == "olmoe" and v == "qk_norm_per_head_first":
+            q = rms(q, t[p + "attn_q_norm.weight"].reshape(nh, hd))
+            k = rms(k, t[p + "attn_k_norm.weight"].reshape(nkv, hd))
+        if arch == "qwen3moe" and v != "qk_norm_off":
+            q, k = rms(q, t[p + "attn_q_norm.weight"]), rms(k, t[p + "attn_k_norm.weight"])
+        q, k = rope(q), rope(k)
+        att = np.zeros((T, nh, hd))
+        for hh in range(nh):
+            kh = hh // (nh // nkv)
+            s = q[:, hh] @ k[:, kh].T / np.sqrt(hd) + mask
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            att[:, hh] = s @ val[:, kh]
+        h = h + mm(att.reshape(T, nh * hd), p + "attn_output.weight")
+        x = rms(h, t[p + "ffn_norm.weight"])
+        logits = x @ t[p + "ffn_gate_inp.weight"].T  # [T, n_expert]
+        pr = np.exp(logits - logits.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        if v == "raw_logit_weights":  # weights = raw router logits, no softmax
+            pr = logits
+        sel = np.argsort(-pr, axis=-1, kind="stable")[:, :k_used]
+        wts = np.take_along_axis(pr, sel, -1)
+        if norm_w:
+            wts = wts / np.maximum(wts.sum(-1, keepdims=True), 6.103515625e-5)
+        moe = np.zeros_like(h)
+        for i in range(T):
+            for j in range(k_used):
+                e = sel[i, j]
+                if v == "expert_off_by_one":
+                    e = (e + 1) % pr.shape[-1]
+                a = silu(mm(x[i], p + "ffn_gate_exps.weight", e)) * mm(x[i], p + "ffn_up_exps.weight", e)
+                moe[i] += wts[i, j] * mm(a, p + "ffn_down_exps.weight", e)
+        if p + "ffn_gate_inp_shexp.weight" in t and v != "no_shexp":
+            sh = mm(silu(mm(x, p + "ffn_gate_shexp.weight")) * mm(x, p + "ffn_up_shexp.weight"),
+                    p + "ffn_down_shexp.weight")
+            gl = x @ t[p + "ffn_gate_inp_shexp.weight"].reshape(-1)  # [T]
+            gate = 1.0 / (1.0 + np.exp(-gl))
+            if v == "shexp_no_gate":
+                gate = np.ones_like(gl)
+            if v == "shexp_gate_no_sigmoid":
+                gate = gl
+            moe = moe + gate[:, None] * sh
+        h = h + moe
+    h = rms(h, t["output_norm.weight"])
+    return mm(h, "output.weight")
+
+
+def kl_rows(ref, other):
+    """mean KL(softmax(ref) || softmax(other)) over rows, full vocabulary."""
+    a = ref - ref.max(-1, keepdims=True)
+    a = a - np.log(np.exp(a).sum(-1, keepdims=True))
+    b = other - other.max(-1, keepdims=True)
+    b = b - np.log(np.exp(b).sum(-1, keepdims=True))
+    return float((np.exp(a) * (a - b)).sum(-1).mean())
+
+
+def moe_check(tag, spec, kept):
+    """numpy forward (llama.cpp's semantics, and the WRONG variants) against
+    the fixture logits; results appended to noise_floor_<tag>.txt as '#'
+    lines. Exits non-zero when the numpy forward does not reproduce
+    llama.cpp or a wrong variant comes within 5x of test_moe.c's KL bound."""
+    hp, t = np_load(spec["path"])
+    ref_top1 = np.array([ids[0] for _toks, r in kept for _lse, ids, _vals in r])
+    lines = []
+
+    def score(variant):
+        lg = np.concatenate([np_forward(hp, t, toks, variant, qact=True) for toks, _ in kept])
+        return topk_kl(kept, lg), float(np.mean(ref_top1 == lg.argmax(-1)))
+    kl0, agree0 = score(None)
+    lines.append("# numpy forward (tools/make_reference_model.py np_forward, llama.cpp's routing, Q8_0/F16 "
+                 "activation rounding) vs this fixture: kl_mean %.6f, top-1 agreement %.2f%%" % (kl0, 100 * agree0))
+    ok = kl0 <= 0.005
+    for wv in WRONG[tag]:
+        kl, agree = score(wv)
+        lines.append("# wrong variant %-26s kl_mean %.4f, top-1 agreement %.2f%%" % (wv, kl, 100 * agree))
+        ok = ok and kl >= 0.05
+    nf = os.path.join(OUTDIR, "noise_floor_%s.txt" % tag)
+    with open(nf, "a") as f:
+        for line in lines:
+            f.write(line + "\n")
+    for line in lines:
+        print("%s %s" % (tag, line[2:]))
+    if not ok:
+        sys.exit("%s: numpy cross-check failed (see above)" % tag)
+
+
+def topk_kl(kept, lg):
+    """mean KL(fixture || lg) over the fixture's top-k plus one bucket for
+    the rest, as tests/ref_compare.h computes it."""
+    kls, row = [], 0
+    for toks, ref in kept:
+        for lse_r, ids, vals in ref:
+            x = lg[row].astype(np.float64)
+            row += 1
+            mx = x.max()
+            lse = mx + np.log(np.exp(x - mx).sum())
+            lr = vals.astype(np.float64) - lse_r
+            lc = x[ids] - lse
+            pr = np.exp(lr)
+            kl = float((pr * (lr - lc)).sum())
+            rr, rc = 1 - pr.sum(), 1 - np.exp(lc).sum()
+            if rr > 1e-9 and rc > 1e-9:
+                kl += rr * np.log(rr / rc)
+            kls.append(max(kl, 0.0))
+    return float(np.mean(kls))
 
 
 def load(path, n_ctx, flash=False):
@@ -136,6 +376,8 @@ def make_logits(tag, spec):
     for toks in toks_list:
         assert len(toks) <= spec["n_ctx"]
         logits = eval_logits(llm, toks)
+        if not np.isfinite(logits).all():
+            sys.exit("%s: llama.cpp gave non-finite logits" % tag)
         lse = mr.lse_rows(logits)
         out += struct.pack("<I", len(toks))
         out += struct.pack("<%di" % len(toks), *toks)
@@ -292,6 +534,8 @@ def main():
         if only is None or "logits" in only:
             kept = make_logits(tag, spec)
             noise_floor(tag, spec, kept)
+            if spec.get("moe"):
+                moe_check(tag, spec, kept)
         if "greedy_prompts" in spec and (only is None or "greedy" in only):
             make_greedy(tag, spec)
             make_greedy(tag, spec, flash=True)
