@@ -105,7 +105,66 @@ typedef struct codi_context_params {
     int32_t kv_window; /* recent tokens always kept; 0 = default: half the
                           budget (window policy: budget - sinks) */
     int32_t kv_sinks;  /* first tokens always kept; -1 = default (4) */
+    /* Mixture-of-experts models: where the experts' weights live
+     * (docs/moe.md). Ignored for dense models. */
+    int32_t moe_mode;       /* enum codi_moe_mode */
+    int64_t expert_budget;  /* bytes of the expert cache (ondemand/prefetch);
+                               0 = expert_budget_pct */
+    float expert_budget_pct;/* or this percentage of all experts' bytes;
+                               0 with expert_budget 0 = 100 */
+    int32_t expert_policy;  /* enum codi_expert_policy: what the cache evicts */
+    int32_t io_threads;     /* prefetch I/O threads; 0 = default (2) */
+    int32_t expert_direct;  /* O_DIRECT reads: -1 = default (try it), 0 = off */
+    int32_t moe_lookahead;  /* layers ahead the lookahead mode prefetches;
+                               0 = default (3), at most CODI_MOE_MAX_LOOKAHEAD */
 } codi_context_params;
+
+enum codi_moe_mode {
+    CODI_MOE_RESIDENT = 0, /* all experts used from the mapped file */
+    CODI_MOE_ONDEMAND = 1, /* experts read into a bounded cache on a miss */
+    CODI_MOE_PREFETCH = 2, /* ... and layer l+1's router, applied to layer
+                              l's FFN input, prefetches its experts (T1) */
+    CODI_MOE_LOOKAHEAD = 3,/* ... for layers l+1 .. l+moe_lookahead; exact
+                              with a decoupled router (codi moefy, T2) */
+};
+#define CODI_MOE_MAX_LOOKAHEAD 4
+
+enum codi_expert_policy_public {
+    CODI_EXPERT_EVICT_LRU = 0, /* least recently used */
+    CODI_EXPERT_EVICT_LFU = 1, /* least frequently used */
+};
+
+/* Expert offloading counters of a context since creation or the last
+ * codi_moe_reset. */
+typedef struct codi_moe_info {
+    int32_t mode;            /* enum codi_moe_mode */
+    int32_t n_expert, n_expert_used, n_layer_moe;
+    uint64_t expert_bytes;   /* all experts in the file */
+    uint64_t dense_bytes;    /* weights that stay resident (non-expert) */
+    uint64_t cache_bytes;    /* the expert cache (0 when resident) */
+    int64_t cache_slots;     /* experts the cache holds */
+    uint64_t expert_uses;    /* (token-pass, layer, expert) uses */
+    uint64_t hits, sync_loads, inflight_waits;
+    uint64_t prefetches, prefetch_used;
+    uint64_t bytes_read;     /* from the file by the expert store */
+    double read_seconds;     /* time inside reads (all I/O threads) */
+    double stall_seconds;    /* compute thread waiting for experts */
+    uint64_t predicted, predicted_right; /* pre-gate: experts predicted for
+                               the next layer, and how many it then used */
+    uint64_t next_used;      /* experts the next layers used (recall
+                               denominator) */
+    uint64_t look_right[CODI_MOE_MAX_LOOKAHEAD]; /* as predicted_right and */
+    uint64_t look_used[CODI_MOE_MAX_LOOKAHEAD];  /* next_used, per distance 1.. */
+    bool decoupled_router;   /* routes of every layer from one early state */
+    uint64_t tokens;         /* tokens evaluated */
+    bool direct;             /* O_DIRECT in use */
+} codi_moe_info;
+void codi_moe_stats(const codi_context *ctx, codi_moe_info *out);
+void codi_moe_reset(codi_context *ctx);
+/* "resident" | "ondemand" | "prefetch" | "lookahead" and "lru" | "lfu";
+ * -1 when unknown. */
+int codi_moe_mode_from_name(const char *name);
+int codi_expert_policy_from_name(const char *name);
 
 enum codi_kv_type {
     CODI_KV_F16 = 0, /* fp16, as llama.cpp */

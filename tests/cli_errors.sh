@@ -275,4 +275,18 @@ expect_error "--kv-smooth on with f16" "smoothing.*q8/q4" "$CODI" run -m "$M" -p
 expect_error "--kv-calib missing file" "cannot open.*nope" \
     "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-calib "$TMP/nope.txt" "${T[@]}"
 
+# MoE options (issue 5), on the tiny Mixtral-style fixture
+MX=tests/fixtures/synthetic/mixtral-tiny.gguf
+expect_error "--moe-mode unknown" "--moe-mode.*resident, ondemand, prefetch or lookahead.*lazy" \
+    "$CODI" run -m "$MX" -p hi -n 1 --moe-mode lazy "${T[@]}"
+expect_error "--expert-budget 0%" "--expert-budget.*percentage in \(0, 100\]" "$CODI" run -m "$MX" -p hi -n 1 --expert-budget 0% "${T[@]}"
+expect_error "--expert-budget junk" "--expert-budget.*BYTES" "$CODI" run -m "$MX" -p hi -n 1 --expert-budget 12X "${T[@]}"
+expect_error "--expert-policy unknown" "--expert-policy.*lru or lfu" \
+    "$CODI" run -m "$MX" -p hi -n 1 --expert-policy mru "${T[@]}"
+expect_error "--expert-io unknown" "--expert-io.*direct or buffered" \
+    "$CODI" run -m "$MX" -p hi -n 1 --expert-io mmap "${T[@]}"
+expect_error "--moe-lookahead 9" "--moe-lookahead" "$CODI" run -m "$MX" -p hi -n 1 --moe-lookahead 9 "${T[@]}"
+expect_error "--expert-budget below one layer's experts" "below one layer's 2 active experts: the minimum is [0-9]+ bytes" \
+    "$CODI" run -m "$MX" -p hi -n 1 --moe-mode ondemand --expert-budget 1K "${T[@]}"
+
 finish

@@ -27,10 +27,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "codi.h"
+#include "moe/expert_store.h"
 #include "ref_compare.h"
 
 #define SYN "tests/fixtures/synthetic/"
@@ -149,6 +151,155 @@ static void test_batch_split(void **state) {
         codi_context_free(c1);
         codi_model_free(m);
     }
+}
+
+/* ---- experts offloaded (docs/moe.md) ------------------------------------ */
+
+/* budget: bytes (> 0), or -pct for a share of the experts */
+static codi_context *offload_ctx(codi_model *m, int mode, double budget, int policy, int n_batch,
+                                 int direct) {
+    codi_context_params p = codi_context_default_params();
+    p.n_ctx = 64;
+    p.n_batch = n_batch;
+    p.n_threads = 2;
+    p.moe_mode = mode;
+    if (budget > 0)
+        p.expert_budget = (int64_t)budget;
+    else
+        p.expert_budget_pct = (float)-budget;
+    p.expert_policy = policy;
+    p.expert_direct = direct;
+    p.io_threads = 2;
+    codi_context *c = NULL;
+    char err[512] = "";
+    int rc = codi_context_create(m, &p, &c, err, sizeof(err));
+    if (rc)
+        fprintf(stderr, "%s\n", err);
+    assert_int_equal(rc, 0);
+    return c;
+}
+
+/* Every mode, budget and policy computes the same logits as the resident
+ * model (same kernels, same bytes: bitwise equal), for a prompt in one
+ * batch and token-by-token decoding; the counters add up. */
+static void test_offload_same_logits(void **state) {
+    (void)state;
+    for (int fam = 0; fam < 4; fam++) {
+        char path[256];
+        snprintf(path, sizeof(path), SYN "%s-tiny.gguf", TAGS[fam]);
+        codi_model *m = load(path);
+        const int32_t nv = codi_model_n_vocab(m);
+        int32_t toks[48];
+        for (int i = 0; i < 48; i++)
+            toks[i] = (i * 53 + 7) % nv;
+        char err[256];
+        codi_context *ref = new_ctx(m, 64, 16);
+        assert_int_equal(codi_decode(ref, toks, 32, 0, true, err, sizeof(err)), 0);
+        float *want = malloc((size_t)48 * (size_t)nv * sizeof(float));
+        assert_non_null(want);
+        for (int i = 0; i < 32; i++)
+            memcpy(want + (size_t)i * nv, codi_get_logits(ref, i), (size_t)nv * sizeof(float));
+        for (int i = 32; i < 48; i++) {
+            assert_int_equal(codi_decode(ref, toks + i, 1, i, false, err, sizeof(err)), 0);
+            memcpy(want + (size_t)i * nv, codi_get_logits(ref, -1), (size_t)nv * sizeof(float));
+        }
+        /* budgets: every expert (1 GiB; tiny experts padded to 4 KiB pages
+         * need more than 100% of their bytes), 2k+1 slots, the minimum k */
+        codi_context *all = offload_ctx(m, CODI_MOE_ONDEMAND, (double)(1 << 30), 0, 16, -1);
+        codi_moe_info mo0;
+        codi_moe_stats(all, &mo0);
+        assert_int_equal(mo0.cache_slots, 2 * 8);
+        const double slot = (double)mo0.cache_bytes / (double)mo0.cache_slots;
+        const int k = mo0.n_expert_used;
+        codi_context_free(all);
+        const double BUD[3] = {(double)(1 << 30), slot * (2 * k + 1), slot * k};
+        for (int mode = CODI_MOE_ONDEMAND; mode <= CODI_MOE_LOOKAHEAD; mode++)
+            for (int bi = 0; bi < 3; bi++)
+                for (int pol = 0; pol < 2; pol++) {
+                    codi_context *c = offload_ctx(m, mode, BUD[bi], pol, 16, bi == 2 ? 0 : -1);
+                    codi_moe_info mo;
+                    codi_moe_stats(c, &mo);
+                    assert_int_equal(mo.mode, mode);
+                    assert_true(mo.cache_slots >= 1 && mo.cache_bytes > 0);
+                    assert_int_equal(codi_decode(c, toks, 32, 0, true, err, sizeof(err)), 0);
+                    for (int i = 0; i < 32; i++)
+                        assert_memory_equal(codi_get_logits(c, i), want + (size_t)i * nv,
+                                            (size_t)nv * sizeof(float));
+                    codi_moe_reset(c);
+                    for (int i = 32; i < 48; i++) {
+                        assert_int_equal(codi_decode(c, toks + i, 1, i, false, err, sizeof(err)), 0);
+                        assert_memory_equal(codi_get_logits(c, -1), want + (size_t)i * nv,
+                                            (size_t)nv * sizeof(float));
+                    }
+                    codi_moe_stats(c, &mo);
+                    assert_int_equal(mo.tokens, 16);
+                    /* each layer's distinct experts of a one-token pass are
+                     * acquired once each: hits + waits + loads = uses */
+                    assert_int_equal(mo.hits + mo.inflight_waits + mo.sync_loads, mo.expert_uses);
+                    assert_true(mo.expert_uses >= 16u * 2u);
+                    if (mode == CODI_MOE_ONDEMAND) {
+                        assert_int_equal(mo.prefetches, 0);
+                        assert_int_equal(mo.next_used, 0);
+                    } else {
+                        assert_true(mo.next_used > 0 && mo.predicted_right <= mo.next_used);
+                    }
+                    assert_int_equal(mo.cache_slots, bi == 0 ? 16 : bi == 1 ? 2 * k + 1 : k);
+                    codi_context_free(c);
+                }
+        free(want);
+        codi_context_free(ref);
+        codi_model_free(m);
+    }
+}
+
+/* A budget below one layer's active experts is refused with the minimum. */
+static void test_offload_budget_too_small(void **state) {
+    (void)state;
+    codi_model *m = load(SYN "mixtral-tiny.gguf");
+    codi_context_params p = codi_context_default_params();
+    p.n_ctx = 64;
+    p.moe_mode = CODI_MOE_PREFETCH;
+    p.expert_budget = 1000;
+    codi_context *c = NULL;
+    char err[512] = "";
+    assert_int_equal(codi_context_create(m, &p, &c, err, sizeof(err)), CODI_EINVAL);
+    assert_null(c);
+    assert_non_null(strstr(err, "the minimum is"));
+    p.expert_budget = 0;
+    p.expert_budget_pct = 150.0f;
+    assert_int_equal(codi_context_create(m, &p, &c, err, sizeof(err)), CODI_EINVAL);
+    p.expert_budget_pct = 0.0f;
+    p.moe_mode = 9;
+    assert_int_equal(codi_context_create(m, &p, &c, err, sizeof(err)), CODI_EINVAL);
+    codi_model_free(m);
+}
+
+/* Expert reads start failing mid-run (fault injection in the store):
+ * decoding fails with an I/O error naming the expert, nothing crashes, the
+ * cache keeps the tokens of the passes before, and once reads work again
+ * the context goes on from there. */
+static void test_offload_io_error(void **state) {
+    (void)state;
+    codi_model *m = load(SYN "mixtral-tiny.gguf");
+    for (int mode = CODI_MOE_ONDEMAND; mode <= CODI_MOE_LOOKAHEAD; mode++) {
+        codi_context *c = offload_ctx(m, mode, -60.0, 0, 16, -1);
+        int32_t toks[12] = {5, 9, 33, 70, 12, 3, 99, 41, 7, 8, 120, 64};
+        char err[512] = "";
+        assert_int_equal(codi_decode(c, toks, 4, 0, false, err, sizeof(err)), 0);
+        codi_expert_store_fail_reads(2);
+        int rc = 0, i = 4;
+        for (; i < 12 && rc == 0; i++)
+            rc = codi_decode(c, toks + i, 1, i, false, err, sizeof(err));
+        codi_expert_store_fail_reads(-1);
+        assert_int_equal(rc, CODI_EIO);
+        assert_non_null(strstr(err, "expert"));
+        const int32_t kept = codi_kv_seq_len(c, 0);
+        assert_int_equal(kept, i - 1); /* the failed token is not cached */
+        assert_int_equal(codi_decode(c, toks + kept, 12 - kept, kept, false, err, sizeof(err)), 0);
+        assert_int_equal(codi_kv_seq_len(c, 0), 12);
+        codi_context_free(c);
+    }
+    codi_model_free(m);
 }
 
 /* ---- broken variants: patched copies in /tmp ---------------------------- */
@@ -311,6 +462,9 @@ int main(void) {
         cmocka_unit_test(test_qwen3moe_vs_llamacpp),
         cmocka_unit_test(test_olmoe_vs_llamacpp),
         cmocka_unit_test(test_batch_split),
+        cmocka_unit_test(test_offload_same_logits),
+        cmocka_unit_test(test_offload_budget_too_small),
+        cmocka_unit_test(test_offload_io_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

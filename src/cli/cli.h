@@ -50,6 +50,11 @@ typedef struct cli_opts {
     int32_t kv_type, kv_policy, kv_budget, kv_window, kv_sinks, kv_smooth;
     double kv_budget_pct; /* --kv-budget P%: > 0 */
     const char *kv_calib;
+    /* MoE expert offloading */
+    int32_t moe_mode, expert_policy, io_threads, expert_direct; /* direct -1: default */
+    int32_t moe_lookahead;
+    int64_t expert_budget;    /* bytes, 0: none */
+    double expert_budget_pct; /* > 0: share of the experts */
 } cli_opts;
 
 #define CODI_CLI_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -75,5 +80,8 @@ int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, co
                        char **calib_text);
 /* One stderr line: KV bytes, slots, kept/evicted tokens, scratch, logits. */
 void cli_print_memory(const codi_context *c, int kv_type);
+/* One stderr line for MoE models: the expert cache and its counters. */
+void cli_print_moe(const codi_context *c);
+uint64_t cli_rss_bytes(bool peak); /* VmRSS or VmHWM; 0 when unknown */
 
 #endif

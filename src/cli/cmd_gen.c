@@ -59,6 +59,7 @@ static int generate(codi_context *c, const codi_model *m, codi_sampler *s,
     }
     st->t_prompt += cli_now() - t0;
     st->n_prompt += n - n_keep;
+    codi_moe_reset(c); /* the expert counters printed cover generation */
     int32_t pos = n;
     t0 = cli_now();
     for (int32_t i = 0; n_predict < 0 || i < n_predict; i++) {

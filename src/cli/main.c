@@ -20,6 +20,7 @@ typedef enum {
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
+    O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK,
 } opt_id;
 
 typedef struct {
@@ -57,6 +58,12 @@ static const opt_def OPTS[] = {
     {O_KVSINKS, NULL, "--kv-sinks", "N", KVOPT, "first tokens a budget always keeps (default 4)"},
     {O_KVSMOOTH, NULL, "--kv-smooth", "on|off", KVOPT, "key smoothing for q8/q4 keys (default: on for q4)"},
     {O_KVCALIB, NULL, "--kv-calib", "FILE", KVOPT, "text that sets the key smoothing scales (default: built in)"},
+    {O_MOEMODE, NULL, "--moe-mode", "MODE", KVOPT, "MoE experts: resident (default), ondemand, prefetch or lookahead (docs/moe.md)"},
+    {O_MOELOOK, NULL, "--moe-lookahead", "N", KVOPT, "layers ahead the lookahead mode prefetches (default 3, at most 4)"},
+    {O_EXPBUDGET, NULL, "--expert-budget", "BYTES|P%", KVOPT, "expert cache size (K/M/G suffixes) or share of the experts (default 100%)"},
+    {O_EXPPOLICY, NULL, "--expert-policy", "lru|lfu", KVOPT, "which expert the cache evicts (default lru)"},
+    {O_IOTHREADS, NULL, "--io-threads", "N", KVOPT, "expert prefetch I/O threads (default 2)"},
+    {O_EXPIO, NULL, "--expert-io", "direct|buffered", KVOPT, "read experts with O_DIRECT (default, falls back) or through the page cache"},
     {O_SYSTEM, NULL, "--system", "TEXT", CMD_CHAT, "system message"},
     {O_KLBASE, NULL, "--kl-base", "FILE", CMD_PPL, "save the next-token distributions to FILE"},
     {O_KL, NULL, "--kl", "FILE", CMD_PPL, "compare with distributions saved by --kl-base"},
@@ -274,6 +281,54 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
             }
             break;
         }
+        case O_MOEMODE:
+            o->moe_mode = codi_moe_mode_from_name(val);
+            if (o->moe_mode < 0) {
+                fprintf(stderr, "codi: %s expects resident, ondemand, prefetch or lookahead, got '%s'\n", name, val);
+                return 2;
+            }
+            break;
+        case O_EXPPOLICY:
+            o->expert_policy = codi_expert_policy_from_name(val);
+            if (o->expert_policy < 0) {
+                fprintf(stderr, "codi: %s expects lru or lfu, got '%s'\n", name, val);
+                return 2;
+            }
+            break;
+        case O_EXPIO:
+            if (strcmp(val, "direct") && strcmp(val, "buffered")) {
+                fprintf(stderr, "codi: %s expects direct or buffered, got '%s'\n", name, val);
+                return 2;
+            }
+            o->expert_direct = !strcmp(val, "direct");
+            break;
+        case O_IOTHREADS: rc = parse_i32(name, val, 1, 64, &o->io_threads); break;
+        case O_MOELOOK: rc = parse_i32(name, val, 1, CODI_MOE_MAX_LOOKAHEAD, &o->moe_lookahead); break;
+        case O_EXPBUDGET: {
+            const size_t L = strlen(val);
+            char *end;
+            errno = 0;
+            const double v = strtod(val, &end);
+            double mul = 1.0;
+            if (L > 0 && val[L - 1] == '%' && end == val + L - 1) {
+                if (errno || !(v > 0.0) || v > 100.0) {
+                    fprintf(stderr, "codi: %s expects a size or a percentage in (0, 100], got '%s'\n", name, val);
+                    return 2;
+                }
+                o->expert_budget_pct = v;
+                break;
+            }
+            if (end != val && *end && !end[1] && strchr("kKmMgG", *end))
+                mul = (*end == 'k' || *end == 'K') ? 1024.0 : (*end == 'm' || *end == 'M') ? 1048576.0 : 1073741824.0;
+            else if (end == val || *end)
+                mul = -1.0;
+            if (errno || mul < 0.0 || !(v > 0.0) || v * mul > 9.0e18) {
+                fprintf(stderr, "codi: %s expects BYTES (K/M/G suffixes) or P%%, got '%s'\n", name, val);
+                return 2;
+            }
+            o->expert_budget = (int64_t)(v * mul);
+            break;
+        }
         case O_KVWINDOW: rc = parse_i32(name, val, 1, 1 << 20, &o->kv_window); break;
         case O_KVSINKS: rc = parse_i32(name, val, 0, 1 << 20, &o->kv_sinks); break;
         case O_KVCALIB: o->kv_calib = val; break;
@@ -380,6 +435,25 @@ int32_t *cli_tokenize(const codi_model *m, const char *text, size_t len,
     return toks;
 }
 
+/* VmRSS / VmHWM of this process in bytes (0 when /proc is unreadable). */
+uint64_t cli_rss_bytes(bool peak) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    const char *key = peak ? "VmHWM:" : "VmRSS:";
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, key, strlen(key)) == 0) {
+            sscanf(line + strlen(key), "%llu", &kb);
+            break;
+        }
+    fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+static uint64_t g_rss_load; /* RSS right after the model was loaded */
+
 int cli_load(const cli_opts *o, codi_model **m, codi_context **c) {
     char err[512];
     *m = NULL;
@@ -393,6 +467,7 @@ int cli_load(const cli_opts *o, codi_model **m, codi_context **c) {
         fprintf(stderr, "codi: %s\n", err);
         return 1;
     }
+    g_rss_load = cli_rss_bytes(false);
     if (!c)
         return 0;
     codi_context_params cp;
@@ -426,6 +501,15 @@ int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, co
     cp.kv_sinks = o->kv_sinks;
     cp.kv_smooth = o->kv_smooth;
     cp.kv_budget = o->kv_budget;
+    cp.moe_mode = o->moe_mode < 0 ? CODI_MOE_RESIDENT : o->moe_mode;
+    cp.expert_budget = o->expert_budget;
+    cp.expert_budget_pct = (float)o->expert_budget_pct;
+    cp.expert_policy = o->expert_policy;
+    cp.io_threads = o->io_threads;
+    cp.expert_direct = o->expert_direct;
+    cp.moe_lookahead = o->moe_lookahead;
+    if (o->moe_mode < 0 && (o->expert_budget > 0 || o->expert_budget_pct > 0.0))
+        cp.moe_mode = CODI_MOE_PREFETCH; /* a budget implies offloading */
     *calib_text = NULL;
     if (o->kv_budget_pct > 0.0) {
         const int32_t ctx = n_ctx ? n_ctx : CODI_CLI_MIN(codi_model_n_ctx_train(m), 4096);
@@ -454,6 +538,60 @@ void cli_print_memory(const codi_context *c, int kv_type) {
             names[kv_type >= 0 && kv_type <= 2 ? kv_type : 0], mi.kv_bytes / 1048576.0, mi.kv_slots,
             (long long)mi.kv_kept, (long long)mi.kv_evicted, mi.scratch_bytes / 1048576.0,
             mi.logits_bytes / 1048576.0);
+    cli_print_moe(c);
+}
+
+static void print_moe_offload(const codi_moe_info *mo) {
+    static const char *const modes[] = {"resident", "ondemand", "prefetch", "lookahead"};
+    const double MiB = 1048576.0, tok = mo->tokens ? (double)mo->tokens : 1.0;
+    const uint64_t acq = mo->hits + mo->sync_loads + mo->inflight_waits;
+    fprintf(stderr,
+            "moe: %s%s, cache %.2f MiB (%lld experts of %d x %d, %.1f%%), dense %.2f MiB; "
+            "hit rate %.1f%% (%llu hits, %llu in flight, %llu sync loads), "
+            "recall %.1f%%, read %.2f MiB/token at %.0f MiB/s, stalled %.3f s\n",
+            modes[mo->mode >= 0 && mo->mode <= 3 ? mo->mode : 0], mo->direct ? " (O_DIRECT)" : " (buffered)",
+            mo->cache_bytes / MiB, (long long)mo->cache_slots, mo->n_layer_moe, mo->n_expert,
+            mo->expert_bytes ? 100.0 * (double)mo->cache_bytes / (double)mo->expert_bytes : 0.0,
+            mo->dense_bytes / MiB, acq ? 100.0 * (double)mo->hits / (double)acq : 0.0,
+            (unsigned long long)mo->hits, (unsigned long long)mo->inflight_waits,
+            (unsigned long long)mo->sync_loads,
+            mo->next_used ? 100.0 * (double)mo->predicted_right / (double)mo->next_used : 0.0,
+            (double)mo->bytes_read / tok / MiB,
+            mo->read_seconds > 0 ? (double)mo->bytes_read / MiB / mo->read_seconds : 0.0,
+            mo->stall_seconds);
+    if (mo->look_used[1] > 0) { /* lookahead: recall per distance */
+        fprintf(stderr, "moe: recall by distance%s:", mo->decoupled_router ? " (decoupled router)" : "");
+        for (int d = 0; d < CODI_MOE_MAX_LOOKAHEAD && mo->look_used[d] > 0; d++)
+            fprintf(stderr, " %d: %.1f%%", d + 1, 100.0 * (double)mo->look_right[d] / (double)mo->look_used[d]);
+        fprintf(stderr, "\n");
+    }
+}
+
+void cli_print_moe(const codi_context *c) {
+    codi_moe_info mo;
+    codi_moe_stats(c, &mo);
+    if (mo.n_expert == 0)
+        return;
+    const double MiB = 1048576.0;
+    if (mo.mode == CODI_MOE_RESIDENT)
+        fprintf(stderr, "moe: resident, %d experts (%d used), experts %.2f MiB + dense %.2f MiB mapped\n",
+                mo.n_expert, mo.n_expert_used, mo.expert_bytes / MiB, mo.dense_bytes / MiB);
+    else
+        print_moe_offload(&mo);
+    /* what RSS may reach: the process after loading (tokenizer, metadata)
+     * + the dense weights (mapped, touched) + the experts (mapped when
+     * resident, else the cache: offloaded experts are never mapped in) +
+     * KV + scratch + logits */
+    const uint64_t exp_mem = mo.mode == CODI_MOE_RESIDENT ? mo.expert_bytes : mo.cache_bytes;
+    codi_memory_info mi;
+    codi_context_memory(c, &mi);
+    const uint64_t acct = g_rss_load + mo.dense_bytes + exp_mem + mi.kv_bytes +
+                          mi.scratch_bytes + mi.logits_bytes;
+    fprintf(stderr,
+            "rss: peak %.1f MiB, accounting %.1f MiB (after load %.1f + dense %.1f + experts %.1f "
+            "+ KV %.1f + scratch %.1f + logits %.1f)\n",
+            cli_rss_bytes(true) / MiB, acct / MiB, g_rss_load / MiB, mo.dense_bytes / MiB,
+            exp_mem / MiB, mi.kv_bytes / MiB, mi.scratch_bytes / MiB, mi.logits_bytes / MiB);
 }
 
 static int cmd_tokenize(const cli_opts *o) {
@@ -570,6 +708,8 @@ int main(int argc, char **argv) {
     o.timeout = -1;
     o.kv_sinks = -1;
     o.kv_smooth = -1;
+    o.expert_direct = -1;
+    o.moe_mode = -1; /* unset: resident, or prefetch when a budget is given */
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);
     if (rc)

@@ -18,6 +18,7 @@
 #include "kernels/kernels.h"
 #include "kernels/kvcache.h"
 #include "model/model.h"
+#include "moe/expert_store.h"
 #include "tensor/types.h"
 
 #define MAX_FUSED 3
@@ -67,6 +68,31 @@ struct codi_context {
     uint16_t *probs16;/* [n_threads][ATT_G][kv_cap] attention weights as fp16 */
     float *rope_theta;/* [2][n_rot/2] per-pair frequency: global layers,
                          then sliding-window layers (own rope base) */
+    /* MoE scratch (n_expert > 0) */
+    float *rl;            /* [n_batch][n_expert] router logits */
+    int32_t *sel_e;       /* [n_batch][n_expert_used] chosen experts */
+    float *sel_w;         /* [n_batch][n_expert_used] their weights */
+    int32_t *ex_start;    /* [n_expert + 1] rows of each expert in ex_row */
+    int32_t *ex_row;      /* [n_batch * n_expert_used] token rows by expert */
+    float *ex_w;          /* [n_batch * n_expert_used] weights by expert */
+    int32_t *ex_k;        /* [n_batch * n_expert_used] which choice of its
+                             token each (expert, row) pair is */
+    float *xe, *ye;       /* [n_batch][n_embd] gathered input, output */
+    float *shy;           /* [n_batch][n_embd] the shared expert's output */
+    float *acc;           /* [n_batch][n_expert_used][n_embd] weighted expert
+                             outputs, summed in choice order at the end (the
+                             same sums whatever order the experts ran in) */
+    int moe_mode;         /* enum codi_moe_mode */
+    codi_expert_store *store; /* ondemand / prefetch: the expert cache */
+    uint8_t *ex_need;     /* [n_expert] scratch flags */
+    const void **ex_parts;/* [n_expert][3] parts of the experts pinned */
+    int moe_look;         /* layers ahead that are pre-gated (0 ondemand) */
+    uint8_t *pred;        /* [distance-1][n_layer][n_expert] experts predicted */
+    uint8_t *pred_made;   /* [distance-1][n_layer] a prediction exists */
+    float *rl2;           /* [n_batch][n_expert] pre-gate logits */
+    float *rl_all;        /* [n_layer][n_batch][n_expert] decoupled router's
+                             logits of every layer (router_src >= 0) */
+    codi_moe_info moe;    /* counters kept here (the store keeps its own) */
     /* logits of the last decode call */
     float *logits;
     size_t logits_cap; /* rows */
@@ -81,7 +107,9 @@ codi_context_params codi_context_default_params(void) {
     codi_context_params p = {.n_ctx = 0, .n_batch = 512, .n_threads = 0, .n_seq = 1,
                              .kv_type = CODI_KV_F16, .kv_smooth = -1, .kv_calib = NULL,
                              .kv_budget = 0, .kv_policy = CODI_KV_ALISA, .kv_window = 0,
-                             .kv_sinks = -1};
+                             .kv_sinks = -1, .moe_mode = CODI_MOE_RESIDENT, .expert_budget = 0,
+                             .expert_budget_pct = 0.0f, .expert_policy = CODI_EXPERT_EVICT_LRU,
+                             .io_threads = 0, .expert_direct = -1, .moe_lookahead = 0};
     return p;
 }
 
@@ -94,6 +122,62 @@ int codi_kv_type_from_name(const char *name) {
         return CODI_KV_Q8;
     if (!strcmp(name, "q4"))
         return CODI_KV_Q4;
+    return -1;
+}
+
+void codi_moe_stats(const codi_context *c, codi_moe_info *out) {
+    if (!out)
+        return;
+    memset(out, 0, sizeof(*out));
+    if (!c)
+        return;
+    *out = c->moe;
+    if (c->store) {
+        codi_expert_stats st;
+        codi_expert_store_get_stats(c->store, &st);
+        out->hits = st.hits;
+        out->sync_loads = st.sync_loads;
+        out->inflight_waits = st.inflight_hits;
+        out->prefetches = st.prefetches;
+        out->prefetch_used = st.prefetch_used;
+        out->bytes_read = st.bytes_read;
+        out->read_seconds = st.read_seconds;
+        out->stall_seconds = st.stall_seconds;
+        out->direct = st.direct;
+    }
+}
+
+void codi_moe_reset(codi_context *c) {
+    if (!c)
+        return;
+    const codi_moe_info keep = c->moe;
+    memset(&c->moe, 0, sizeof(c->moe));
+    c->moe.mode = keep.mode;
+    c->moe.n_expert = keep.n_expert;
+    c->moe.n_expert_used = keep.n_expert_used;
+    c->moe.n_layer_moe = keep.n_layer_moe;
+    c->moe.expert_bytes = keep.expert_bytes;
+    c->moe.dense_bytes = keep.dense_bytes;
+    c->moe.cache_bytes = keep.cache_bytes;
+    c->moe.cache_slots = keep.cache_slots;
+    c->moe.decoupled_router = keep.decoupled_router;
+    if (c->store)
+        codi_expert_store_reset_stats(c->store);
+}
+
+int codi_moe_mode_from_name(const char *name) {
+    static const char *const names[] = {"resident", "ondemand", "prefetch", "lookahead"};
+    for (int i = 0; name && i < 4; i++)
+        if (strcmp(name, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+int codi_expert_policy_from_name(const char *name) {
+    if (name && strcmp(name, "lru") == 0)
+        return CODI_EXPERT_EVICT_LRU;
+    if (name && strcmp(name, "lfu") == 0)
+        return CODI_EXPERT_EVICT_LFU;
     return -1;
 }
 
@@ -125,6 +209,84 @@ static void *xalloc_n(size_t bytes, uint64_t *total) {
 }
 
 static int calibrate_smoothing(codi_context *c, const char *text, char *err, size_t errlen);
+
+/* Expert offloading of an MoE model: the expert store, sized by the budget
+ * (at least one layer's active experts). */
+static int moe_setup(codi_context *c, const codi_context_params *p, char *err, size_t errlen) {
+    const codi_model *m = c->m;
+    const codi_hparams *hp = &m->hp;
+    c->moe_mode = p->moe_mode;
+    c->moe.mode = p->moe_mode;
+    c->moe.n_expert = hp->n_expert;
+    c->moe.n_expert_used = hp->n_expert_used;
+    c->moe.expert_bytes = m->expert_bytes;
+    c->moe.dense_bytes = m->weight_bytes - m->expert_bytes;
+    c->moe.decoupled_router = hp->router_src >= 0;
+    const int NL = hp->n_layer;
+    if (hp->n_expert > 0 && hp->router_src >= 0) {
+        c->rl_all = malloc((size_t)NL * (size_t)c->n_batch * (size_t)hp->n_expert * sizeof(float));
+        if (!c->rl_all)
+            return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
+        c->scratch_bytes += (uint64_t)NL * (uint64_t)c->n_batch * (uint64_t)hp->n_expert * sizeof(float);
+    }
+    if (hp->n_expert == 0 || p->moe_mode == CODI_MOE_RESIDENT)
+        return 0;
+    c->moe.n_layer_moe = NL;
+    c->moe_look = p->moe_mode == CODI_MOE_PREFETCH    ? 1
+                  : p->moe_mode == CODI_MOE_LOOKAHEAD ? (p->moe_lookahead > 0 ? p->moe_lookahead : 3)
+                                                      : 0;
+    const size_t MD = CODI_MOE_MAX_LOOKAHEAD;
+    uint64_t *off = malloc((size_t)NL * 3 * sizeof(uint64_t));
+    uint64_t *len = malloc((size_t)NL * 3 * sizeof(uint64_t));
+    c->ex_need = calloc((size_t)hp->n_expert, 1);
+    c->pred = calloc(MD * (size_t)NL * (size_t)hp->n_expert, 1);
+    c->pred_made = calloc(MD * (size_t)NL, 1);
+    c->rl2 = malloc((size_t)c->n_batch * (size_t)hp->n_expert * sizeof(float));
+    c->ex_parts = malloc((size_t)hp->n_expert * 3 * sizeof(void *));
+    if (!off || !len || !c->ex_need || !c->ex_parts || !c->pred || !c->pred_made || !c->rl2) {
+        free(off);
+        free(len);
+        return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
+    }
+    for (int l = 0; l < NL; l++)
+        for (int i = 0; i < 3; i++) {
+            off[l * 3 + i] = m->layers[l].exp_off[i];
+            len[l * 3 + i] = m->layers[l].exp_stride[i];
+        }
+    codi_expert_store_params sp = {
+        .path = m->path, .n_layer = NL, .n_expert = hp->n_expert, .n_parts = 3,
+        .part_off = off, .part_bytes = len, .n_slots = 0,
+        .policy = p->expert_policy == CODI_EXPERT_EVICT_LFU ? CODI_EXPERT_LFU : CODI_EXPERT_LRU,
+        .n_io_threads = p->moe_mode >= CODI_MOE_PREFETCH ? (p->io_threads > 0 ? p->io_threads : 2) : 0,
+        .direct = p->expert_direct != 0};
+    const uint64_t slot = codi_expert_store_slot_bytes(&sp);
+    uint64_t budget = (uint64_t)p->expert_budget;
+    if (budget == 0) {
+        const double pct = p->expert_budget_pct > 0.0f ? p->expert_budget_pct : 100.0;
+        budget = (uint64_t)((double)m->expert_bytes * pct / 100.0);
+    }
+    const int64_t all = (int64_t)NL * hp->n_expert;
+    sp.n_slots = (int64_t)CODI_MIN((uint64_t)all, budget / slot);
+    if (sp.n_slots < hp->n_expert_used) {
+        free(off);
+        free(len);
+        return codi_errorf(err, errlen, CODI_EINVAL,
+                           "expert budget of %llu bytes is below one layer's %d active experts: "
+                           "the minimum is %llu bytes (%.2f%% of the experts)",
+                           (unsigned long long)budget, hp->n_expert_used,
+                           (unsigned long long)(slot * (uint64_t)hp->n_expert_used),
+                           100.0 * (double)(slot * (uint64_t)hp->n_expert_used) /
+                               (double)m->expert_bytes);
+    }
+    int rc = codi_expert_store_open(&sp, &c->store, err, errlen);
+    free(off);
+    free(len);
+    if (rc)
+        return rc;
+    c->moe.cache_bytes = codi_expert_store_cache_bytes(c->store);
+    c->moe.cache_slots = sp.n_slots;
+    return 0;
+}
 
 int codi_context_create(codi_model *m, const codi_context_params *params,
                         codi_context **out, char *err, size_t errlen) {
@@ -159,6 +321,20 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         return codi_errorf(err, errlen, CODI_EINVAL, "unknown KV policy %d (alisa, window or h2o)", p.kv_policy);
     if (p.kv_budget < 0 || p.kv_window < 0 || p.kv_sinks < -1)
         return codi_errorf(err, errlen, CODI_EINVAL, "KV budget, window and sinks must not be negative");
+    if (p.moe_mode < CODI_MOE_RESIDENT || p.moe_mode > CODI_MOE_LOOKAHEAD)
+        return codi_errorf(err, errlen, CODI_EINVAL,
+                           "unknown MoE mode %d (resident, ondemand, prefetch or lookahead)", p.moe_mode);
+    if (p.moe_lookahead < 0 || p.moe_lookahead > CODI_MOE_MAX_LOOKAHEAD)
+        return codi_errorf(err, errlen, CODI_EINVAL, "MoE lookahead must be in [1, %d] layers",
+                           CODI_MOE_MAX_LOOKAHEAD);
+    if (p.expert_budget < 0 || !(p.expert_budget_pct >= 0.0f && p.expert_budget_pct <= 100.0f))
+        return codi_errorf(err, errlen, CODI_EINVAL,
+                           "expert budget must be a positive size or a percentage in (0, 100]");
+    if (p.expert_policy < CODI_EXPERT_EVICT_LRU || p.expert_policy > CODI_EXPERT_EVICT_LFU)
+        return codi_errorf(err, errlen, CODI_EINVAL, "unknown expert cache policy %d (lru or lfu)",
+                           p.expert_policy);
+    if (p.io_threads < 0 || p.io_threads > 64)
+        return codi_errorf(err, errlen, CODI_EINVAL, "io_threads must be in [0, 64]");
     if (p.kv_smooth < -1 || p.kv_smooth > 1)
         return codi_errorf(err, errlen, CODI_EINVAL, "kv_smooth must be -1, 0 or 1");
     if (p.kv_smooth == 1 && p.kv_type == CODI_KV_F16)
@@ -190,7 +366,8 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->n_seq = p.n_seq;
     const size_t B = (size_t)p.n_batch, d = (size_t)hp->n_embd,
                  dq = (size_t)hp->n_head * hp->head_dim,
-                 dkv = (size_t)hp->n_head_kv * hp->head_dim, ff = (size_t)hp->n_ff;
+                 dkv = (size_t)hp->n_head_kv * hp->head_dim,
+                 ff = (size_t)CODI_MAX(hp->n_ff, CODI_MAX(hp->n_ff_exp, hp->n_ff_shexp));
     const size_t NS = (size_t)p.n_seq, NL = (size_t)hp->n_layer;
     c->kv_type = p.kv_type;
     c->kv_bits = p.kv_type == CODI_KV_Q8 ? 8 : p.kv_type == CODI_KV_Q4 ? 4 : 16;
@@ -249,6 +426,25 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->att = xalloc_n(B * dq * sizeof(float), sb);
     c->g = xalloc_n(B * ff * sizeof(float), sb);
     c->u = xalloc_n(B * ff * sizeof(float), sb);
+    if (hp->n_expert > 0) {
+        const size_t E = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
+        c->rl = xalloc_n(B * E * sizeof(float), sb);
+        c->sel_e = xalloc_n(B * K * sizeof(int32_t), sb);
+        c->sel_w = xalloc_n(B * K * sizeof(float), sb);
+        c->ex_start = xalloc_n((E + 1) * sizeof(int32_t), sb);
+        c->ex_row = xalloc_n(B * K * sizeof(int32_t), sb);
+        c->ex_w = xalloc_n(B * K * sizeof(float), sb);
+        c->xe = xalloc_n(B * d * sizeof(float), sb);
+        c->ye = xalloc_n(B * d * sizeof(float), sb);
+        c->acc = xalloc_n(B * K * d * sizeof(float), sb);
+        c->ex_k = xalloc_n(B * K * sizeof(int32_t), sb);
+        if (hp->n_ff_shexp > 0) {
+            c->shy = xalloc_n(B * d * sizeof(float), sb);
+            ok = ok && c->shy;
+        }
+        ok = ok && c->rl && c->sel_e && c->sel_w && c->ex_start && c->ex_row && c->ex_w &&
+             c->xe && c->ye && c->acc && c->ex_k;
+    }
     /* Largest quantized activation row over every weight's vec_dot_type. */
     size_t qrow = wide * sizeof(float);
     const codi_weight *ws[] = {&m->tok_embd, &m->output};
@@ -259,8 +455,9 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     }
     for (int l = 0; l < hp->n_layer; l++) {
         const codi_layer *L = &m->layers[l];
-        const codi_weight *lw[] = {&L->wq, &L->wo, &L->w_gate, &L->w_down};
-        for (int i = 0; i < 4; i++) {
+        const codi_weight *lw[] = {&L->wq, &L->wo, &L->w_gate, &L->w_down, &L->router,
+                                   &L->exp[0], &L->exp[2], &L->sh_gate, &L->sh_down};
+        for (int i = 0; i < 9; i++) {
             const codi_type_traits *t = codi_type_get(lw[i]->type);
             qrow = CODI_MAX(qrow, codi_row_size(t->vec_dot_type, (int64_t)wide));
         }
@@ -301,6 +498,13 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         for (int i = 0; i < hp->n_rot / 2; i++) {
             c->rope_theta[s * (hp->n_rot / 2) + i] = th;
             th *= theta_scale;
+        }
+    }
+    {
+        int rc = moe_setup(c, &p, err, errlen);
+        if (rc) {
+            codi_context_free(c);
+            return rc;
         }
     }
     if (c->smooth) {
@@ -357,6 +561,24 @@ void codi_context_free(codi_context *c) {
     free(c->row_seq);
     free(c->out_idx);
     free(c->logit_row);
+    free(c->rl);
+    free(c->sel_e);
+    free(c->sel_w);
+    free(c->ex_start);
+    free(c->ex_row);
+    free(c->ex_w);
+    free(c->xe);
+    free(c->ye);
+    free(c->acc);
+    free(c->ex_k);
+    free(c->shy);
+    codi_expert_store_close(c->store);
+    free(c->ex_need);
+    free(c->ex_parts);
+    free(c->pred);
+    free(c->pred_made);
+    free(c->rl2);
+    free(c->rl_all);
     free(c);
 }
 
@@ -870,8 +1092,13 @@ static void row_qkv(const rows_job *j, int b) {
     add_bias(q, L->bq, 1, dq);
     add_bias(k, L->bk, 1, dkv);
     add_bias(v, L->bv, 1, dkv);
-    head_norm(q, L->attn_q_norm, 1, hp->n_head, hp);
-    head_norm(k, L->attn_k_norm, 1, hp->n_head_kv, hp);
+    if (hp->qk_norm_full) { /* OLMoE: one norm over all heads */
+        codi_rmsnorm(q, q, L->attn_q_norm, (int)dq, hp->norm_eps);
+        codi_rmsnorm(k, k, L->attn_k_norm, (int)dkv, hp->norm_eps);
+    } else {
+        head_norm(q, L->attn_q_norm, 1, hp->n_head, hp);
+        head_norm(k, L->attn_k_norm, 1, hp->n_head_kv, hp);
+    }
     const int p = c->row_pos[b], seq = c->row_seq[b];
     rope_qk(c, L, q, k, p);
     if (hp->arch_id == CODI_ARCH_GEMMA3)
@@ -1060,6 +1287,337 @@ static void row_act(const rows_job *j, int b) {
     }
 }
 
+/* ------------------------------------------------------------ experts */
+
+typedef struct {
+    const codi_hparams *hp;
+    float *g;
+    const float *u;
+    size_t width;
+    int n;
+    atomic_int next;
+} act_job;
+
+static void act_row(const codi_hparams *hp, float *g, const float *u, size_t width) {
+    if (hp->ffn_act == CODI_ACT_GELU) {
+        for (size_t i = 0; i < width; i++)
+            g[i] = gelu_ggml(g[i]) * u[i];
+    } else {
+        for (size_t i = 0; i < width; i++) {
+            const float gv = g[i];
+            g[i] = gv / (1.0f + expf(-gv)) * u[i];
+        }
+    }
+}
+
+static void act_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    act_job *j = arg;
+    for (int b; (b = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->n;)
+        act_row(j->hp, j->g + (size_t)b * j->width, j->u + (size_t)b * j->width, j->width);
+}
+
+/* g = act(g) * u for n rows of width floats */
+static void act_rows(codi_context *c, float *g, const float *u, size_t width, int n) {
+    act_job j = {&c->m->hp, g, u, width, n, 0};
+    if (n < 4) {
+        for (int b = 0; b < n; b++)
+            act_row(j.hp, g + (size_t)b * width, u + (size_t)b * width, width);
+        return;
+    }
+    codi_threadpool_run(c->pool, act_task, &j);
+}
+
+/* Routing of B tokens (router logits in c->rl): softmax over the experts,
+ * the top n_expert_used by probability, their probabilities as weights
+ * (renormalised when moe_norm_w), as llama.cpp's build_moe_ffn. Then the
+ * (token, weight) pairs grouped by expert: ex_start/ex_row/ex_w. */
+static void moe_route(codi_context *c, int B) {
+    const codi_hparams *hp = &c->m->hp;
+    const int E = hp->n_expert, K = hp->n_expert_used;
+    for (int b = 0; b < B; b++) {
+        float *p = c->rl + (size_t)b * E;
+        float mx = p[0];
+        for (int e = 1; e < E; e++)
+            mx = p[e] > mx ? p[e] : mx;
+        double sum = 0.0;
+        for (int e = 0; e < E; e++) {
+            p[e] = expf(p[e] - mx);
+            sum += p[e];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int e = 0; e < E; e++)
+            p[e] *= inv;
+        int32_t *se = c->sel_e + (size_t)b * K;
+        float *sw = c->sel_w + (size_t)b * K;
+        for (int k = 0; k < K; k++) { /* K is small: selection by scans */
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int t = 0; t < k; t++)
+                    taken = taken || se[t] == e;
+                if (!taken && (best < 0 || p[e] > p[best]))
+                    best = e;
+            }
+            se[k] = best;
+            sw[k] = p[best];
+        }
+        if (hp->moe_norm_w) {
+            float ws = 0.0f;
+            for (int k = 0; k < K; k++)
+                ws += sw[k];
+            ws = ws < 6.103515625e-5f ? 6.103515625e-5f : ws; /* as llama.cpp's clamp */
+            for (int k = 0; k < K; k++)
+                sw[k] /= ws;
+        }
+    }
+    int32_t *st = c->ex_start;
+    memset(st, 0, (size_t)(E + 1) * sizeof(int32_t));
+    for (int i = 0; i < B * K; i++)
+        st[c->sel_e[i] + 1]++;
+    for (int e = 0; e < E; e++)
+        st[e + 1] += st[e];
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < K; k++) {
+            const int e = c->sel_e[(size_t)b * K + k];
+            const int32_t at = st[e]++;
+            c->ex_row[at] = b;
+            c->ex_k[at] = k;
+            c->ex_w[at] = c->sel_w[(size_t)b * K + k];
+        }
+    for (int e = E; e > 0; e--) /* st[e] now holds the end of e: shift back */
+        st[e] = st[e - 1];
+    st[0] = 0;
+}
+
+/* The views of expert e's gate, up and down matrices in the mapped file. */
+static void expert_views(const codi_layer *L, int e, codi_weight w[3]) {
+    for (int i = 0; i < 3; i++) {
+        w[i] = L->exp[i];
+        w[i].data = (const uint8_t *)L->exp[i].data + (size_t)e * L->exp_stride[i];
+    }
+}
+
+/* Pre-gate (T1): layer nl's router applied to the rows in x (the FFN input
+ * of layer nl - dist) predicts nl's experts -- or, with a decoupled router,
+ * its logits computed already (exact). The union over the rows is recorded
+ * for the recall count and, while *room lasts, prefetched by the store's
+ * I/O threads. */
+static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B, int *room) {
+    const codi_hparams *hp = &c->m->hp;
+    const int E = hp->n_expert, K = hp->n_expert_used, NL = hp->n_layer;
+    const codi_layer *L = &c->m->layers[nl];
+    const float *z0 = c->rl2;
+    if (c->rl_all && nl - dist >= hp->router_src && dist > 0)
+        z0 = c->rl_all + (size_t)nl * (size_t)c->n_batch * (size_t)E;
+    else
+        matmul1(c, &L->router, c->rl2, x, B);
+    const size_t di = (size_t)(dist > 0 ? dist - 1 : 0) * (size_t)NL + (size_t)nl;
+    uint8_t *pred = c->pred + di * (size_t)E;
+    memset(pred, 0, (size_t)E);
+    /* top-K of the logits (softmax keeps the order), strongest first */
+    int n_pred = 0;
+    for (int b = 0; b < B; b++) {
+        const float *z = z0 + (size_t)b * E;
+        int32_t top[64];
+        const int k = CODI_MIN(K, 64);
+        for (int t = 0; t < k; t++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int u = 0; u < t; u++)
+                    taken = taken || top[u] == e;
+                if (!taken && (best < 0 || z[e] > z[best]))
+                    best = e;
+            }
+            top[t] = best;
+            if (!pred[best]) {
+                pred[best] = 1;
+                n_pred++;
+                if (*room > 0 && !codi_expert_store_resident(c->store, nl, best)) {
+                    codi_expert_store_prefetch(c->store, nl, best);
+                    (*room)--;
+                }
+            }
+        }
+    }
+    /* layer 0's own-router guess (dist 0) is not a prediction of a later
+     * layer: not counted */
+    c->pred_made[di] = dist > 0;
+    if (dist == 1)
+        c->moe.predicted += (uint64_t)n_pred;
+}
+
+/* Runs an expert (its gate, up, down in w) over the n rows starting at r0
+ * of ex_row, adding its weighted output to acc. */
+static void expert_run(codi_context *c, const codi_weight w[3], int32_t r0, int32_t n) {
+    const size_t d = (size_t)c->m->hp.n_embd, fe = (size_t)c->m->hp.n_ff_exp;
+    for (int32_t r = 0; r < n; r++)
+        memcpy(c->xe + (size_t)r * d, c->xn + (size_t)c->ex_row[r0 + r] * d, d * sizeof(float));
+    const codi_weight *ws[2] = {&w[0], &w[1]};
+    float *ys[2] = {c->g, c->u};
+    matmul_mixed(c, 2, ws, ys, c->xe, n);
+    act_rows(c, c->g, c->u, fe, n);
+    matmul1(c, &w[2], c->ye, c->g, n);
+    const size_t K = (size_t)c->m->hp.n_expert_used;
+    for (int32_t r = 0; r < n; r++) {
+        float *a = c->acc + ((size_t)c->ex_row[r0 + r] * K + (size_t)c->ex_k[r0 + r]) * d;
+        const float *y = c->ye + (size_t)r * d;
+        const float wt = c->ex_w[r0 + r];
+        for (size_t i = 0; i < d; i++)
+            a[i] = wt * y[i];
+    }
+}
+
+/* Expert e of layer l from the store: acquire (pinned), run, release. */
+static int expert_run_stored(codi_context *c, int l, int e, int32_t r0, int32_t n, char *err,
+                             size_t errlen) {
+    const void *parts[CODI_EXPERT_MAX_PARTS];
+    int rc = codi_expert_store_acquire(c->store, l, e, parts, err, errlen);
+    if (rc)
+        return rc;
+    codi_weight w[3];
+    for (int i = 0; i < 3; i++) {
+        w[i] = c->m->layers[l].exp[i];
+        w[i].data = parts[i];
+    }
+    expert_run(c, w, r0, n);
+    codi_expert_store_release(c->store, l, e);
+    return 0;
+}
+
+/* MoE FFN of layer l on the B normalised rows in c->xn; the result replaces
+ * them. Each used expert runs once over the tokens routed to it. With an
+ * expert store, resident experts run first (pinned before anything else
+ * is fetched), then layer l+1's experts are prefetched, then the misses of
+ * this layer are read and run. */
+static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
+    const codi_model *m = c->m;
+    const codi_hparams *hp = &m->hp;
+    const codi_layer *L = &m->layers[l];
+    const size_t d = (size_t)hp->n_embd;
+    const int E = hp->n_expert;
+    if (c->rl_all && l >= hp->router_src) {
+        /* decoupled router: every layer's logits from layer router_src's
+         * FFN input, computed there, once */
+        const size_t per = (size_t)c->n_batch * (size_t)E;
+        if (l == hp->router_src)
+            for (int j = l; j < hp->n_layer; j++)
+                matmul1(c, &m->layers[j].router, c->rl_all + (size_t)j * per, c->xn, B);
+        memcpy(c->rl, c->rl_all + (size_t)l * per, (size_t)B * (size_t)E * sizeof(float));
+    } else {
+        matmul1(c, &L->router, c->rl, c->xn, B);
+    }
+    moe_route(c, B);
+    int n_need = 0;
+    for (int e = 0; e < E; e++)
+        n_need += c->ex_start[e + 1] > c->ex_start[e];
+    c->moe.expert_uses += (uint64_t)n_need;
+    if (!c->store) {
+        for (int e = 0; e < E; e++) {
+            const int32_t r0 = c->ex_start[e], n = c->ex_start[e + 1] - r0;
+            if (n == 0)
+                continue;
+            codi_weight w[3];
+            expert_views(L, e, w);
+            expert_run(c, w, r0, n);
+        }
+    } else {
+        for (int dist = 1; dist <= c->moe_look; dist++) { /* how good were the
+                                                              predictions of this layer? */
+            const size_t di = (size_t)(dist - 1) * (size_t)hp->n_layer + (size_t)l;
+            if (!c->pred_made[di])
+                continue;
+            uint64_t right = 0;
+            for (int e = 0; e < E; e++)
+                right += c->ex_start[e + 1] > c->ex_start[e] && c->pred[di * (size_t)E + (size_t)e];
+            c->moe.look_right[dist - 1] += right;
+            c->moe.look_used[dist - 1] += (uint64_t)n_need;
+            if (dist == 1) {
+                c->moe.predicted_right += right;
+                c->moe.next_used += (uint64_t)n_need;
+            }
+            c->pred_made[di] = 0;
+        }
+        /* 1. pin the resident experts this layer needs */
+        const void *parts[CODI_EXPERT_MAX_PARTS];
+        int n_pinned = 0;
+        for (int e = 0; e < E; e++) {
+            c->ex_need[e] = 0;
+            if (c->ex_start[e + 1] == c->ex_start[e])
+                continue;
+            c->ex_need[e] = 1;
+            if (n_pinned < c->moe.cache_slots - 1 && codi_expert_store_resident(c->store, l, e)) {
+                int rc = codi_expert_store_acquire(c->store, l, e, parts, err, errlen);
+                if (rc)
+                    return rc;
+                for (int i = 0; i < 3; i++)
+                    c->ex_parts[(size_t)e * 3 + (size_t)i] = parts[i];
+                c->ex_need[e] = 2;
+                n_pinned++;
+            }
+        }
+        /* 2. pre-gate layer l+1, prefetching into the slots this layer
+         * does not need */
+        int room = (int)CODI_MIN(CODI_MAX(0, c->moe.cache_slots - n_need), (int64_t)INT32_MAX);
+        for (int dist = 1; dist <= c->moe_look && l + dist < hp->n_layer; dist++)
+            moe_pregate(c, l + dist, dist, c->xn, B, &room);
+        /* 3. run the pinned ones, then read and run the rest */
+        for (int pass = 2; pass >= 1; pass--)
+            for (int e = 0; e < E; e++) {
+                if (c->ex_need[e] != pass)
+                    continue;
+                const int32_t r0 = c->ex_start[e], n = c->ex_start[e + 1] - r0;
+                if (pass == 2) {
+                    codi_weight w[3];
+                    for (int i = 0; i < 3; i++) {
+                        w[i] = L->exp[i];
+                        w[i].data = c->ex_parts[(size_t)e * 3 + (size_t)i];
+                    }
+                    expert_run(c, w, r0, n);
+                    codi_expert_store_release(c->store, l, e);
+                } else {
+                    int rc = expert_run_stored(c, l, e, r0, n, err, errlen);
+                    if (rc)
+                        return rc;
+                }
+            }
+    }
+    if (L->sh_gate.data) { /* shared expert, gated by sigmoid(sh_inp . x) */
+        const size_t fs = (size_t)hp->n_ff_shexp;
+        const codi_weight *ws[2] = {&L->sh_gate, &L->sh_up};
+        float *ys[2] = {c->g, c->u};
+        matmul_mixed(c, 2, ws, ys, c->xn, B);
+        act_rows(c, c->g, c->u, fs, B);
+        matmul1(c, &L->sh_down, c->shy, c->g, B);
+        if (L->sh_inp.data) {
+            matmul1(c, &L->sh_inp, c->rl, c->xn, B); /* [B] gate logits */
+            for (int b = 0; b < B; b++) {
+                const float gt = 1.0f / (1.0f + expf(-c->rl[b]));
+                float *y = c->shy + (size_t)b * d;
+                for (size_t i = 0; i < d; i++)
+                    y[i] *= gt;
+            }
+        }
+    }
+    { /* the sum over each token's choices, in choice order, into xn */
+        const size_t K = (size_t)hp->n_expert_used;
+        for (int b = 0; b < B; b++) {
+            float *o = c->xn + (size_t)b * d;
+            const float *a = c->acc + (size_t)b * K * d;
+            memcpy(o, a, d * sizeof(float));
+            for (size_t k = 1; k < K; k++)
+                for (size_t i = 0; i < d; i++)
+                    o[i] += a[k * d + i];
+            if (L->sh_gate.data)
+                for (size_t i = 0; i < d; i++)
+                    o[i] += c->shy[(size_t)b * d + i];
+        }
+    }
+    return 0;
+}
+
 /* FFN output: post-norm (Gemma), residual, the next layer's attention norm */
 static void row_ffn_out(const rows_job *j, int b) {
     codi_context *c = j->c;
@@ -1077,12 +1635,22 @@ static void row_ffn_out(const rows_job *j, int b) {
 
 /* One pass over B <= n_batch tokens at positions c->row_pos[] of sequences
  * c->row_seq[]; logits of the n_out rows c->out_idx[] go to logits. */
-static void forward_batch(codi_context *c, const int32_t *tokens, int B,
-                          int n_out, float *logits) {
+static int forward_batch(codi_context *c, const int32_t *tokens, int B,
+                         int n_out, float *logits, char *err, size_t errlen) {
     const codi_model *m = c->m;
     const codi_hparams *hp = &m->hp;
     const int d = hp->n_embd;
     for_rows(c, 0, B, tokens, row_embed);
+    c->moe.tokens += (uint64_t)B;
+    if (c->store && c->moe_look > 0) {
+        /* layer 0 has no earlier layer to pre-gate it: its own router on
+         * the embeddings, normalised as its FFN input would be */
+        for (int b = 0; b < B; b++)
+            codi_rmsnorm(c->xe + (size_t)b * d, c->x + (size_t)b * d, m->layers[0].ffn_norm, d,
+                         hp->norm_eps);
+        int room = (int)CODI_MIN(c->moe.cache_slots, (int64_t)INT32_MAX);
+        moe_pregate(c, 0, 0, c->xe, B, &room);
+    }
     for (int l = 0; l < hp->n_layer; l++) {
         const codi_layer *L = &m->layers[l];
         {
@@ -1099,13 +1667,17 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
             kv_budget_step(c, l);
         matmul1(c, &L->wo, c->xn, c->att, B);
         for_rows(c, l, B, tokens, row_attn_out);
-        {
+        if (hp->n_expert > 0) {
+            int rc = moe_ffn(c, l, B, err, errlen);
+            if (rc)
+                return rc;
+        } else {
             const codi_weight *ws[2] = {&L->w_gate, &L->w_up};
             float *ys[2] = {c->g, c->u};
             matmul_mixed(c, 2, ws, ys, c->xn, B);
+            for_rows(c, l, B, tokens, row_act);
+            matmul1(c, &L->w_down, c->xn, c->g, B);
         }
-        for_rows(c, l, B, tokens, row_act);
-        matmul1(c, &L->w_down, c->xn, c->g, B);
         for_rows(c, l, B, tokens, row_ffn_out);
     }
     if (n_out > 0) {
@@ -1119,6 +1691,7 @@ static void forward_batch(codi_context *c, const int32_t *tokens, int B,
             for (size_t i = 0; i < (size_t)n_out * hp->n_vocab; i++)
                 logits[i] = cap * tanhf(logits[i] * (1.0f / cap)); /* as ggml_scale */
     }
+    return 0;
 }
 
 /* Validate a batch against the cache (nothing is changed on error). */
@@ -1204,7 +1777,15 @@ static int decode_rows(codi_context *c, const int32_t *tokens, int32_t n,
             if (ROW_KEEP(i))
                 c->out_idx[n_out++] = b;
         }
-        forward_batch(c, tokens + s0, B, n_out, c->logits + row * (size_t)nv);
+        int rc = forward_batch(c, tokens + s0, B, n_out, c->logits + row * (size_t)nv, err, errlen);
+        if (rc) {
+            /* what this pass cached is incomplete: forget it */
+            for (int b = B - 1; b >= 0; b--)
+                if (c->row_rank[b] == 0)
+                    kv_drop_from(c, c->row_seq[b], c->row_pos[b]);
+            c->has_logits = false;
+            return rc;
+        }
         row += (size_t)n_out;
         for (int b = 0; b < B; b++)
             c->n_past[c->row_seq[b]] = CODI_MAX(c->n_past[c->row_seq[b]], c->row_pos[b] + 1);

@@ -57,6 +57,13 @@ int codi_model_validate_hparams(const codi_hparams *hp, char *err, size_t errlen
     if (!(hp->norm_eps > 0.0f && hp->norm_eps < 1.0f)) BAD("bad layer_norm_rms_epsilon %g", hp->norm_eps);
     if (!(hp->rope_base > 0.0f) || !isfinite(hp->rope_base)) BAD("bad rope.freq_base %g", hp->rope_base);
     if (!(hp->rope_freq_scale > 0.0f) || !isfinite(hp->rope_freq_scale)) BAD("bad rope scaling factor");
+    if (hp->n_expert < 0 || hp->n_expert > 4096) BAD("bad expert_count %d", hp->n_expert);
+    if (hp->n_expert > 0 && (hp->n_expert_used <= 0 || hp->n_expert_used > hp->n_expert))
+        BAD("bad expert_used_count %d (expert_count %d)", hp->n_expert_used, hp->n_expert);
+    if (hp->n_expert > 0 && (hp->n_ff_exp <= 0 || hp->n_ff_exp > 1 << 20))
+        BAD("bad expert_feed_forward_length %d", hp->n_ff_exp);
+    if (hp->n_ff_shexp < 0 || hp->n_ff_shexp > 1 << 20)
+        BAD("bad expert_shared_feed_forward_length %d", hp->n_ff_shexp);
 #undef BAD
     return 0;
 }
@@ -88,6 +95,34 @@ static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
     w->ne0 = ne0;
     w->ne1 = ne1;
     w->row_bytes = codi_row_size(t->type, ne0);
+    return 0;
+}
+
+/* A stacked expert tensor [ne0, ne1, n_expert]: w views expert 0. */
+static int bind_experts(const codi_gguf *g, const char *name, int64_t ne0, int64_t ne1,
+                        int64_t n_expert, codi_weight *w, size_t *stride, uint64_t *off,
+                        char *err, size_t errlen) {
+    const codi_gguf_tensor *t = codi_gguf_find_tensor(g, name);
+    if (!t)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "missing tensor '%s'", name);
+    if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != n_expert || t->ne[3] != 1)
+        return codi_errorf(err, errlen, CODI_EFORMAT,
+                           "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld]",
+                           name, (long long)t->ne[0], (long long)t->ne[1],
+                           (long long)t->ne[2], (long long)t->ne[3], (long long)ne0,
+                           (long long)ne1, (long long)n_expert);
+    const codi_type_traits *tr = codi_type_get(t->type);
+    if (!tr || !tr->vec_dot || !tr->to_float)
+        return codi_errorf(err, errlen, CODI_EUNSUPPORTED,
+                           "tensor '%s' has type %s, which codi cannot multiply",
+                           name, codi_type_name(t->type));
+    w->data = t->data;
+    w->type = t->type;
+    w->ne0 = ne0;
+    w->ne1 = ne1;
+    w->row_bytes = codi_row_size(t->type, ne0);
+    *stride = w->row_bytes * (size_t)ne1;
+    *off = g->data_offset + t->offset;
     return 0;
 }
 
@@ -123,11 +158,16 @@ static const struct arch_def {
     const char *name;
     int id;
     bool rope_neox;
+    int moe;          /* 0 dense; 1 experts when expert_count > 0; 2 always */
+    bool moe_norm_w;  /* top-k weights renormalised (llama.cpp's norm_w) */
 } ARCHS[] = {
-    {"llama", CODI_ARCH_LLAMA, false},
-    {"qwen2", CODI_ARCH_QWEN2, true},
-    {"qwen3", CODI_ARCH_QWEN3, true},
-    {"gemma3", CODI_ARCH_GEMMA3, true},
+    {"llama", CODI_ARCH_LLAMA, false, 1, true}, /* Mixtral when it has experts */
+    {"qwen2", CODI_ARCH_QWEN2, true, 0, false},
+    {"qwen3", CODI_ARCH_QWEN3, true, 0, false},
+    {"gemma3", CODI_ARCH_GEMMA3, true, 0, false},
+    {"qwen2moe", CODI_ARCH_QWEN2MOE, true, 2, false},
+    {"qwen3moe", CODI_ARCH_QWEN3MOE, true, 2, true},
+    {"olmoe", CODI_ARCH_OLMOE, true, 2, false},
 };
 #define N_ARCHS (sizeof(ARCHS) / sizeof(ARCHS[0]))
 
@@ -171,7 +211,7 @@ static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
             def = &ARCHS[i];
     if (!def) {
         rc = codi_errorf(err, errlen, CODI_EUNSUPPORTED,
-                         "unsupported model architecture '%.40s' (supported: llama, qwen2, qwen3, gemma3)",
+                         "unsupported model architecture '%.40s' (supported: llama, qwen2, qwen3, gemma3, qwen2moe, qwen3moe, olmoe)",
                          arch);
         free(arch);
         return rc;
@@ -254,6 +294,33 @@ static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
     hp->rope_base_swa = base;
     hp->rope_freq_scale_swa = scale;
     hp->final_logit_softcap = 0.0f;
+    hp->router_src = -1;
+    if (def->moe) {
+        uint32_t n_exp = 0, n_used = 0, ff_exp = 0, ff_sh = 0;
+        if ((rc = get_u32_arch(g, hp->arch, "expert_count", &n_exp, def->moe == 2, err, errlen)) ||
+            (rc = get_u32_arch(g, hp->arch, "expert_used_count", &n_used, n_exp > 0, err, errlen)) ||
+            (rc = get_u32_arch(g, hp->arch, "expert_feed_forward_length", &ff_exp, false, err, errlen)) ||
+            (rc = get_u32_arch(g, hp->arch, "expert_shared_feed_forward_length", &ff_sh, false, err, errlen)))
+            return rc;
+        if (def->moe == 2 && n_exp == 0)
+            return codi_errorf(err, errlen, CODI_EFORMAT, "bad %s.expert_count 0", hp->arch);
+        hp->n_expert = (int32_t)CODI_MIN(n_exp, (uint32_t)INT32_MAX);
+        hp->n_expert_used = (int32_t)CODI_MIN(n_used, (uint32_t)INT32_MAX);
+        /* llama (Mixtral) and OLMoE: experts are feed_forward_length wide */
+        hp->n_ff_exp = ff_exp && def->id != CODI_ARCH_LLAMA && def->id != CODI_ARCH_OLMOE
+                           ? (int32_t)CODI_MIN(ff_exp, (uint32_t)INT32_MAX)
+                           : hp->n_ff;
+        hp->n_ff_shexp = (int32_t)CODI_MIN(ff_sh, (uint32_t)INT32_MAX);
+        hp->moe_norm_w = def->moe_norm_w;
+        uint32_t src = UINT32_MAX;
+        if ((rc = get_u32_arch(g, hp->arch, "codi.router_source_layer", &src, false, err, errlen)))
+            return rc;
+        if (src != UINT32_MAX && src >= n_layer)
+            return codi_errorf(err, errlen, CODI_EFORMAT, "bad %s.codi.router_source_layer %u (%u layers)",
+                               hp->arch, src, n_layer);
+        hp->router_src = src == UINT32_MAX ? -1 : (int32_t)src;
+        hp->qk_norm_full = def->id == CODI_ARCH_OLMOE;
+    }
     if (def->id == CODI_ARCH_GEMMA3) {
         hp->ffn_act = CODI_ACT_GELU;
         hp->embd_scale = sqrtf((float)hp->n_embd);
@@ -290,6 +357,12 @@ static int load_weights(codi_model *m, char *err, size_t errlen) {
         m->output = m->tok_embd; /* tied embeddings */
     if ((rc = bind_vec(g, "output.bias", hp->n_vocab, &m->output_b, false, err, errlen)))
         return rc;
+    if (hp->n_expert > 0 && hp->n_ff_shexp == 0) {
+        /* a shared expert without its width key: take the tensor's */
+        const codi_gguf_tensor *t = codi_gguf_find_tensor(g, "blk.0.ffn_up_shexp.weight");
+        if (t && t->ne[1] > 0 && t->ne[1] <= 1 << 20)
+            m->hp.n_ff_shexp = (int32_t)t->ne[1];
+    }
     m->layers = calloc((size_t)hp->n_layer, sizeof(codi_layer));
     if (!m->layers)
         return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
@@ -310,22 +383,49 @@ static int load_weights(codi_model *m, char *err, size_t errlen) {
         W(wv, "attn_v", d, dkv)
         W(wo, "attn_output", dq, d)
         N(ffn_norm, "ffn_norm")
-        W(w_gate, "ffn_gate", d, hp->n_ff)
-        W(w_up, "ffn_up", d, hp->n_ff)
-        W(w_down, "ffn_down", hp->n_ff, d)
+        if (hp->n_expert > 0) {
+            static const char *const EXPS[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+            const int64_t fe = hp->n_ff_exp;
+            W(router, "ffn_gate_inp", d, hp->n_expert)
+            for (int i = 0; i < 3; i++) {
+                snprintf(name, sizeof(name), "blk.%d.%s.weight", l, EXPS[i]);
+                if ((rc = bind_experts(g, name, i == 2 ? fe : d, i == 2 ? d : fe, hp->n_expert,
+                                       &L->exp[i], &L->exp_stride[i], &L->exp_off[i], err, errlen)))
+                    return rc;
+                m->expert_bytes += (uint64_t)L->exp_stride[i] * (uint64_t)hp->n_expert;
+            }
+            if (hp->n_ff_shexp > 0) {
+                const int64_t fs = hp->n_ff_shexp;
+                W(sh_gate, "ffn_gate_shexp", d, fs)
+                W(sh_up, "ffn_up_shexp", d, fs)
+                W(sh_down, "ffn_down_shexp", fs, d)
+                snprintf(name, sizeof(name), "blk.%d.ffn_gate_inp_shexp.weight", l);
+                if ((rc = bind_weight(g, name, d, 1, &L->sh_inp, hp->arch_id == CODI_ARCH_QWEN2MOE,
+                                      err, errlen)))
+                    return rc;
+            }
+        } else {
+            W(w_gate, "ffn_gate", d, hp->n_ff)
+            W(w_up, "ffn_up", d, hp->n_ff)
+            W(w_down, "ffn_down", hp->n_ff, d)
+        }
 #define V(field, suffix, n, req)                                                 \
     snprintf(name, sizeof(name), "blk.%d." suffix, l);                           \
     if ((rc = bind_vec(g, name, n, &L->field, req, err, errlen)))                \
         return rc;
         const int arch = hp->arch_id;
-        if (arch == CODI_ARCH_QWEN2) {
+        if (arch == CODI_ARCH_QWEN2 || arch == CODI_ARCH_QWEN2MOE) {
             V(bq, "attn_q.bias", dq, false)
             V(bk, "attn_k.bias", dkv, false)
             V(bv, "attn_v.bias", dkv, false)
         }
-        if (arch == CODI_ARCH_QWEN3 || arch == CODI_ARCH_GEMMA3) {
+        if (arch == CODI_ARCH_QWEN3 || arch == CODI_ARCH_GEMMA3 || arch == CODI_ARCH_QWEN3MOE) {
             V(attn_q_norm, "attn_q_norm.weight", hp->head_dim, true)
             V(attn_k_norm, "attn_k_norm.weight", hp->head_dim, true)
+        }
+        if (hp->qk_norm_full) { /* OLMoE: one norm over all heads */
+            V(attn_q_norm, "attn_q_norm.weight", dq, true)
+            V(attn_k_norm, "attn_k_norm.weight", dkv, true)
         }
         if (arch == CODI_ARCH_GEMMA3) {
             V(attn_post_norm, "post_attention_norm.weight", d, true)
@@ -367,6 +467,10 @@ int codi_model_load(const char *path, const codi_model_params *params,
     int rc = codi_gguf_open(path, &m->gguf, err, errlen);
     if (rc)
         goto fail;
+    if (!(m->path = strdup(path))) {
+        rc = codi_errorf(sub, sizeof(sub), CODI_ENOMEM, "out of memory");
+        goto fail_sub;
+    }
     if ((rc = load_hparams(m->gguf, &m->hp, sub, sizeof(sub))))
         goto fail_sub;
     if ((rc = codi_vocab_load(m->gguf, &m->vocab, sub, sizeof(sub))))
@@ -423,6 +527,7 @@ void codi_model_free(codi_model *m) {
     free(m->chat_template);
     free(m->bos_text);
     free(m->eos_text);
+    free(m->path);
     free(m);
 }
 

@@ -18,6 +18,9 @@ enum codi_arch {
     CODI_ARCH_QWEN3,  /* llama + per-head Q/K RMS norms, NeoX rope */
     CODI_ARCH_GEMMA3, /* Q/K norms, pre+post norms, GeGLU, scaled embeddings,
                          interleaved sliding-window layers */
+    CODI_ARCH_QWEN2MOE, /* qwen2 + routed experts + a gated shared expert */
+    CODI_ARCH_QWEN3MOE, /* qwen3 + routed experts */
+    CODI_ARCH_OLMOE,    /* Q/K RMS norms over all heads at once, experts */
 };
 
 enum codi_ffn_act {
@@ -49,6 +52,17 @@ typedef struct codi_hparams {
     float rope_base_swa;       /* rope base of sliding-window layers */
     float rope_freq_scale_swa; /* rope scale of sliding-window layers */
     float final_logit_softcap; /* logits = c*tanh(logits/c); 0 = off */
+    /* Mixture of experts (n_expert = 0: dense FFN). Routing as llama.cpp's
+     * build_moe_ffn with softmax gating: p = softmax(router x), the top
+     * n_expert_used experts by p, weights p (renormalised to sum 1 when
+     * moe_norm_w: Mixtral, Qwen3-MoE; raw for Qwen2-MoE, OLMoE). */
+    int32_t n_expert, n_expert_used;
+    int32_t n_ff_exp;   /* FFN width of one expert */
+    int32_t n_ff_shexp; /* width of the shared expert, 0 = none */
+    bool moe_norm_w;
+    bool qk_norm_full;  /* Q/K norm weights span all heads (OLMoE) */
+    int32_t router_src; /* decoupled router (codi moefy): every layer's
+                           router reads this layer's FFN input; -1 = none */
 } codi_hparams;
 
 /* A weight matrix: ne[0] = in features (contiguous), ne[1] = out features. */
@@ -75,6 +89,15 @@ typedef struct codi_layer {
     const float *attn_k_norm;       /* (Qwen3, Gemma 3) */
     const float *attn_post_norm;    /* [n_embd] on the attention output */
     const float *ffn_post_norm;     /* [n_embd] on the FFN output (Gemma 3) */
+    /* MoE layers: the router, and the stacked expert tensors as views of
+     * expert 0 (expert e's rows start e * exp_stride[i] bytes further; its
+     * file offset is exp_off[i] + e * exp_stride[i]) */
+    codi_weight router;     /* [n_embd] -> [n_expert] */
+    codi_weight exp[3];     /* gate, up: [n_embd] -> [n_ff_exp]; down: back */
+    size_t exp_stride[3];
+    uint64_t exp_off[3];
+    codi_weight sh_gate, sh_up, sh_down; /* shared expert (Qwen2-MoE) */
+    codi_weight sh_inp;     /* [n_embd] -> [1]: its sigmoid gate */
     bool swa;               /* sliding-window (local) layer */
     float rope_base;        /* this layer's rope base and scale */
     float rope_freq_scale;
@@ -93,6 +116,8 @@ struct codi_model {
     char *bos_text;       /* text of BOS, "" when none */
     char *eos_text;       /* text of EOS, "" when none */
     uint64_t weight_bytes;
+    uint64_t expert_bytes; /* of weight_bytes, the routed experts' share */
+    char *path;           /* the file, for the expert store's own reads */
 };
 
 /* Loader helpers shared by forward.c */

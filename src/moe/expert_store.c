@@ -12,6 +12,7 @@
 #include "moe/expert_store.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
@@ -141,6 +142,23 @@ typedef struct {
     uint64_t got, need;
 } read_info;
 
+/* Fault injection for tests (codi_expert_store_fail_reads): reads left
+ * before every pread fails with EIO; -1 = off. */
+static _Atomic long long g_reads_ok = -1;
+
+void codi_expert_store_fail_reads(long long after) { atomic_store(&g_reads_ok, after); }
+
+static bool injected_failure(void) {
+    long long v = atomic_load(&g_reads_ok);
+    while (v >= 0) {
+        if (v == 0)
+            return true;
+        if (atomic_compare_exchange_weak(&g_reads_ok, &v, v - 1))
+            return false;
+    }
+    return false;
+}
+
 /* Reads expert (layer, e) into dst (a slot buffer): every part's aligned
  * span, in part order. Runs without the lock; touches only dst. */
 static int read_expert(const codi_expert_store *s, uint8_t *dst, int layer, int e, read_info *ri) {
@@ -156,8 +174,12 @@ static int read_expert(const codi_expert_store *s, uint8_t *dst, int layer, int 
         uint64_t got = 0;
         ri->bytes += r.span;
         while (got < need) {
-            const ssize_t n = pread(s->fd, dst + pos + got, (size_t)(r.span - got),
-                                    (off_t)(r.a0 + got));
+            const bool fail = injected_failure();
+            const ssize_t n = fail ? -1
+                                   : pread(s->fd, dst + pos + got, (size_t)(r.span - got),
+                                           (off_t)(r.a0 + got));
+            if (fail)
+                errno = EIO;
             if (n < 0) {
                 if (errno == EINTR)
                     continue;

@@ -88,6 +88,10 @@ void codi_expert_store_prefetch(codi_expert_store *s, int layer, int e);
 /* Is (layer, e) resident now (not in flight)? For tests and metrics. */
 bool codi_expert_store_resident(codi_expert_store *s, int layer, int e);
 
+/* Tests only (fault injection, process-wide): after `after` more reads
+ * succeed, every expert read fails with EIO; -1 turns it off. */
+void codi_expert_store_fail_reads(long long after);
+
 void codi_expert_store_get_stats(const codi_expert_store *s, codi_expert_stats *out);
 void codi_expert_store_reset_stats(codi_expert_store *s);
 
