@@ -132,6 +132,8 @@ enum codi_moe_mode {
 enum codi_expert_policy_public {
     CODI_EXPERT_EVICT_LRU = 0, /* least recently used */
     CODI_EXPERT_EVICT_LFU = 1, /* least frequently used */
+    CODI_EXPERT_EVICT_NEXT = 2,/* furthest expected next use (layers run in a
+                                  cycle; rarely used experts come back late) */
 };
 
 /* Expert offloading counters of a context since creation or the last
@@ -161,8 +163,8 @@ typedef struct codi_moe_info {
 } codi_moe_info;
 void codi_moe_stats(const codi_context *ctx, codi_moe_info *out);
 void codi_moe_reset(codi_context *ctx);
-/* "resident" | "ondemand" | "prefetch" | "lookahead" and "lru" | "lfu";
- * -1 when unknown. */
+/* "resident" | "ondemand" | "prefetch" | "lookahead" and "lru" | "lfu" |
+ * "next"; -1 when unknown. */
 int codi_moe_mode_from_name(const char *name);
 int codi_expert_policy_from_name(const char *name);
 

@@ -281,7 +281,7 @@ expect_error "--moe-mode unknown" "--moe-mode.*resident, ondemand, prefetch or l
     "$CODI" run -m "$MX" -p hi -n 1 --moe-mode lazy "${T[@]}"
 expect_error "--expert-budget 0%" "--expert-budget.*percentage in \(0, 100\]" "$CODI" run -m "$MX" -p hi -n 1 --expert-budget 0% "${T[@]}"
 expect_error "--expert-budget junk" "--expert-budget.*BYTES" "$CODI" run -m "$MX" -p hi -n 1 --expert-budget 12X "${T[@]}"
-expect_error "--expert-policy unknown" "--expert-policy.*lru or lfu" \
+expect_error "--expert-policy unknown" "--expert-policy.*lru, lfu or next" \
     "$CODI" run -m "$MX" -p hi -n 1 --expert-policy mru "${T[@]}"
 expect_error "--expert-io unknown" "--expert-io.*direct or buffered" \
     "$CODI" run -m "$MX" -p hi -n 1 --expert-io mmap "${T[@]}"

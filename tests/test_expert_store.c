@@ -296,6 +296,54 @@ static void test_lfu_order(void **state) {
 }
 
 /* Pinned slots are never evicted; all pinned: CODI_ENOMEM. */
+/* NEXTUSE: layers run in a cycle 0, 1, 2, 0, ...; an expert used on every
+ * pass of its layer is kept over one used once, and among experts used
+ * equally often the one of the layer just finished goes first (needed
+ * last). A prefetch guess right with probability p is admitted only over an
+ * expert used less often than p. */
+static void test_nextuse_order(void **state) {
+    (void)state;
+    fixture *f = fixture_new();
+    codi_expert_store *s = open_store(f, 4, CODI_EXPERT_NEXTUSE, 1, true);
+    /* three passes: layer 0 uses 0, layer 1 uses 0, layer 2 uses 0 and,
+     * on the first pass only, 1 */
+    for (int pass = 0; pass < 3; pass++) {
+        use(s, f, 0, 0);
+        use(s, f, 1, 0);
+        use(s, f, 2, 0);
+        if (pass == 0)
+            use(s, f, 2, 1);
+    }
+    check_resident(s, (const int[]){0 * NE + 0, 1 * NE + 0, 2 * NE + 0, 2 * NE + 1, -1});
+    use(s, f, 0, 0); /* now in layer 0: layer 2's rarely used expert 1 goes */
+    use(s, f, 0, 3);
+    check_resident(s, (const int[]){0 * NE + 0, 0 * NE + 3, 1 * NE + 0, 2 * NE + 0, -1});
+    /* the once-used expert 3 goes before layer 0's always-used expert 0 */
+    use(s, f, 0, 4);
+    check_resident(s, (const int[]){0 * NE + 0, 0 * NE + 4, 1 * NE + 0, 2 * NE + 0, -1});
+    /* moving on to layer 1: among the always-used, layer 0's expert 0 is
+     * needed last; expert 4 (once in 4 passes) still goes first */
+    use(s, f, 1, 0);
+    use(s, f, 1, 1);
+    check_resident(s, (const int[]){0 * NE + 0, 1 * NE + 0, 1 * NE + 1, 2 * NE + 0, -1});
+    use(s, f, 1, 2); /* victim among 0/0 (next use 2 layers away), 1/1 (once),
+                        2/0 (1 layer away): the once-used 1/1 */
+    check_resident(s, (const int[]){0 * NE + 0, 1 * NE + 0, 1 * NE + 2, 2 * NE + 0, -1});
+    /* a weak guess for layer 2 does not displace the once-used 1/2 */
+    codi_expert_store_prefetch_p(s, 2, 5, 0.1);
+    codi_expert_stats st;
+    codi_expert_store_get_stats(s, &st);
+    assert_int_equal(st.prefetch_declined, 1);
+    codi_expert_store_prefetch_p(s, 2, 5, 0.9); /* a strong one does */
+    wait_resident(s, 2, 5);
+    assert_false(codi_expert_store_resident(s, 1, 2));
+    codi_expert_store_get_stats(s, &st);
+    assert_int_equal(st.prefetch_declined, 1);
+    assert_int_equal(st.prefetches, 1);
+    codi_expert_store_close(s);
+    fixture_free(f);
+}
+
 static void test_pinned(void **state) {
     (void)state;
     fixture *f = fixture_new();
@@ -636,6 +684,7 @@ int main(void) {
         cmocka_unit_test(test_bytes_buffered),
         cmocka_unit_test(test_lru_order),
         cmocka_unit_test(test_lfu_order),
+        cmocka_unit_test(test_nextuse_order),
         cmocka_unit_test(test_pinned),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_prefetch_protected),

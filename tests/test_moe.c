@@ -215,7 +215,7 @@ static void test_offload_same_logits(void **state) {
         const double BUD[3] = {(double)(1 << 30), slot * (2 * k + 1), slot * k};
         for (int mode = CODI_MOE_ONDEMAND; mode <= CODI_MOE_LOOKAHEAD; mode++)
             for (int bi = 0; bi < 3; bi++)
-                for (int pol = 0; pol < 2; pol++) {
+                for (int pol = 0; pol < 3; pol++) {
                     codi_context *c = offload_ctx(m, mode, BUD[bi], pol, 16, bi == 2 ? 0 : -1);
                     codi_moe_info mo;
                     codi_moe_stats(c, &mo);

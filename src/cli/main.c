@@ -61,7 +61,7 @@ static const opt_def OPTS[] = {
     {O_MOEMODE, NULL, "--moe-mode", "MODE", KVOPT, "MoE experts: resident (default), ondemand, prefetch or lookahead (docs/moe.md)"},
     {O_MOELOOK, NULL, "--moe-lookahead", "N", KVOPT, "layers ahead the lookahead mode prefetches (default 3, at most 4)"},
     {O_EXPBUDGET, NULL, "--expert-budget", "BYTES|P%", KVOPT, "expert cache size (K/M/G suffixes) or share of the experts (default 100%)"},
-    {O_EXPPOLICY, NULL, "--expert-policy", "lru|lfu", KVOPT, "which expert the cache evicts (default lru)"},
+    {O_EXPPOLICY, NULL, "--expert-policy", "lru|lfu|next", KVOPT, "which expert the cache evicts (default lru; next: furthest expected next use)"},
     {O_IOTHREADS, NULL, "--io-threads", "N", KVOPT, "expert prefetch I/O threads (default 2)"},
     {O_EXPIO, NULL, "--expert-io", "direct|buffered", KVOPT, "read experts with O_DIRECT (default, falls back) or through the page cache"},
     {O_SYSTEM, NULL, "--system", "TEXT", CMD_CHAT, "system message"},
@@ -291,7 +291,7 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_EXPPOLICY:
             o->expert_policy = codi_expert_policy_from_name(val);
             if (o->expert_policy < 0) {
-                fprintf(stderr, "codi: %s expects lru or lfu, got '%s'\n", name, val);
+                fprintf(stderr, "codi: %s expects lru, lfu or next, got '%s'\n", name, val);
                 return 2;
             }
             break;

@@ -178,6 +178,8 @@ int codi_expert_policy_from_name(const char *name) {
         return CODI_EXPERT_EVICT_LRU;
     if (name && strcmp(name, "lfu") == 0)
         return CODI_EXPERT_EVICT_LFU;
+    if (name && strcmp(name, "next") == 0)
+        return CODI_EXPERT_EVICT_NEXT;
     return -1;
 }
 
@@ -256,7 +258,9 @@ static int moe_setup(codi_context *c, const codi_context_params *p, char *err, s
     codi_expert_store_params sp = {
         .path = m->path, .n_layer = NL, .n_expert = hp->n_expert, .n_parts = 3,
         .part_off = off, .part_bytes = len, .n_slots = 0,
-        .policy = p->expert_policy == CODI_EXPERT_EVICT_LFU ? CODI_EXPERT_LFU : CODI_EXPERT_LRU,
+        .policy = p->expert_policy == CODI_EXPERT_EVICT_LFU    ? CODI_EXPERT_LFU
+                  : p->expert_policy == CODI_EXPERT_EVICT_NEXT ? CODI_EXPERT_NEXTUSE
+                                                               : CODI_EXPERT_LRU,
         .n_io_threads = p->moe_mode >= CODI_MOE_PREFETCH ? (p->io_threads > 0 ? p->io_threads : 2) : 0,
         .direct = p->expert_direct != 0};
     const uint64_t slot = codi_expert_store_slot_bytes(&sp);
@@ -330,8 +334,8 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     if (p.expert_budget < 0 || !(p.expert_budget_pct >= 0.0f && p.expert_budget_pct <= 100.0f))
         return codi_errorf(err, errlen, CODI_EINVAL,
                            "expert budget must be a positive size or a percentage in (0, 100]");
-    if (p.expert_policy < CODI_EXPERT_EVICT_LRU || p.expert_policy > CODI_EXPERT_EVICT_LFU)
-        return codi_errorf(err, errlen, CODI_EINVAL, "unknown expert cache policy %d (lru or lfu)",
+    if (p.expert_policy < CODI_EXPERT_EVICT_LRU || p.expert_policy > CODI_EXPERT_EVICT_NEXT)
+        return codi_errorf(err, errlen, CODI_EINVAL, "unknown expert cache policy %d (lru, lfu or next)",
                            p.expert_policy);
     if (p.io_threads < 0 || p.io_threads > 64)
         return codi_errorf(err, errlen, CODI_EINVAL, "io_threads must be in [0, 64]");
@@ -1415,6 +1419,13 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
         matmul1(c, &L->router, c->rl2, x, B);
     const size_t di = (size_t)(dist > 0 ? dist - 1 : 0) * (size_t)NL + (size_t)nl;
     uint8_t *pred = c->pred + di * (size_t)E;
+    /* how often guesses at this distance were right so far (a decoupled
+     * router's always are): the store admits a prefetch only over an
+     * expert that is less likely to be used */
+    const int dd = dist > 0 ? dist - 1 : 0;
+    const double p_right = z0 != c->rl2 ? 2.0
+                                         : ((double)c->moe.look_right[dd] + 1.0) /
+                                               ((double)c->moe.look_used[dd] + 2.0);
     memset(pred, 0, (size_t)E);
     /* top-K of the logits (softmax keeps the order), strongest first */
     int n_pred = 0;
@@ -1436,7 +1447,7 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
                 pred[best] = 1;
                 n_pred++;
                 if (*room > 0 && !codi_expert_store_resident(c->store, nl, best)) {
-                    codi_expert_store_prefetch(c->store, nl, best);
+                    codi_expert_store_prefetch_p(c->store, nl, best, p_right);
                     (*room)--;
                 }
             }

@@ -244,8 +244,23 @@ static bool is_protected(const codi_expert_store *s, const slot *sl) {
     return sl->prefetched && s->layer_pass[sl->layer] == sl->pass;
 }
 
+/* NEXTUSE: expected layer steps until expert (layer, e) is used again. */
+static double next_use(const codi_expert_store *s, const slot *a) {
+    const int L = s->n_layer, cur = s->cur_layer < 0 ? 0 : s->cur_layer;
+    const int dist = (a->layer - cur - 1 + 2 * L) % L + 1; /* next layer: 1 */
+    const double passes = (double)s->layer_pass[a->layer] + 1.0;
+    double pr = (double)s->freq[key(s, a->layer, a->e)] / passes;
+    pr = pr < 1.0 / passes ? 1.0 / passes : pr > 1.0 ? 1.0 : pr;
+    return (double)dist + (double)L * (1.0 / pr - 1.0);
+}
+
 /* Does a beat b as an eviction victim under the policy? */
 static bool better_victim(const codi_expert_store *s, const slot *a, const slot *b) {
+    if (s->policy == CODI_EXPERT_NEXTUSE) {
+        const double na = next_use(s, a), nb = next_use(s, b);
+        if (na != nb)
+            return na > nb;
+    }
     if (s->policy == CODI_EXPERT_LFU) {
         const uint64_t fa = s->freq[key(s, a->layer, a->e)], fb = s->freq[key(s, b->layer, b->e)];
         if (fa != fb)
@@ -472,16 +487,36 @@ void codi_expert_store_release(codi_expert_store *s, int layer, int e) {
     pthread_mutex_unlock(&s->mu);
 }
 
+/* How likely expert (layer, e) is to be used on a pass of its layer: the
+ * share of that layer's passes that acquired it. */
+static double use_share(const codi_expert_store *s, int layer, int e) {
+    const double passes = (double)s->layer_pass[layer] + 1.0;
+    const double pr = (double)s->freq[key(s, layer, e)] / passes;
+    return pr > 1.0 ? 1.0 : pr;
+}
+
 void codi_expert_store_prefetch(codi_expert_store *s, int layer, int e) {
+    codi_expert_store_prefetch_p(s, layer, e, 2.0);
+}
+
+void codi_expert_store_prefetch_p(codi_expert_store *s, int layer, int e, double p) {
     if (!s || s->n_threads == 0 || layer < 0 || layer >= s->n_layer || e < 0 ||
         e >= s->n_expert)
         return;
     pthread_mutex_lock(&s->mu);
     if (s->map[key(s, layer, e)] < 0) {
-        const int64_t v = s->q_count < QUEUE_CAP ? pick_victim(s, true) : -1;
-        if (v < 0) {
+        int64_t v = s->q_count < QUEUE_CAP ? pick_victim(s, true) : -1;
+        /* admission: a guess that is used with probability p displaces only
+         * an expert less likely to be used (else the read is likely wasted
+         * and the victim read again later) */
+        if (v >= 0 && p <= 1.0 && s->slots[v].state == SLOT_READY &&
+            use_share(s, s->slots[v].layer, s->slots[v].e) >= p) {
+            s->st.prefetch_declined++;
+            v = -2;
+        }
+        if (v == -1) {
             s->st.prefetch_dropped++;
-        } else {
+        } else if (v >= 0) {
             reserve(s, v, layer, e);
             s->slots[v].prefetched = true;
             s->slots[v].pass = s->layer_pass[layer];
@@ -573,7 +608,8 @@ static int check_params(const codi_expert_store_params *p, char *err, size_t err
     if (p->n_slots < 1)
         return codi_errorf(err, errlen, CODI_EINVAL, "expert store: %lld cache slots (>= 1)",
                            (long long)p->n_slots);
-    if (p->policy != CODI_EXPERT_LRU && p->policy != CODI_EXPERT_LFU)
+    if (p->policy != CODI_EXPERT_LRU && p->policy != CODI_EXPERT_LFU &&
+        p->policy != CODI_EXPERT_NEXTUSE)
         return codi_errorf(err, errlen, CODI_EINVAL, "expert store: unknown policy %d",
                            p->policy);
     if (p->n_io_threads < 0 || p->n_io_threads > MAX_IO_THREADS)

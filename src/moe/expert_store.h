@@ -26,6 +26,11 @@
 enum codi_expert_policy {
     CODI_EXPERT_LRU = 0, /* evict the least recently used */
     CODI_EXPERT_LFU,     /* evict the least frequently used (ties: LRU) */
+    CODI_EXPERT_NEXTUSE, /* evict the expert whose next use is expected
+                            furthest away: layers run in a cycle, so the
+                            layer just done is needed last; an expert used
+                            by a share p of its layer's passes is expected
+                            (1/p - 1) cycles later still (Belady, estimated) */
 };
 
 typedef struct codi_expert_store_params {
@@ -47,6 +52,7 @@ typedef struct codi_expert_stats {
     uint64_t prefetches;     /* prefetch reads started */
     uint64_t prefetch_used;  /* prefetched experts acquired before eviction */
     uint64_t prefetch_dropped; /* requests dropped: queue full or no free slot */
+    uint64_t prefetch_declined;/* guesses less likely used than their victim */
     uint64_t evictions;
     uint64_t bytes_read;     /* all reads, sync and prefetch (bytes requested
                                 from the file, alignment padding included) */
@@ -84,6 +90,10 @@ void codi_expert_store_release(codi_expert_store *s, int layer, int e);
  * flight. Never blocks; a request that finds no evictable slot or a full
  * queue is dropped (counted). */
 void codi_expert_store_prefetch(codi_expert_store *s, int layer, int e);
+/* The same for a guess that is right with probability p: declined (and
+ * counted) when the slot it would take holds an expert used on at least a
+ * share p of its layer's passes. p > 1: always admitted. */
+void codi_expert_store_prefetch_p(codi_expert_store *s, int layer, int e, double p);
 
 /* Is (layer, e) resident now (not in flight)? For tests and metrics. */
 bool codi_expert_store_resident(codi_expert_store *s, int layer, int e);

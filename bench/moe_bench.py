@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""moe_bench.py - expert offloading under a memory budget (issue 5).
+
+For one MoE GGUF file, runs `codi run` greedy generation for every
+(mode, budget) pair and reports, per run: generation tokens/s, bytes read
+from the file per token, the read bandwidth the expert store achieved, the
+cache hit rate, the pre-gate's recall of the next layer's experts, the time
+stalled on I/O, and peak RSS against codi's own accounting. It also computes
+the limit each run could reach,
+
+    per token: max(compute time when resident, missed bytes / probe bandwidth)
+
+where the compute time comes from the `resident` run (all experts mapped and
+warm in the page cache) and the probe bandwidth from reading expert-sized
+blocks of the same file with O_DIRECT (queue depth = I/O threads), and the
+fraction of that limit each run achieved.
+
+    python3 bench/moe_bench.py [--model models/bench/moe-q4_0.gguf]
+        [--budgets 100,50,25,10] [--modes ondemand,prefetch] [-n 32] [-t 2]
+        [--io-threads 2] [--policy lru] [--out DIR] [--reps 1]
+
+Prints a markdown table (and writes it, with the raw stderr of every run, to
+--out when given). Each run reads the model afresh: O_DIRECT reads bypass
+the page cache, so runs do not warm each other's expert reads.
+"""
+import argparse
+import mmap
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODI = os.path.join(ROOT, "build", "codi")
+PROMPT = ("The history of the river valley begins with the first farmers who settled along its "
+          "banks, built terraces on the hills and traded grain with the towns downstream.")
+
+
+def probe_bandwidth(path, block, n_threads, seconds=3.0):
+    """O_DIRECT random reads of `block` bytes (4 KiB aligned) with n_threads
+    in parallel; returns bytes/s."""
+    size = os.path.getsize(path)
+    block = (block + 4095) // 4096 * 4096
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+    total = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(seed):
+        buf = mmap.mmap(-1, block)  # page aligned, as O_DIRECT needs
+        x = seed * 2654435761 % (1 << 32)
+        n = 0
+        while time.monotonic() < stop:
+            x = (x * 1103515245 + 12345) % (1 << 31)
+            off = (x % max(1, (size - block) // 4096)) * 4096
+            n += os.preadv(fd, [buf], off)
+        with lock:
+            total[0] += n
+
+    ths = [threading.Thread(target=worker, args=(i + 1,)) for i in range(n_threads)]
+    t0 = time.monotonic()
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    dt = time.monotonic() - t0
+    os.close(fd)
+    return total[0] / dt
+
+
+def run_codi(model, mode, budget, n, threads, io_threads, policy, extra):
+    cmd = [CODI, "run", "-m", model, "-p", PROMPT, "-n", str(n), "--temp", "0", "-t", str(threads),
+           "--no-display-prompt", "--moe-mode", mode, "--io-threads", str(io_threads),
+           "--expert-policy", policy] + extra
+    if mode != "resident":
+        cmd += ["--expert-budget", "%g%%" % budget]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("codi failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
+    err = p.stderr
+    r = {"cmd": " ".join(cmd), "stderr": err}
+    m = re.search(r"generation:\s+(\d+) tokens in\s+([\d.]+) ms,\s+([\d.]+) tokens/s", err)
+    r["gen_tokens"], r["gen_ms"], r["tps"] = int(m.group(1)), float(m.group(2)), float(m.group(3))
+    m = re.search(r"rss: peak ([\d.]+) MiB, accounting ([\d.]+) MiB", err)
+    r["rss"], r["acct"] = float(m.group(1)), float(m.group(2))
+    m = re.search(r"moe: (\w+).*?cache ([\d.]+) MiB \((\d+) experts.*?hit rate ([\d.]+)%.*?"
+                  r"(\d+) sync loads\), recall ([\d.]+)%, read ([\d.]+) MiB/token at (\d+) MiB/s, "
+                  r"stalled ([\d.]+) s", err)
+    if m:
+        r.update(cache_mib=float(m.group(2)), slots=int(m.group(3)), hit=float(m.group(4)),
+                 sync=int(m.group(5)), recall=float(m.group(6)), mib_tok=float(m.group(7)),
+                 bw=float(m.group(8)), stall=float(m.group(9)))
+    else:
+        r.update(cache_mib=0.0, slots=0, hit=100.0, sync=0, recall=float("nan"), mib_tok=0.0, bw=0.0,
+                 stall=0.0)
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "bench", "moe-q4_0.gguf"))
+    ap.add_argument("--budgets", default="100,50,25,10")
+    ap.add_argument("--modes", default="ondemand,prefetch")
+    ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("-t", type=int, default=2)
+    ap.add_argument("--io-threads", type=int, default=2)
+    ap.add_argument("--policy", default="lru")
+    ap.add_argument("--reps", type=int, default=1, help="runs per setting (median tokens/s)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--extra", default="", help="more codi options, space separated")
+    a = ap.parse_args()
+    extra = a.extra.split() if a.extra else []
+    budgets = [float(b) for b in a.budgets.split(",")]
+    modes = a.modes.split(",")
+    if a.out:
+        os.makedirs(os.path.join(a.out, "raw"), exist_ok=True)
+
+    def once(mode, budget):
+        rs = [run_codi(a.model, mode, budget, a.n, a.t, a.io_threads, a.policy, extra) for _ in range(a.reps)]
+        rs.sort(key=lambda r: r["tps"])
+        r = rs[len(rs) // 2]
+        r["tps_all"] = [x["tps"] for x in rs]
+        if a.out:
+            tag = "%s-%g" % (mode, budget)
+            with open(os.path.join(a.out, "raw", tag + ".txt"), "w") as f:
+                f.write(r["cmd"] + "\n" + r["stderr"])
+        return r
+
+    base = once("resident", 100)
+    t_compute = 1.0 / base["tps"]
+    print("resident: %.2f tokens/s (compute %.1f ms/token), peak RSS %.1f MiB, accounting %.1f MiB"
+          % (base["tps"], t_compute * 1e3, base["rss"], base["acct"]), file=sys.stderr)
+    rows = []
+    for budget in budgets:
+        for mode in modes:
+            r = once(mode, budget)
+            rows.append((mode, budget, r))
+            print("%s %g%%: %.2f t/s, hit %.1f%%, %.2f MiB/token" % (mode, budget, r["tps"], r["hit"],
+                  r["mib_tok"]), file=sys.stderr)
+    # expert block size for the probe: one expert's bytes from the cache size
+    ref = next((r for _, _, r in rows if r["slots"] > 0), None)
+    block = int(ref["cache_mib"] * 1048576 / ref["slots"] / 3) if ref else 1 << 20
+    bw = {q: probe_bandwidth(a.model, block, q) for q in sorted({1, a.io_threads})}
+    bw_q = bw[a.io_threads]
+    lines = []
+    lines.append("model `%s`, %d generated tokens, -t %d, %d I/O threads, policy %s; "
+                 "O_DIRECT probe (blocks of %.2f MiB): %s"
+                 % (os.path.basename(a.model), a.n, a.t, a.io_threads, a.policy, block / 1048576,
+                    ", ".join("%.0f MiB/s at QD %d" % (v / 1048576, q) for q, v in sorted(bw.items()))))
+    lines.append("")
+    lines.append("resident (all experts mapped, page cache warm): %.2f tokens/s = %.1f ms/token compute; "
+                 "peak RSS %.1f MiB, accounting %.1f MiB" % (base["tps"], t_compute * 1e3, base["rss"], base["acct"]))
+    lines.append("")
+    lines.append("| mode | budget | cache MiB | tg tok/s | MiB read/tok | read MiB/s per request | read MiB/s over the run "
+                 "| hit % | recall % | stall s | limit tok/s | of limit | RSS MiB | accounting MiB |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, budget, r in rows:
+        t_io = r["mib_tok"] * 1048576 / bw_q
+        limit = 1.0 / max(t_compute, t_io)
+        lines.append("| %s | %g%% | %.1f | %.2f | %.2f | %.0f | %.0f | %.1f | %s | %.2f | %.2f | %.0f%% | %.1f | %.1f |"
+                     % (mode, budget, r["cache_mib"], r["tps"], r["mib_tok"], r["bw"], r["mib_tok"] * r["tps"], r["hit"],
+                        "%.1f" % r["recall"] if r["recall"] == r["recall"] and mode == "prefetch" else "-",
+                        r["stall"], limit, 100.0 * r["tps"] / limit, r["rss"], r["acct"]))
+    out = "\n".join(lines) + "\n"
+    print(out)
+    if a.out:
+        with open(os.path.join(a.out, "moe.md"), "w") as f:
+            f.write(out)
+
+
+if __name__ == "__main__":
+    main()
