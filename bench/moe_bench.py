@@ -17,7 +17,7 @@ fraction of that limit each run achieved.
 
     python3 bench/moe_bench.py [--model models/bench/moe-q4_0.gguf]
         [--budgets 100,50,25,10] [--modes ondemand,prefetch] [-n 32] [-t 2]
-        [--io-threads 2] [--policy lru] [--out DIR] [--reps 1]
+        [--io-threads 2] [--policy next] [--out DIR] [--reps 1]
 
 Prints a markdown table (and writes it, with the raw stderr of every run, to
 --out when given). Each run reads the model afresh: O_DIRECT reads bypass
@@ -110,7 +110,7 @@ def main():
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("-t", type=int, default=2)
     ap.add_argument("--io-threads", type=int, default=2)
-    ap.add_argument("--policy", default="lru")
+    ap.add_argument("--policy", default="next")
     ap.add_argument("--reps", type=int, default=1, help="runs per setting (median tokens/s)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--extra", default="", help="more codi options, space separated")

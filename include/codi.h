@@ -112,7 +112,8 @@ typedef struct codi_context_params {
                                0 = expert_budget_pct */
     float expert_budget_pct;/* or this percentage of all experts' bytes;
                                0 with expert_budget 0 = 100 */
-    int32_t expert_policy;  /* enum codi_expert_policy: what the cache evicts */
+    int32_t expert_policy;  /* enum codi_expert_policy_public: what the cache
+                               evicts (default CODI_EXPERT_EVICT_NEXT) */
     int32_t io_threads;     /* prefetch I/O threads; 0 = default (2) */
     int32_t expert_direct;  /* O_DIRECT reads: -1 = default (try it), 0 = off */
     int32_t moe_lookahead;  /* layers ahead the lookahead mode prefetches;

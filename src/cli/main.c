@@ -61,7 +61,7 @@ static const opt_def OPTS[] = {
     {O_MOEMODE, NULL, "--moe-mode", "MODE", KVOPT, "MoE experts: resident (default), ondemand, prefetch or lookahead (docs/moe.md)"},
     {O_MOELOOK, NULL, "--moe-lookahead", "N", KVOPT, "layers ahead the lookahead mode prefetches (default 3, at most 4)"},
     {O_EXPBUDGET, NULL, "--expert-budget", "BYTES|P%", KVOPT, "expert cache size (K/M/G suffixes) or share of the experts (default 100%)"},
-    {O_EXPPOLICY, NULL, "--expert-policy", "lru|lfu|next", KVOPT, "which expert the cache evicts (default lru; next: furthest expected next use)"},
+    {O_EXPPOLICY, NULL, "--expert-policy", "lru|lfu|next", KVOPT, "which expert the cache evicts (default next: furthest expected next use)"},
     {O_IOTHREADS, NULL, "--io-threads", "N", KVOPT, "expert prefetch I/O threads (default 2)"},
     {O_EXPIO, NULL, "--expert-io", "direct|buffered", KVOPT, "read experts with O_DIRECT (default, falls back) or through the page cache"},
     {O_SYSTEM, NULL, "--system", "TEXT", CMD_CHAT, "system message"},
@@ -709,6 +709,7 @@ int main(int argc, char **argv) {
     o.kv_sinks = -1;
     o.kv_smooth = -1;
     o.expert_direct = -1;
+    o.expert_policy = CODI_EXPERT_EVICT_NEXT;
     o.moe_mode = -1; /* unset: resident, or prefetch when a budget is given */
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);

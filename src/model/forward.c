@@ -108,7 +108,7 @@ codi_context_params codi_context_default_params(void) {
                              .kv_type = CODI_KV_F16, .kv_smooth = -1, .kv_calib = NULL,
                              .kv_budget = 0, .kv_policy = CODI_KV_ALISA, .kv_window = 0,
                              .kv_sinks = -1, .moe_mode = CODI_MOE_RESIDENT, .expert_budget = 0,
-                             .expert_budget_pct = 0.0f, .expert_policy = CODI_EXPERT_EVICT_LRU,
+                             .expert_budget_pct = 0.0f, .expert_policy = CODI_EXPERT_EVICT_NEXT,
                              .io_threads = 0, .expert_direct = -1, .moe_lookahead = 0};
     return p;
 }
@@ -1403,9 +1403,10 @@ static void expert_views(const codi_layer *L, int e, codi_weight w[3]) {
     }
 }
 
-/* Pre-gate (T1): layer nl's router applied to the rows in x (the FFN input
- * of layer nl - dist) predicts nl's experts -- or, with a decoupled router,
- * its logits computed already (exact). The union over the rows is recorded
+/* Pre-gate (T1): layer nl's router applied to the residual rows x of layer
+ * nl - dist (after its attention), normalised with nl's FFN norm, predicts
+ * nl's experts -- or, with a decoupled router, its logits computed already
+ * (exact). The union over the rows is recorded
  * for the recall count and, while *room lasts, prefetched by the store's
  * I/O threads. */
 static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B, int *room) {
@@ -1413,10 +1414,16 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
     const int E = hp->n_expert, K = hp->n_expert_used, NL = hp->n_layer;
     const codi_layer *L = &c->m->layers[nl];
     const float *z0 = c->rl2;
-    if (c->rl_all && nl - dist >= hp->router_src && dist > 0)
+    if (c->rl_all && nl - dist >= hp->router_src && dist > 0) {
         z0 = c->rl_all + (size_t)nl * (size_t)c->n_batch * (size_t)E;
-    else
-        matmul1(c, &L->router, c->rl2, x, B);
+    } else {
+        /* the residual stream now, normalised as layer nl's FFN input
+         * will be (its own norm weights) */
+        const int d = hp->n_embd;
+        for (int b = 0; b < B; b++)
+            codi_rmsnorm(c->xe + (size_t)b * d, x + (size_t)b * d, L->ffn_norm, d, hp->norm_eps);
+        matmul1(c, &L->router, c->rl2, c->xe, B);
+    }
     const size_t di = (size_t)(dist > 0 ? dist - 1 : 0) * (size_t)NL + (size_t)nl;
     uint8_t *pred = c->pred + di * (size_t)E;
     /* how often guesses at this distance were right so far (a decoupled
@@ -1573,7 +1580,7 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
          * does not need */
         int room = (int)CODI_MIN(CODI_MAX(0, c->moe.cache_slots - n_need), (int64_t)INT32_MAX);
         for (int dist = 1; dist <= c->moe_look && l + dist < hp->n_layer; dist++)
-            moe_pregate(c, l + dist, dist, c->xn, B, &room);
+            moe_pregate(c, l + dist, dist, c->x, B, &room);
         /* 3. run the pinned ones, then read and run the rest */
         for (int pass = 2; pass >= 1; pass--)
             for (int e = 0; e < E; e++) {
@@ -1655,12 +1662,9 @@ static int forward_batch(codi_context *c, const int32_t *tokens, int B,
     c->moe.tokens += (uint64_t)B;
     if (c->store && c->moe_look > 0) {
         /* layer 0 has no earlier layer to pre-gate it: its own router on
-         * the embeddings, normalised as its FFN input would be */
-        for (int b = 0; b < B; b++)
-            codi_rmsnorm(c->xe + (size_t)b * d, c->x + (size_t)b * d, m->layers[0].ffn_norm, d,
-                         hp->norm_eps);
+         * the embeddings */
         int room = (int)CODI_MIN(c->moe.cache_slots, (int64_t)INT32_MAX);
-        moe_pregate(c, 0, 0, c->xe, B, &room);
+        moe_pregate(c, 0, 0, c->x, B, &room);
     }
     for (int l = 0; l < hp->n_layer; l++) {
         const codi_layer *L = &m->layers[l];
