@@ -116,6 +116,11 @@ typedef struct codi_context_params {
                                evicts (default CODI_EXPERT_EVICT_NEXT) */
     int32_t io_threads;     /* prefetch I/O threads; 0 = default (2) */
     int32_t expert_direct;  /* O_DIRECT reads: -1 = default (try it), 0 = off */
+    int32_t moe_bits;       /* bit-nested experts (D2MoE): 4 = the 4-bit
+                               high parts only (half the reads), 8 = high +
+                               residual always, 0 = default: 8 bits for the
+                               experts whose residual is cached (resident:
+                               all), hottest first, 4 bits for the rest */
     int32_t moe_lookahead;  /* layers ahead the lookahead mode prefetches;
                                0 = default (3), at most CODI_MOE_MAX_LOOKAHEAD */
 } codi_context_params;
@@ -159,6 +164,8 @@ typedef struct codi_moe_info {
     uint64_t look_right[CODI_MOE_MAX_LOOKAHEAD]; /* as predicted_right and */
     uint64_t look_used[CODI_MOE_MAX_LOOKAHEAD];  /* next_used, per distance 1.. */
     bool decoupled_router;   /* routes of every layer from one early state */
+    bool nested;             /* the model has bit-nested experts */
+    uint64_t uses_8bit;      /* of expert_uses, those run at 8 bits */
     uint64_t tokens;         /* tokens evaluated */
     bool direct;             /* O_DIRECT in use */
 } codi_moe_info;

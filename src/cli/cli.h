@@ -52,7 +52,7 @@ typedef struct cli_opts {
     const char *kv_calib;
     /* MoE expert offloading */
     int32_t moe_mode, expert_policy, io_threads, expert_direct; /* direct -1: default */
-    int32_t moe_lookahead;
+    int32_t moe_lookahead, moe_bits;
     int64_t expert_budget;    /* bytes, 0: none */
     double expert_budget_pct; /* > 0: share of the experts */
 } cli_opts;

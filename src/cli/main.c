@@ -20,7 +20,7 @@ typedef enum {
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
-    O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK,
+    O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
 } opt_id;
 
 typedef struct {
@@ -60,6 +60,7 @@ static const opt_def OPTS[] = {
     {O_KVCALIB, NULL, "--kv-calib", "FILE", KVOPT, "text that sets the key smoothing scales (default: built in)"},
     {O_MOEMODE, NULL, "--moe-mode", "MODE", KVOPT, "MoE experts: resident (default), ondemand, prefetch or lookahead (docs/moe.md)"},
     {O_MOELOOK, NULL, "--moe-lookahead", "N", KVOPT, "layers ahead the lookahead mode prefetches (default 3, at most 4)"},
+    {O_MOEBITS, NULL, "--moe-bits", "4|8|auto", KVOPT, "bit-nested experts: 4-bit high parts only, 8 bits always, or auto (default: 8 bits where cached, hottest first)"},
     {O_EXPBUDGET, NULL, "--expert-budget", "BYTES|P%", KVOPT, "expert cache size (K/M/G suffixes) or share of the experts (default 100%)"},
     {O_EXPPOLICY, NULL, "--expert-policy", "lru|lfu|next", KVOPT, "which expert the cache evicts (default next: furthest expected next use)"},
     {O_IOTHREADS, NULL, "--io-threads", "N", KVOPT, "expert prefetch I/O threads (default 2)"},
@@ -303,6 +304,13 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
             o->expert_direct = !strcmp(val, "direct");
             break;
         case O_IOTHREADS: rc = parse_i32(name, val, 1, 64, &o->io_threads); break;
+        case O_MOEBITS:
+            if (strcmp(val, "4") && strcmp(val, "8") && strcmp(val, "auto")) {
+                fprintf(stderr, "codi: %s expects 4, 8 or auto, got '%s'\n", name, val);
+                return 2;
+            }
+            o->moe_bits = strcmp(val, "auto") ? atoi(val) : 0;
+            break;
         case O_MOELOOK: rc = parse_i32(name, val, 1, CODI_MOE_MAX_LOOKAHEAD, &o->moe_lookahead); break;
         case O_EXPBUDGET: {
             const size_t L = strlen(val);
@@ -508,6 +516,7 @@ int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, co
     cp.io_threads = o->io_threads;
     cp.expert_direct = o->expert_direct;
     cp.moe_lookahead = o->moe_lookahead;
+    cp.moe_bits = o->moe_bits;
     if (o->moe_mode < 0 && (o->expert_budget > 0 || o->expert_budget_pct > 0.0))
         cp.moe_mode = CODI_MOE_PREFETCH; /* a budget implies offloading */
     *calib_text = NULL;
@@ -559,6 +568,9 @@ static void print_moe_offload(const codi_moe_info *mo) {
             (double)mo->bytes_read / tok / MiB,
             mo->read_seconds > 0 ? (double)mo->bytes_read / MiB / mo->read_seconds : 0.0,
             mo->stall_seconds);
+    if (mo->nested)
+        fprintf(stderr, "moe: bit-nested experts, %.1f%% of expert uses at 8 bits\n",
+                mo->expert_uses ? 100.0 * (double)mo->uses_8bit / (double)mo->expert_uses : 0.0);
     if (mo->look_used[1] > 0) { /* lookahead: recall per distance */
         fprintf(stderr, "moe: recall by distance%s:", mo->decoupled_router ? " (decoupled router)" : "");
         for (int d = 0; d < CODI_MOE_MAX_LOOKAHEAD && mo->look_used[d] > 0; d++)

@@ -79,6 +79,10 @@ struct codi_context {
                              token each (expert, row) pair is */
     float *xe, *ye;       /* [n_batch][n_embd] gathered input, output */
     float *shy;           /* [n_batch][n_embd] the shared expert's output */
+    float *g2, *u2, *ye2; /* bit-nested experts: the residual parts' outputs */
+    int moe_bits;         /* 0 auto, 4, 8 (bit-nested experts) */
+    int sl_mul;           /* store layers per model layer: 2 when nested
+                             (2l: high parts, 2l + 1: residuals), else 1 */
     float *acc;           /* [n_batch][n_expert_used][n_embd] weighted expert
                              outputs, summed in choice order at the end (the
                              same sums whatever order the experts ran in) */
@@ -109,7 +113,7 @@ codi_context_params codi_context_default_params(void) {
                              .kv_budget = 0, .kv_policy = CODI_KV_ALISA, .kv_window = 0,
                              .kv_sinks = -1, .moe_mode = CODI_MOE_RESIDENT, .expert_budget = 0,
                              .expert_budget_pct = 0.0f, .expert_policy = CODI_EXPERT_EVICT_NEXT,
-                             .io_threads = 0, .expert_direct = -1, .moe_lookahead = 0};
+                             .io_threads = 0, .expert_direct = -1, .moe_lookahead = 0, .moe_bits = 0};
     return p;
 }
 
@@ -161,6 +165,7 @@ void codi_moe_reset(codi_context *c) {
     c->moe.cache_bytes = keep.cache_bytes;
     c->moe.cache_slots = keep.cache_slots;
     c->moe.decoupled_router = keep.decoupled_router;
+    c->moe.nested = keep.nested;
     if (c->store)
         codi_expert_store_reset_stats(c->store);
 }
@@ -224,6 +229,9 @@ static int moe_setup(codi_context *c, const codi_context_params *p, char *err, s
     c->moe.expert_bytes = m->expert_bytes;
     c->moe.dense_bytes = m->weight_bytes - m->expert_bytes;
     c->moe.decoupled_router = hp->router_src >= 0;
+    c->moe.nested = hp->nested;
+    c->moe_bits = hp->nested ? p->moe_bits : 4;
+    c->sl_mul = hp->nested ? 2 : 1;
     const int NL = hp->n_layer;
     if (hp->n_expert > 0 && hp->router_src >= 0) {
         c->rl_all = malloc((size_t)NL * (size_t)c->n_batch * (size_t)hp->n_expert * sizeof(float));
@@ -238,8 +246,9 @@ static int moe_setup(codi_context *c, const codi_context_params *p, char *err, s
                   : p->moe_mode == CODI_MOE_LOOKAHEAD ? (p->moe_lookahead > 0 ? p->moe_lookahead : 3)
                                                       : 0;
     const size_t MD = CODI_MOE_MAX_LOOKAHEAD;
-    uint64_t *off = malloc((size_t)NL * 3 * sizeof(uint64_t));
-    uint64_t *len = malloc((size_t)NL * 3 * sizeof(uint64_t));
+    const int SL = NL * c->sl_mul; /* store layers */
+    uint64_t *off = malloc((size_t)SL * 3 * sizeof(uint64_t));
+    uint64_t *len = malloc((size_t)SL * 3 * sizeof(uint64_t));
     c->ex_need = calloc((size_t)hp->n_expert, 1);
     c->pred = calloc(MD * (size_t)NL * (size_t)hp->n_expert, 1);
     c->pred_made = calloc(MD * (size_t)NL, 1);
@@ -252,11 +261,16 @@ static int moe_setup(codi_context *c, const codi_context_params *p, char *err, s
     }
     for (int l = 0; l < NL; l++)
         for (int i = 0; i < 3; i++) {
-            off[l * 3 + i] = m->layers[l].exp_off[i];
-            len[l * 3 + i] = m->layers[l].exp_stride[i];
+            const int s0 = l * c->sl_mul;
+            off[s0 * 3 + i] = m->layers[l].exp_off[i];
+            len[s0 * 3 + i] = m->layers[l].exp_stride[i];
+            if (hp->nested) {
+                off[(s0 + 1) * 3 + i] = m->layers[l].exp_lo_off[i];
+                len[(s0 + 1) * 3 + i] = m->layers[l].exp_lo_stride[i];
+            }
         }
     codi_expert_store_params sp = {
-        .path = m->path, .n_layer = NL, .n_expert = hp->n_expert, .n_parts = 3,
+        .path = m->path, .n_layer = SL, .n_expert = hp->n_expert, .n_parts = 3,
         .part_off = off, .part_bytes = len, .n_slots = 0,
         .policy = p->expert_policy == CODI_EXPERT_EVICT_LFU    ? CODI_EXPERT_LFU
                   : p->expert_policy == CODI_EXPERT_EVICT_NEXT ? CODI_EXPERT_NEXTUSE
@@ -269,7 +283,7 @@ static int moe_setup(codi_context *c, const codi_context_params *p, char *err, s
         const double pct = p->expert_budget_pct > 0.0f ? p->expert_budget_pct : 100.0;
         budget = (uint64_t)((double)m->expert_bytes * pct / 100.0);
     }
-    const int64_t all = (int64_t)NL * hp->n_expert;
+    const int64_t all = (int64_t)SL * hp->n_expert;
     sp.n_slots = (int64_t)CODI_MIN((uint64_t)all, budget / slot);
     if (sp.n_slots < hp->n_expert_used) {
         free(off);
@@ -328,6 +342,9 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     if (p.moe_mode < CODI_MOE_RESIDENT || p.moe_mode > CODI_MOE_LOOKAHEAD)
         return codi_errorf(err, errlen, CODI_EINVAL,
                            "unknown MoE mode %d (resident, ondemand, prefetch or lookahead)", p.moe_mode);
+    if (p.moe_bits != 0 && p.moe_bits != 4 && p.moe_bits != 8)
+        return codi_errorf(err, errlen, CODI_EINVAL, "MoE expert bits must be 4, 8 or 0 (auto), not %d",
+                           p.moe_bits);
     if (p.moe_lookahead < 0 || p.moe_lookahead > CODI_MOE_MAX_LOOKAHEAD)
         return codi_errorf(err, errlen, CODI_EINVAL, "MoE lookahead must be in [1, %d] layers",
                            CODI_MOE_MAX_LOOKAHEAD);
@@ -445,6 +462,12 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         if (hp->n_ff_shexp > 0) {
             c->shy = xalloc_n(B * d * sizeof(float), sb);
             ok = ok && c->shy;
+        }
+        if (hp->nested) {
+            c->g2 = xalloc_n(B * (size_t)hp->n_ff_exp * sizeof(float), sb);
+            c->u2 = xalloc_n(B * (size_t)hp->n_ff_exp * sizeof(float), sb);
+            c->ye2 = xalloc_n(B * d * sizeof(float), sb);
+            ok = ok && c->g2 && c->u2 && c->ye2;
         }
         ok = ok && c->rl && c->sel_e && c->sel_w && c->ex_start && c->ex_row && c->ex_w &&
              c->xe && c->ye && c->acc && c->ex_k;
@@ -576,6 +599,9 @@ void codi_context_free(codi_context *c) {
     free(c->acc);
     free(c->ex_k);
     free(c->shy);
+    free(c->g2);
+    free(c->u2);
+    free(c->ye2);
     codi_expert_store_close(c->store);
     free(c->ex_need);
     free(c->ex_parts);
@@ -1396,10 +1422,10 @@ static void moe_route(codi_context *c, int B) {
 }
 
 /* The views of expert e's gate, up and down matrices in the mapped file. */
-static void expert_views(const codi_layer *L, int e, codi_weight w[3]) {
+static void expert_views(const codi_weight proto[3], const size_t stride[3], int e, codi_weight w[3]) {
     for (int i = 0; i < 3; i++) {
-        w[i] = L->exp[i];
-        w[i].data = (const uint8_t *)L->exp[i].data + (size_t)e * L->exp_stride[i];
+        w[i] = proto[i];
+        w[i].data = (const uint8_t *)proto[i].data + (size_t)e * stride[i];
     }
 }
 
@@ -1453,8 +1479,8 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
             if (!pred[best]) {
                 pred[best] = 1;
                 n_pred++;
-                if (*room > 0 && !codi_expert_store_resident(c->store, nl, best)) {
-                    codi_expert_store_prefetch_p(c->store, nl, best, p_right);
+                if (*room > 0 && !codi_expert_store_resident(c->store, nl * c->sl_mul, best)) {
+                    codi_expert_store_prefetch_p(c->store, nl * c->sl_mul, best, p_right);
                     (*room)--;
                 }
             }
@@ -1469,15 +1495,33 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
 
 /* Runs an expert (its gate, up, down in w) over the n rows starting at r0
  * of ex_row, adding its weighted output to acc. */
-static void expert_run(codi_context *c, const codi_weight w[3], int32_t r0, int32_t n) {
+static void expert_run(codi_context *c, const codi_weight w[3], const codi_weight *lo,
+                       int32_t r0, int32_t n) {
     const size_t d = (size_t)c->m->hp.n_embd, fe = (size_t)c->m->hp.n_ff_exp;
     for (int32_t r = 0; r < n; r++)
         memcpy(c->xe + (size_t)r * d, c->xn + (size_t)c->ex_row[r0 + r] * d, d * sizeof(float));
-    const codi_weight *ws[2] = {&w[0], &w[1]};
-    float *ys[2] = {c->g, c->u};
-    matmul_mixed(c, 2, ws, ys, c->xe, n);
+    {
+        const codi_weight *ws[2] = {&w[0], &w[1]};
+        float *ys[2] = {c->g, c->u};
+        matmul_mixed(c, 2, ws, ys, c->xe, n);
+    }
+    if (lo) { /* bit-nested: W = high part + residual, before the activation */
+        const codi_weight *ws[2] = {&lo[0], &lo[1]};
+        float *ys[2] = {c->g2, c->u2};
+        matmul_mixed(c, 2, ws, ys, c->xe, n);
+        for (size_t i = 0; i < (size_t)n * fe; i++) {
+            c->g[i] += c->g2[i];
+            c->u[i] += c->u2[i];
+        }
+        c->moe.uses_8bit++;
+    }
     act_rows(c, c->g, c->u, fe, n);
     matmul1(c, &w[2], c->ye, c->g, n);
+    if (lo) {
+        matmul1(c, &lo[2], c->ye2, c->g, n);
+        for (size_t i = 0; i < (size_t)n * d; i++)
+            c->ye[i] += c->ye2[i];
+    }
     const size_t K = (size_t)c->m->hp.n_expert_used;
     for (int32_t r = 0; r < n; r++) {
         float *a = c->acc + ((size_t)c->ex_row[r0 + r] * K + (size_t)c->ex_k[r0 + r]) * d;
@@ -1488,21 +1532,56 @@ static void expert_run(codi_context *c, const codi_weight w[3], int32_t r0, int3
     }
 }
 
+/* Weight views of store parts. */
+static void parts_views(const codi_weight proto[3], const void *const *parts, codi_weight w[3]) {
+    for (int i = 0; i < 3; i++) {
+        w[i] = proto[i];
+        w[i].data = parts[i];
+    }
+}
+
+/* Expert e of layer l, its high part pinned in the store (parts hi): with a
+ * residual when bits allow (acquired here, and released), run, release.
+ * Bit-nested models, bits 0 (auto): the residual is used when it is cached
+ * now; otherwise an I/O thread may fetch it for next time, admitted only
+ * over a less used expert (hottest experts get their bits first). */
+static int expert_run_pinned(codi_context *c, int l, int e, const void *const *hi, int32_t r0,
+                             int32_t n, char *err, size_t errlen) {
+    const codi_layer *L = &c->m->layers[l];
+    codi_weight w[3], wl[3];
+    parts_views(L->exp, hi, w);
+    const codi_weight *lo = NULL;
+    const int sh = l * c->sl_mul, slo = sh + 1;
+    if (c->m->hp.nested && c->moe_bits != 4) {
+        const bool have = codi_expert_store_resident(c->store, slo, e);
+        if (c->moe_bits == 8 || have) {
+            const void *parts[CODI_EXPERT_MAX_PARTS];
+            int rc = codi_expert_store_acquire(c->store, slo, e, parts, err, errlen);
+            if (rc) {
+                codi_expert_store_release(c->store, sh, e);
+                return rc;
+            }
+            parts_views(L->exp_lo, parts, wl);
+            lo = wl;
+        } else if (c->moe_look > 0) {
+            codi_expert_store_prefetch_p(c->store, slo, e, codi_expert_store_use_share(c->store, sh, e));
+        }
+    }
+    expert_run(c, w, lo, r0, n);
+    if (lo)
+        codi_expert_store_release(c->store, slo, e);
+    codi_expert_store_release(c->store, sh, e);
+    return 0;
+}
+
 /* Expert e of layer l from the store: acquire (pinned), run, release. */
 static int expert_run_stored(codi_context *c, int l, int e, int32_t r0, int32_t n, char *err,
                              size_t errlen) {
     const void *parts[CODI_EXPERT_MAX_PARTS];
-    int rc = codi_expert_store_acquire(c->store, l, e, parts, err, errlen);
+    int rc = codi_expert_store_acquire(c->store, l * c->sl_mul, e, parts, err, errlen);
     if (rc)
         return rc;
-    codi_weight w[3];
-    for (int i = 0; i < 3; i++) {
-        w[i] = c->m->layers[l].exp[i];
-        w[i].data = parts[i];
-    }
-    expert_run(c, w, r0, n);
-    codi_expert_store_release(c->store, l, e);
-    return 0;
+    return expert_run_pinned(c, l, e, parts, r0, n, err, errlen);
 }
 
 /* MoE FFN of layer l on the B normalised rows in c->xn; the result replaces
@@ -1537,9 +1616,12 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
             const int32_t r0 = c->ex_start[e], n = c->ex_start[e + 1] - r0;
             if (n == 0)
                 continue;
-            codi_weight w[3];
-            expert_views(L, e, w);
-            expert_run(c, w, r0, n);
+            codi_weight w[3], wl[3];
+            expert_views(L->exp, L->exp_stride, e, w);
+            const bool lo = hp->nested && c->moe_bits != 4;
+            if (lo)
+                expert_views(L->exp_lo, L->exp_lo_stride, e, wl);
+            expert_run(c, w, lo ? wl : NULL, r0, n);
         }
     } else {
         for (int dist = 1; dist <= c->moe_look; dist++) { /* how good were the
@@ -1566,8 +1648,9 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
             if (c->ex_start[e + 1] == c->ex_start[e])
                 continue;
             c->ex_need[e] = 1;
-            if (n_pinned < c->moe.cache_slots - 1 && codi_expert_store_resident(c->store, l, e)) {
-                int rc = codi_expert_store_acquire(c->store, l, e, parts, err, errlen);
+            if (n_pinned < c->moe.cache_slots - 1 &&
+                codi_expert_store_resident(c->store, l * c->sl_mul, e)) {
+                int rc = codi_expert_store_acquire(c->store, l * c->sl_mul, e, parts, err, errlen);
                 if (rc)
                     return rc;
                 for (int i = 0; i < 3; i++)
@@ -1588,13 +1671,9 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
                     continue;
                 const int32_t r0 = c->ex_start[e], n = c->ex_start[e + 1] - r0;
                 if (pass == 2) {
-                    codi_weight w[3];
-                    for (int i = 0; i < 3; i++) {
-                        w[i] = L->exp[i];
-                        w[i].data = c->ex_parts[(size_t)e * 3 + (size_t)i];
-                    }
-                    expert_run(c, w, r0, n);
-                    codi_expert_store_release(c->store, l, e);
+                    int rc = expert_run_pinned(c, l, e, c->ex_parts + (size_t)e * 3, r0, n, err, errlen);
+                    if (rc)
+                        return rc;
                 } else {
                     int rc = expert_run_stored(c, l, e, r0, n, err, errlen);
                     if (rc)

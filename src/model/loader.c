@@ -394,6 +394,27 @@ static int load_weights(codi_model *m, char *err, size_t errlen) {
                     return rc;
                 m->expert_bytes += (uint64_t)L->exp_stride[i] * (uint64_t)hp->n_expert;
             }
+            /* bit-nested: the residual planes, all three or none */
+            int n_lo = 0;
+            for (int i = 0; i < 3; i++) {
+                snprintf(name, sizeof(name), "blk.%d.%s_lo.weight", l, EXPS[i]);
+                if (!codi_gguf_find_tensor(g, name))
+                    continue;
+                if ((rc = bind_experts(g, name, i == 2 ? fe : d, i == 2 ? d : fe, hp->n_expert,
+                                       &L->exp_lo[i], &L->exp_lo_stride[i], &L->exp_lo_off[i], err,
+                                       errlen)))
+                    return rc;
+                m->expert_bytes += (uint64_t)L->exp_lo_stride[i] * (uint64_t)hp->n_expert;
+                n_lo++;
+            }
+            if (n_lo != 0 && n_lo != 3)
+                return codi_errorf(err, errlen, CODI_EFORMAT,
+                                   "layer %d has %d of the 3 bit-nested residual tensors (*_exps_lo)", l, n_lo);
+            if (l == 0)
+                m->hp.nested = n_lo == 3;
+            else if (m->hp.nested != (n_lo == 3))
+                return codi_errorf(err, errlen, CODI_EFORMAT,
+                                   "bit-nested residual tensors in some layers only (layer %d)", l);
             if (hp->n_ff_shexp > 0) {
                 const int64_t fs = hp->n_ff_shexp;
                 W(sh_gate, "ffn_gate_shexp", d, fs)

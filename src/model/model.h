@@ -61,6 +61,7 @@ typedef struct codi_hparams {
     int32_t n_ff_shexp; /* width of the shared expert, 0 = none */
     bool moe_norm_w;
     bool qk_norm_full;  /* Q/K norm weights span all heads (OLMoE) */
+    bool nested;        /* every MoE layer has bit-nested experts */
     int32_t router_src; /* decoupled router (codi moefy): every layer's
                            router reads this layer's FFN input; -1 = none */
 } codi_hparams;
@@ -96,6 +97,11 @@ typedef struct codi_layer {
     codi_weight exp[3];     /* gate, up: [n_embd] -> [n_ff_exp]; down: back */
     size_t exp_stride[3];
     uint64_t exp_off[3];
+    /* bit-nested experts (D2MoE, docs/moe.md): exp[] holds the 4-bit high
+     * part, exp_lo[] the 4-bit residual; W = exp + exp_lo ~ 8 bits */
+    codi_weight exp_lo[3];
+    size_t exp_lo_stride[3];
+    uint64_t exp_lo_off[3];
     codi_weight sh_gate, sh_up, sh_down; /* shared expert (Qwen2-MoE) */
     codi_weight sh_inp;     /* [n_embd] -> [1]: its sigmoid gate */
     bool swa;               /* sliding-window (local) layer */

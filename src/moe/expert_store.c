@@ -495,6 +495,15 @@ static double use_share(const codi_expert_store *s, int layer, int e) {
     return pr > 1.0 ? 1.0 : pr;
 }
 
+double codi_expert_store_use_share(codi_expert_store *s, int layer, int e) {
+    if (!s || layer < 0 || layer >= s->n_layer || e < 0 || e >= s->n_expert)
+        return 0.0;
+    pthread_mutex_lock(&s->mu);
+    const double p = use_share(s, layer, e);
+    pthread_mutex_unlock(&s->mu);
+    return p;
+}
+
 void codi_expert_store_prefetch(codi_expert_store *s, int layer, int e) {
     codi_expert_store_prefetch_p(s, layer, e, 2.0);
 }

@@ -95,6 +95,9 @@ void codi_expert_store_prefetch(codi_expert_store *s, int layer, int e);
  * share p of its layer's passes. p > 1: always admitted. */
 void codi_expert_store_prefetch_p(codi_expert_store *s, int layer, int e, double p);
 
+/* The share of its layer's passes that acquired (layer, e) so far. */
+double codi_expert_store_use_share(codi_expert_store *s, int layer, int e);
+
 /* Is (layer, e) resident now (not in flight)? For tests and metrics. */
 bool codi_expert_store_resident(codi_expert_store *s, int layer, int e);
 
