@@ -28,6 +28,8 @@ typedef struct wkv {
     char *str;     /* STRING */
     char **strs;   /* ARRAY of STRING */
     void *data;    /* ARRAY of numbers */
+    uint8_t *raw;  /* a copied value: its bytes after the type, as written */
+    size_t raw_n;
 } wkv;
 
 typedef struct wtensor {
@@ -55,6 +57,7 @@ static void free_kv(wkv *k) {
             free(k->strs[i]);
     free(k->strs);
     free(k->data);
+    free(k->raw);
     memset(k, 0, sizeof(*k));
 }
 
@@ -183,6 +186,96 @@ int codi_gguf_w_arr_f32(codi_gguf_writer *w, const char *key, const float *v, si
     return arr_num(w, key, CODI_GGUF_FLOAT32, v, n);
 }
 
+static size_t scalar_size(int type) {
+    switch (type) {
+    case CODI_GGUF_UINT8: case CODI_GGUF_INT8: case CODI_GGUF_BOOL: return 1;
+    case CODI_GGUF_UINT16: case CODI_GGUF_INT16: return 2;
+    case CODI_GGUF_UINT32: case CODI_GGUF_INT32: case CODI_GGUF_FLOAT32: return 4;
+    case CODI_GGUF_UINT64: case CODI_GGUF_INT64: case CODI_GGUF_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+/* Append n bytes to a growing buffer. */
+static bool grow_put(uint8_t **b, size_t *n, size_t *cap, const void *p, size_t len) {
+    if (*n + len > *cap) {
+        size_t c = *cap ? *cap : 64;
+        while (c < *n + len)
+            c *= 2;
+        uint8_t *nb = realloc(*b, c);
+        if (!nb)
+            return false;
+        *b = nb;
+        *cap = c;
+    }
+    if (len)
+        memcpy(*b + *n, p, len);
+    *n += len;
+    return true;
+}
+
+int codi_gguf_w_copy(codi_gguf_writer *w, const codi_gguf_kv *kv) {
+    uint8_t *b = NULL;
+    size_t n = 0, cap = 0;
+    bool ok = true;
+    if (kv->type == CODI_GGUF_STRING) {
+        const uint64_t len = kv->str.len;
+        ok = grow_put(&b, &n, &cap, &len, 8) && grow_put(&b, &n, &cap, kv->str.ptr, (size_t)len);
+    } else if (kv->type == CODI_GGUF_ARRAY) {
+        const uint32_t at = (uint32_t)kv->arr_type;
+        const uint64_t an = kv->arr_n;
+        ok = grow_put(&b, &n, &cap, &at, 4) && grow_put(&b, &n, &cap, &an, 8);
+        if (kv->arr_type == CODI_GGUF_STRING) {
+            for (uint64_t i = 0; ok && i < an; i++) {
+                const uint64_t len = kv->arr_str[i].len;
+                ok = grow_put(&b, &n, &cap, &len, 8) &&
+                     grow_put(&b, &n, &cap, kv->arr_str[i].ptr, (size_t)len);
+            }
+        } else {
+            const size_t es = scalar_size(kv->arr_type);
+            if (!es) {
+                free(b);
+                return CODI_EINVAL;
+            }
+            ok = ok && grow_put(&b, &n, &cap, kv->arr_data, (size_t)an * es);
+        }
+    } else {
+        const size_t es = scalar_size(kv->type);
+        uint8_t v[8];
+        switch (kv->type) {
+        case CODI_GGUF_FLOAT32: {
+            const float f = (float)kv->v.f64;
+            memcpy(v, &f, 4);
+            break;
+        }
+        case CODI_GGUF_FLOAT64: memcpy(v, &kv->v.f64, 8); break;
+        case CODI_GGUF_INT8: case CODI_GGUF_INT16: case CODI_GGUF_INT32: case CODI_GGUF_INT64:
+            memcpy(v, &kv->v.i64, 8); /* little endian: the low bytes first */
+            break;
+        default: memcpy(v, &kv->v.u64, 8); break;
+        }
+        if (!es) {
+            free(b);
+            return CODI_EINVAL;
+        }
+        ok = grow_put(&b, &n, &cap, v, es);
+    }
+    if (!ok) {
+        free(b);
+        w->oom = true;
+        return CODI_ENOMEM;
+    }
+    wkv *k = slot(w, kv->key);
+    if (!k) {
+        free(b);
+        return CODI_ENOMEM;
+    }
+    k->type = kv->type;
+    k->raw = b;
+    k->raw_n = n;
+    return 0;
+}
+
 int codi_gguf_w_tensor(codi_gguf_writer *w, const char *name, int type, int n_dims, const int64_t *ne) {
     const codi_type_traits *tr = codi_type_get(type);
     if (!tr || n_dims < 1 || n_dims > 4 || ne[0] % tr->blck_size != 0)
@@ -255,6 +348,10 @@ int codi_gguf_writer_write(codi_gguf_writer *w, const char *path, codi_gguf_fill
         ok = put_str(f, k->key) && put_u32(f, (uint32_t)k->type);
         if (!ok)
             break;
+        if (k->raw) {
+            ok = put(f, k->raw, k->raw_n);
+            continue;
+        }
         switch (k->type) {
         case CODI_GGUF_STRING: ok = put_str(f, k->str); break;
         case CODI_GGUF_UINT32: ok = put_u32(f, k->v.u32); break;

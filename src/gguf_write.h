@@ -25,6 +25,10 @@ int codi_gguf_w_bool(codi_gguf_writer *w, const char *key, bool v);
 int codi_gguf_w_arr_str(codi_gguf_writer *w, const char *key, const char *const *v, size_t n);
 int codi_gguf_w_arr_i32(codi_gguf_writer *w, const char *key, const int32_t *v, size_t n);
 int codi_gguf_w_arr_f32(codi_gguf_writer *w, const char *key, const float *v, size_t n);
+/* A copy of a key/value pair read by codi_gguf_open (any type), written
+ * back byte for byte. 0, CODI_EINVAL (unknown type) or CODI_ENOMEM. */
+struct codi_gguf_kv;
+int codi_gguf_w_copy(codi_gguf_writer *w, const struct codi_gguf_kv *kv);
 
 /* A tensor of a codi_type with ne[0..n_dims) (ne[0] contiguous). Its size
  * must be whole blocks of the type. Returns 0, CODI_EINVAL or CODI_ENOMEM. */

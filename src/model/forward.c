@@ -28,6 +28,8 @@ struct codi_context {
     codi_model *m;
     int32_t n_ctx, n_batch, n_threads, n_seq;
     codi_threadpool *pool;
+    codi_matmul_observer observer; /* calibration hook (model.h), or NULL */
+    void *observer_user;
     /* KV cache: per sequence and layer, kv_dim rows (channels) of kv_cap
      * slots, transposed (scores for 8 keys per vector, no horizontal sums;
      * V as llama.cpp stores it without flash attention). Without a budget
@@ -833,6 +835,9 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
                    float *const *y, const float *x, int B) {
     const codi_type_traits *t = codi_type_get(w[0]->type);
     const int vdt = t->vec_dot_type;
+    if (c->observer)
+        for (int i = 0; i < n_w; i++)
+            c->observer(c->observer_user, w[i], x, B, w[0]->ne0);
     matmul_job j = {.n_w = n_w, .B = B, .xq_stride = c->xq_stride};
     /* Decode (one token): chunks of 32 rows; prefill: 16 rows x 64 tokens,
      * so a chunk's weights and activations stay in L1/L2. */
@@ -863,6 +868,11 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
         j.xq = c->xq;
     }
     codi_threadpool_run(c->pool, matmul_task, &j);
+}
+
+void codi_context_set_observer(codi_context *c, codi_matmul_observer fn, void *user) {
+    c->observer = fn;
+    c->observer_user = user;
 }
 
 static void matmul1(codi_context *c, const codi_weight *w, float *y,

@@ -126,6 +126,14 @@ struct codi_model {
     char *path;           /* the file, for the expert store's own reads */
 };
 
+/* Calibration hook: when set, every matrix product y = W x calls
+ * fn(user, W, x, B, n_in) first with the B activation rows (n_in floats
+ * each) entering W. Internal (codi quantize's calibration pass); NULL
+ * turns it off. */
+typedef void (*codi_matmul_observer)(void *user, const codi_weight *w, const float *x, int B,
+                                     int64_t n_in);
+void codi_context_set_observer(codi_context *c, codi_matmul_observer fn, void *user);
+
 /* Loader helpers shared by forward.c */
 int codi_model_validate_hparams(const codi_hparams *hp, char *err,
                                 size_t errlen);
