@@ -331,6 +331,15 @@ int codi_convert_hf(const char *dir, const char *out_path,
                     const codi_convert_params *params, char *err,
                     size_t errlen);
 
+/* Bit-nested experts (D2MoE): writes in_path's MoE model to out_path with
+ * every stacked expert tensor as a Q4_0 high part (same name) and a Q4_0
+ * residual (`*_exps_lo.weight`); everything else copied. The runtime then
+ * runs an expert at 4 bits from the high part alone or at ~8 bits from
+ * both (codi_context_params.moe_bits). Nothing is left at out_path on
+ * failure. */
+int codi_nest_experts(const char *in_path, const char *out_path, codi_progress_fn progress,
+                      void *progress_user, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

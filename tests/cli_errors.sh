@@ -286,6 +286,10 @@ expect_error "--expert-policy unknown" "--expert-policy.*lru, lfu or next" \
 expect_error "--expert-io unknown" "--expert-io.*direct or buffered" \
     "$CODI" run -m "$MX" -p hi -n 1 --expert-io mmap "${T[@]}"
 expect_error "--moe-lookahead 9" "--moe-lookahead" "$CODI" run -m "$MX" -p hi -n 1 --moe-lookahead 9 "${T[@]}"
+expect_error "--moe-bits 6" "--moe-bits.*4, 8 or auto" "$CODI" run -m "$MX" -p hi -n 1 --moe-bits 6 "${T[@]}"
+expect_error "nest without output" "nest needs an MoE model and an output file" "$CODI" nest "$MX"
+expect_error "nest a dense model" "not an MoE model" "$CODI" nest "$M" "$TMP/nested.gguf"
+expect_error "nest a missing file" "cannot open|no such file" "$CODI" nest "$TMP/none.gguf" "$TMP/nested.gguf"
 expect_error "--expert-budget below one layer's experts" "below one layer's 2 active experts: the minimum is [0-9]+ bytes" \
     "$CODI" run -m "$MX" -p hi -n 1 --moe-mode ondemand --expert-budget 1K "${T[@]}"
 

@@ -302,6 +302,124 @@ static void test_offload_io_error(void **state) {
     codi_model_free(m);
 }
 
+/* ---- bit-nested experts (codi nest, D2MoE) ------------------------------- */
+
+static double mean_kl(const float *p_logits, const float *q_logits, int32_t nv) {
+    double mp = -1e30, mq = -1e30, sp = 0.0, sq = 0.0, kl = 0.0;
+    for (int32_t i = 0; i < nv; i++) {
+        mp = fmax(mp, p_logits[i]);
+        mq = fmax(mq, q_logits[i]);
+    }
+    for (int32_t i = 0; i < nv; i++) {
+        sp += exp(p_logits[i] - mp);
+        sq += exp(q_logits[i] - mq);
+    }
+    for (int32_t i = 0; i < nv; i++) {
+        const double lp = p_logits[i] - mp - log(sp), lq = q_logits[i] - mq - log(sq);
+        kl += exp(lp) * (lp - lq);
+    }
+    return kl;
+}
+
+/* Nesting keeps the model at ~8 bits (high part + residual) and gives a
+ * 4-bit version from the high part alone; offloading a nested model at 4
+ * or 8 bits computes exactly what the resident model does at those bits;
+ * nesting twice or a dense model is refused. */
+static void test_nested(void **state) {
+    (void)state;
+    char err[512] = "";
+    const char *out = "/tmp/codi-test-nested.gguf";
+    assert_int_equal(codi_nest_experts(SYN "mixtral-tiny.gguf", out, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(codi_nest_experts(out, "/tmp/codi-test-nested2.gguf", NULL, NULL, err, sizeof(err)),
+                     CODI_EINVAL);
+    assert_non_null(strstr(err, "bit-nested already"));
+    assert_int_equal(access("/tmp/codi-test-nested2.gguf", F_OK), -1);
+    assert_int_equal(codi_nest_experts(SYN "qwen2-tiny.gguf", "/tmp/codi-test-nested2.gguf", NULL, NULL, err,
+                                       sizeof(err)),
+                     CODI_EINVAL);
+    assert_non_null(strstr(err, "not an MoE model"));
+    codi_model *base = load(SYN "mixtral-tiny.gguf"), *m = load(out);
+    const int32_t nv = codi_model_n_vocab(m);
+    int32_t toks[24];
+    for (int i = 0; i < 24; i++)
+        toks[i] = (i * 29 + 3) % nv;
+    codi_context *cb = new_ctx(base, 64, 0);
+    assert_int_equal(codi_decode(cb, toks, 24, 0, true, err, sizeof(err)), 0);
+    float *want[2];
+    double kl[2] = {0.0, 0.0};
+    for (int bi = 0; bi < 2; bi++) {
+        codi_context_params p = codi_context_default_params();
+        p.n_ctx = 64;
+        p.n_threads = 2;
+        p.moe_bits = bi == 0 ? 8 : 4;
+        codi_context *c = NULL;
+        assert_int_equal(codi_context_create(m, &p, &c, err, sizeof(err)), 0);
+        assert_int_equal(codi_decode(c, toks, 24, 0, true, err, sizeof(err)), 0);
+        want[bi] = malloc((size_t)24 * (size_t)nv * sizeof(float));
+        assert_non_null(want[bi]);
+        for (int i = 0; i < 24; i++) {
+            memcpy(want[bi] + (size_t)i * nv, codi_get_logits(c, i), (size_t)nv * sizeof(float));
+            kl[bi] += mean_kl(codi_get_logits(cb, i), codi_get_logits(c, i), nv) / 24.0;
+        }
+        codi_moe_info mo;
+        codi_moe_stats(c, &mo);
+        assert_true(mo.nested);
+        assert_int_equal(mo.uses_8bit, bi == 0 ? mo.expert_uses : 0);
+        codi_context_free(c);
+    }
+    fprintf(stderr, "nested vs original: KL 8-bit %.6f, 4-bit %.6f\n", kl[0], kl[1]);
+    assert_true(kl[0] < 0.01);
+    assert_true(kl[1] > kl[0]);
+    /* offloaded at a budget of about 1.5 layers of experts: same logits */
+    for (int bi = 0; bi < 2; bi++)
+        for (int mode = CODI_MOE_ONDEMAND; mode <= CODI_MOE_LOOKAHEAD; mode++) {
+            codi_context_params p = codi_context_default_params();
+            p.n_ctx = 64;
+            p.n_threads = 2;
+            p.moe_bits = bi == 0 ? 8 : 4;
+            p.moe_mode = mode;
+            p.expert_budget_pct = 40.0f;
+            codi_context *c = NULL;
+            assert_int_equal(codi_context_create(m, &p, &c, err, sizeof(err)), 0);
+            assert_int_equal(codi_decode(c, toks, 12, 0, true, err, sizeof(err)), 0);
+            for (int i = 12; i < 24; i++)
+                assert_int_equal(codi_decode(c, toks + i, 1, i, false, err, sizeof(err)), 0);
+            assert_memory_equal(codi_get_logits(c, -1), want[bi] + (size_t)23 * nv, (size_t)nv * sizeof(float));
+            codi_context_free(c);
+        }
+    /* auto with every expert cached: all at 8 bits */
+    {
+        codi_context_params p = codi_context_default_params();
+        p.n_ctx = 64;
+        p.n_threads = 2;
+        p.moe_mode = CODI_MOE_PREFETCH;
+        p.expert_budget = (int64_t)1 << 30;
+        codi_context *c = NULL;
+        assert_int_equal(codi_context_create(m, &p, &c, err, sizeof(err)), 0);
+        /* the residuals arrive in the background: passes until a pass finds
+         * every one cached (a few, bounded) */
+        codi_moe_info mo;
+        for (int pass = 0; pass < 200; pass++) {
+            codi_kv_truncate(c, 0);
+            codi_moe_reset(c);
+            assert_int_equal(codi_decode(c, toks, 24, 0, true, err, sizeof(err)), 0);
+            codi_moe_stats(c, &mo);
+            if (mo.uses_8bit == mo.expert_uses)
+                break;
+            usleep(10000);
+        }
+        assert_int_equal(mo.uses_8bit, mo.expert_uses);
+        assert_memory_equal(codi_get_logits(c, 23), want[0] + (size_t)23 * nv, (size_t)nv * sizeof(float));
+        codi_context_free(c);
+    }
+    free(want[0]);
+    free(want[1]);
+    codi_context_free(cb);
+    codi_model_free(base);
+    codi_model_free(m);
+    unlink(out);
+}
+
 /* ---- broken variants: patched copies in /tmp ---------------------------- */
 
 static unsigned char *slurp(const char *path, size_t *n) {
@@ -465,6 +583,7 @@ int main(void) {
         cmocka_unit_test(test_offload_same_logits),
         cmocka_unit_test(test_offload_budget_too_small),
         cmocka_unit_test(test_offload_io_error),
+        cmocka_unit_test(test_nested),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

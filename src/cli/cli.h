@@ -16,6 +16,7 @@ enum cli_cmd {
     CMD_BENCH = 1 << 5,
     CMD_CONVERT = 1 << 6,
     CMD_SERVE = 1 << 7,
+    CMD_NEST = 1 << 12,
 };
 
 typedef struct cli_opts {
@@ -65,6 +66,7 @@ int cmd_chat(const cli_opts *o);
 int cmd_ppl(const cli_opts *o);
 int cmd_bench(const cli_opts *o);
 int cmd_serve(const cli_opts *o);
+int cmd_nest(const cli_opts *o);
 
 /* Shared helpers (main.c). */
 int cli_load(const cli_opts *o, codi_model **m, codi_context **c);

@@ -50,3 +50,22 @@ int cmd_convert(const cli_opts *o) {
     fprintf(stderr, "wrote %s in %.1f s\n", o->positional2, cli_now() - t0);
     return 0;
 }
+
+/* codi nest IN.gguf OUT.gguf: bit-nested experts (src/moe/nest.c). */
+int cmd_nest(const cli_opts *o) {
+    if (!o->positional || !o->positional2) {
+        fprintf(stderr, "codi: nest needs an MoE model and an output file: codi nest IN.gguf OUT.gguf\n");
+        return 2;
+    }
+    int last = -1;
+    char err[512];
+    const double t0 = cli_now();
+    if (codi_nest_experts(o->positional, o->positional2, bar, &last, err, sizeof(err))) {
+        if (last >= 0 && last < 100)
+            fprintf(stderr, "\n");
+        fprintf(stderr, "codi: nest: %s\n", err);
+        return 1;
+    }
+    fprintf(stderr, "wrote %s in %.1f s\n", o->positional2, cli_now() - t0);
+    return 0;
+}

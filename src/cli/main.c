@@ -95,6 +95,7 @@ static const struct {
     {"bench", CMD_BENCH, "codi bench -m MODEL [-p N,N...] [-n N,N...] [-r N] [-t N] [--json]", "prompt processing and generation speed (like llama-bench)"},
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
+    {"nest", CMD_NEST, "codi nest IN.gguf OUT.gguf", "bit-nested experts of an MoE model: 4-bit high parts + 4-bit residuals (docs/moe.md)"},
     {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S] [--idle-timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
@@ -183,11 +184,11 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
             return 0;
         }
         if (a[0] != '-' || a[1] == '\0') {
-            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT) && !o->positional) {
+            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT || o->cmd == CMD_NEST) && !o->positional) {
                 o->positional = a;
                 continue;
             }
-            if (o->cmd == CMD_CONVERT && !o->positional2) {
+            if ((o->cmd == CMD_CONVERT || o->cmd == CMD_NEST) && !o->positional2) {
                 o->positional2 = a;
                 continue;
             }
@@ -556,14 +557,15 @@ static void print_moe_offload(const codi_moe_info *mo) {
     const uint64_t acq = mo->hits + mo->sync_loads + mo->inflight_waits;
     fprintf(stderr,
             "moe: %s%s, cache %.2f MiB (%lld experts of %d x %d, %.1f%%), dense %.2f MiB; "
-            "hit rate %.1f%% (%llu hits, %llu in flight, %llu sync loads), "
+            "hit rate %.1f%% (%llu hits, %llu in flight, %llu sync loads; %llu prefetched, %llu used), "
             "recall %.1f%%, read %.2f MiB/token at %.0f MiB/s, stalled %.3f s\n",
             modes[mo->mode >= 0 && mo->mode <= 3 ? mo->mode : 0], mo->direct ? " (O_DIRECT)" : " (buffered)",
             mo->cache_bytes / MiB, (long long)mo->cache_slots, mo->n_layer_moe, mo->n_expert,
             mo->expert_bytes ? 100.0 * (double)mo->cache_bytes / (double)mo->expert_bytes : 0.0,
             mo->dense_bytes / MiB, acq ? 100.0 * (double)mo->hits / (double)acq : 0.0,
             (unsigned long long)mo->hits, (unsigned long long)mo->inflight_waits,
-            (unsigned long long)mo->sync_loads,
+            (unsigned long long)mo->sync_loads, (unsigned long long)mo->prefetches,
+            (unsigned long long)mo->prefetch_used,
             mo->next_used ? 100.0 * (double)mo->predicted_right / (double)mo->next_used : 0.0,
             (double)mo->bytes_read / tok / MiB,
             mo->read_seconds > 0 ? (double)mo->bytes_read / MiB / mo->read_seconds : 0.0,
@@ -740,6 +742,7 @@ int main(int argc, char **argv) {
     case CMD_BENCH: return cmd_bench(&o);
     case CMD_CONVERT: return cmd_convert(&o);
     case CMD_SERVE: return cmd_serve(&o);
+    case CMD_NEST: return cmd_nest(&o);
     }
     return 2;
 }
