@@ -74,10 +74,12 @@ def probe_bandwidth(path, block, n_threads, seconds=3.0):
     return total[0] / dt
 
 
-def run_codi(model, mode, budget, n, threads, io_threads, policy, extra):
+def run_codi(model, mode, budget, n, threads, io_threads, policy, extra, bits=None):
     cmd = [CODI, "run", "-m", model, "-p", PROMPT, "-n", str(n), "--temp", "0", "-t", str(threads),
            "--no-display-prompt", "--moe-mode", mode, "--io-threads", str(io_threads),
            "--expert-policy", policy] + extra
+    if bits:
+        cmd += ["--moe-bits", bits]
     if mode != "resident":
         cmd += ["--expert-budget", "%g%%" % budget]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -90,7 +92,7 @@ def run_codi(model, mode, budget, n, threads, io_threads, policy, extra):
     m = re.search(r"rss: peak ([\d.]+) MiB, accounting ([\d.]+) MiB", err)
     r["rss"], r["acct"] = float(m.group(1)), float(m.group(2))
     m = re.search(r"moe: (\w+).*?cache ([\d.]+) MiB \((\d+) experts.*?hit rate ([\d.]+)%.*?"
-                  r"(\d+) sync loads\), recall ([\d.]+)%, read ([\d.]+) MiB/token at (\d+) MiB/s, "
+                  r"(\d+) sync loads.*?\), recall ([\d.]+)%, read ([\d.]+) MiB/token at (\d+) MiB/s, "
                   r"stalled ([\d.]+) s", err)
     if m:
         r.update(cache_mib=float(m.group(2)), slots=int(m.group(3)), hit=float(m.group(4)),
@@ -99,6 +101,10 @@ def run_codi(model, mode, budget, n, threads, io_threads, policy, extra):
     else:
         r.update(cache_mib=0.0, slots=0, hit=100.0, sync=0, recall=float("nan"), mib_tok=0.0, bw=0.0,
                  stall=0.0)
+    m = re.search(r"(\d+) in flight, (\d+) sync loads; (\d+) prefetched, (\d+) used", err)
+    r["missed"] = (int(m.group(1)) + int(m.group(2)) + int(m.group(4))) if m else 0
+    m = re.search(r"([\d.]+)% of expert uses at 8 bits", err)
+    r["bits8"] = float(m.group(1)) if m else float("nan")
     return r
 
 
@@ -110,7 +116,8 @@ def main():
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("-t", type=int, default=2)
     ap.add_argument("--io-threads", type=int, default=2)
-    ap.add_argument("--policy", default="next")
+    ap.add_argument("--policy", default="next", help="expert cache policies, comma separated")
+    ap.add_argument("--bits", default="", help="bit-nested files: --moe-bits values, comma separated")
     ap.add_argument("--reps", type=int, default=1, help="runs per setting (median tokens/s)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--extra", default="", help="more codi options, space separated")
@@ -121,28 +128,34 @@ def main():
     if a.out:
         os.makedirs(os.path.join(a.out, "raw"), exist_ok=True)
 
-    def once(mode, budget):
-        rs = [run_codi(a.model, mode, budget, a.n, a.t, a.io_threads, a.policy, extra) for _ in range(a.reps)]
+    policies = a.policy.split(",")
+    bitsl = a.bits.split(",") if a.bits else [None]
+
+    def once(mode, budget, policy=policies[0], bits=None):
+        rs = [run_codi(a.model, mode, budget, a.n, a.t, a.io_threads, policy, extra, bits) for _ in range(a.reps)]
         rs.sort(key=lambda r: r["tps"])
         r = rs[len(rs) // 2]
         r["tps_all"] = [x["tps"] for x in rs]
         if a.out:
-            tag = "%s-%g" % (mode, budget)
+            tag = "%s-%g-%s%s" % (mode, budget, policy, "-" + bits if bits else "")
             with open(os.path.join(a.out, "raw", tag + ".txt"), "w") as f:
                 f.write(r["cmd"] + "\n" + r["stderr"])
         return r
 
-    base = once("resident", 100)
+    base = once("resident", 100, policies[0], "8" if a.bits else None)
     t_compute = 1.0 / base["tps"]
     print("resident: %.2f tokens/s (compute %.1f ms/token), peak RSS %.1f MiB, accounting %.1f MiB"
           % (base["tps"], t_compute * 1e3, base["rss"], base["acct"]), file=sys.stderr)
     rows = []
     for budget in budgets:
         for mode in modes:
-            r = once(mode, budget)
-            rows.append((mode, budget, r))
-            print("%s %g%%: %.2f t/s, hit %.1f%%, %.2f MiB/token" % (mode, budget, r["tps"], r["hit"],
-                  r["mib_tok"]), file=sys.stderr)
+            for policy in policies:
+                for bits in bitsl:
+                    r = once(mode, budget, policy, bits)
+                    r["policy"], r["bits"] = policy, bits or "-"
+                    rows.append((mode, budget, r))
+                    print("%s %g%% %s %s: %.2f t/s, hit %.1f%%, %.2f MiB/token" % (mode, budget, policy, bits or "",
+                          r["tps"], r["hit"], r["mib_tok"]), file=sys.stderr)
     # expert block size for the probe: one expert's bytes from the cache size
     ref = next((r for _, _, r in rows if r["slots"] > 0), None)
     block = int(ref["cache_mib"] * 1048576 / ref["slots"] / 3) if ref else 1 << 20
@@ -157,15 +170,24 @@ def main():
     lines.append("resident (all experts mapped, page cache warm): %.2f tokens/s = %.1f ms/token compute; "
                  "peak RSS %.1f MiB, accounting %.1f MiB" % (base["tps"], t_compute * 1e3, base["rss"], base["acct"]))
     lines.append("")
-    lines.append("| mode | budget | cache MiB | tg tok/s | MiB read/tok | read MiB/s per request | read MiB/s over the run "
+    lines.append("| mode | budget | policy | bits | 8-bit uses % | cache MiB | tg tok/s | MiB missed/tok | MiB read/tok "
+                 "| read MiB/s per request | read MiB/s over the run "
                  "| hit % | recall % | stall s | limit tok/s | of limit | RSS MiB | accounting MiB |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, budget, r in rows:
-        t_io = r["mib_tok"] * 1048576 / bw_q
+        # the bytes the run had to bring in for use: experts read on a miss,
+        # waited for in flight, or prefetched and then used (wasted
+        # prefetches are the run's own cost, not part of the limit)
+        slot_mib = r["cache_mib"] / r["slots"] if r["slots"] else 0.0
+        missed_mib = r["missed"] * slot_mib / max(1, r["gen_tokens"])
+        r["missed_mib"] = missed_mib
+        t_io = missed_mib * 1048576 / bw_q
         limit = 1.0 / max(t_compute, t_io)
-        lines.append("| %s | %g%% | %.1f | %.2f | %.2f | %.0f | %.0f | %.1f | %s | %.2f | %.2f | %.0f%% | %.1f | %.1f |"
-                     % (mode, budget, r["cache_mib"], r["tps"], r["mib_tok"], r["bw"], r["mib_tok"] * r["tps"], r["hit"],
-                        "%.1f" % r["recall"] if r["recall"] == r["recall"] and mode == "prefetch" else "-",
+        lines.append("| %s | %g%% | %s | %s | %s | %.1f | %.2f | %.2f | %.2f | %.0f | %.0f | %.1f | %s | %.2f | %.2f | %.0f%% | %.1f | %.1f |"
+                     % (mode, budget, r["policy"], r["bits"],
+                        "-" if r["bits8"] != r["bits8"] else "%.0f" % r["bits8"], r["cache_mib"], r["tps"],
+                        missed_mib, r["mib_tok"], r["bw"], r["mib_tok"] * r["tps"], r["hit"],
+                        "%.1f" % r["recall"] if r["recall"] == r["recall"] and mode in ("prefetch", "lookahead") else "-",
                         r["stall"], limit, 100.0 * r["tps"] / limit, r["rss"], r["acct"]))
     out = "\n".join(lines) + "\n"
     print(out)

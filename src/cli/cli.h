@@ -84,6 +84,8 @@ int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, co
 void cli_print_memory(const codi_context *c, int kv_type);
 /* One stderr line for MoE models: the expert cache and its counters. */
 void cli_print_moe(const codi_context *c);
+/* A notice when expert offloading asked for O_DIRECT and fell back. */
+void cli_moe_notice(const codi_context *c, const codi_context_params *cp, const char *path);
 uint64_t cli_rss_bytes(bool peak); /* VmRSS or VmHWM; 0 when unknown */
 
 #endif

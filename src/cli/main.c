@@ -494,7 +494,16 @@ int cli_load(const cli_opts *o, codi_model **m, codi_context **c) {
         *m = NULL;
         return 1;
     }
+    cli_moe_notice(*c, &cp, o->model);
     return 0;
+}
+
+void cli_moe_notice(const codi_context *c, const codi_context_params *cp, const char *path) {
+    codi_moe_info mo;
+    codi_moe_stats(c, &mo);
+    if (mo.n_expert > 0 && mo.mode != CODI_MOE_RESIDENT && cp->expert_direct != 0 && !mo.direct)
+        fprintf(stderr, "codi: note: %s cannot be read with O_DIRECT here; experts are read through the page cache\n",
+                path);
 }
 
 int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, codi_context_params *out,
