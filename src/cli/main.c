@@ -579,9 +579,6 @@ static void print_moe_offload(const codi_moe_info *mo) {
             (double)mo->bytes_read / tok / MiB,
             mo->read_seconds > 0 ? (double)mo->bytes_read / MiB / mo->read_seconds : 0.0,
             mo->stall_seconds);
-    if (mo->nested)
-        fprintf(stderr, "moe: bit-nested experts, %.1f%% of expert uses at 8 bits\n",
-                mo->expert_uses ? 100.0 * (double)mo->uses_8bit / (double)mo->expert_uses : 0.0);
     if (mo->look_used[1] > 0) { /* lookahead: recall per distance */
         fprintf(stderr, "moe: recall by distance%s:", mo->decoupled_router ? " (decoupled router)" : "");
         for (int d = 0; d < CODI_MOE_MAX_LOOKAHEAD && mo->look_used[d] > 0; d++)
@@ -601,6 +598,9 @@ void cli_print_moe(const codi_context *c) {
                 mo.n_expert, mo.n_expert_used, mo.expert_bytes / MiB, mo.dense_bytes / MiB);
     else
         print_moe_offload(&mo);
+    if (mo.nested)
+        fprintf(stderr, "moe: bit-nested experts, %.1f%% of expert uses at 8 bits\n",
+                mo.expert_uses ? 100.0 * (double)mo.uses_8bit / (double)mo.expert_uses : 0.0);
     /* what RSS may reach: the process after loading (tokenizer, metadata)
      * + the dense weights (mapped, touched) + the experts (mapped when
      * resident, else the cache: offloaded experts are never mapped in) +
