@@ -251,7 +251,7 @@ static int moe_setup(codi_context *c, const codi_context_params *p, char *err, s
     const int SL = NL * c->sl_mul; /* store layers */
     uint64_t *off = malloc((size_t)SL * 3 * sizeof(uint64_t));
     uint64_t *len = malloc((size_t)SL * 3 * sizeof(uint64_t));
-    c->ex_need = calloc((size_t)hp->n_expert, 1);
+    c->ex_need = calloc((size_t)hp->n_expert * 2, 1); /* flags, then pregate scratch */
     c->pred = calloc(MD * (size_t)NL * (size_t)hp->n_expert, 1);
     c->pred_made = calloc(MD * (size_t)NL, 1);
     c->rl2 = malloc((size_t)c->n_batch * (size_t)hp->n_expert * sizeof(float));
@@ -1460,12 +1460,13 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
             codi_rmsnorm(c->xe + (size_t)b * d, x + (size_t)b * d, L->ffn_norm, d, hp->norm_eps);
         matmul1(c, &L->router, c->rl2, c->xe, B);
     }
-    const size_t di = (size_t)(dist > 0 ? dist - 1 : 0) * (size_t)NL + (size_t)nl;
-    uint8_t *pred = c->pred + di * (size_t)E;
+    const bool record = dist <= CODI_MOE_MAX_LOOKAHEAD; /* recall kept per distance up to 4 */
+    const size_t di = (size_t)(dist > 0 && record ? dist - 1 : 0) * (size_t)NL + (size_t)nl;
+    uint8_t *pred = record ? c->pred + di * (size_t)E : c->ex_need + E; /* scratch beyond */
     /* how often guesses at this distance were right so far (a decoupled
      * router's always are): the store admits a prefetch only over an
      * expert that is less likely to be used */
-    const int dd = dist > 0 ? dist - 1 : 0;
+    const int dd = dist > 0 && record ? dist - 1 : 0;
     const double p_right = z0 != c->rl2 ? 2.0
                                          : ((double)c->moe.look_right[dd] + 1.0) /
                                                ((double)c->moe.look_used[dd] + 2.0);
@@ -1498,7 +1499,8 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
     }
     /* layer 0's own-router guess (dist 0) is not a prediction of a later
      * layer: not counted */
-    c->pred_made[di] = dist > 0;
+    if (record)
+        c->pred_made[di] = dist > 0;
     if (dist == 1)
         c->moe.predicted += (uint64_t)n_pred;
 }
@@ -1672,7 +1674,10 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
         /* 2. pre-gate layer l+1, prefetching into the slots this layer
          * does not need */
         int room = (int)CODI_MIN(CODI_MAX(0, c->moe.cache_slots - n_need), (int64_t)INT32_MAX);
-        for (int dist = 1; dist <= c->moe_look && l + dist < hp->n_layer; dist++)
+        /* with a decoupled router the whole schedule is known from layer
+         * router_src on: lookahead prefetches every later layer's experts */
+        const int look = c->rl_all && c->moe_mode == CODI_MOE_LOOKAHEAD ? hp->n_layer : c->moe_look;
+        for (int dist = 1; dist <= look && l + dist < hp->n_layer; dist++)
             moe_pregate(c, l + dist, dist, c->x, B, &room);
         /* 3. run the pinned ones, then read and run the rest */
         for (int pass = 2; pass >= 1; pass--)
