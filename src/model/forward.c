@@ -77,6 +77,7 @@ struct codi_context {
     int32_t *ex_start;    /* [n_expert + 1] rows of each expert in ex_row */
     int32_t *ex_row;      /* [n_batch * n_expert_used] token rows by expert */
     float *ex_w;          /* [n_batch * n_expert_used] weights by expert */
+    uint8_t *ex_need_route; /* [n_expert] top-k scratch */
     int32_t *ex_k;        /* [n_batch * n_expert_used] which choice of its
                              token each (expert, row) pair is */
     float *xe, *ye;       /* [n_batch][n_embd] gathered input, output */
@@ -461,6 +462,8 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         c->ye = xalloc_n(B * d * sizeof(float), sb);
         c->acc = xalloc_n(B * K * d * sizeof(float), sb);
         c->ex_k = xalloc_n(B * K * sizeof(int32_t), sb);
+        c->ex_need_route = xalloc_n(E, sb);
+        ok = ok && c->ex_need_route;
         if (hp->n_ff_shexp > 0) {
             c->shy = xalloc_n(B * d * sizeof(float), sb);
             ok = ok && c->shy;
@@ -600,6 +603,7 @@ void codi_context_free(codi_context *c) {
     free(c->ye);
     free(c->acc);
     free(c->ex_k);
+    free(c->ex_need_route);
     free(c->shy);
     free(c->g2);
     free(c->u2);
@@ -1369,6 +1373,20 @@ static void act_rows(codi_context *c, float *g, const float *u, size_t width, in
     codi_threadpool_run(c->pool, act_task, &j);
 }
 
+/* The k largest of v[0..n) (k <= n), largest first, ties to the lower
+ * index; taken: n bytes of scratch. O(k n). */
+static void top_k(const float *v, int n, int k, int32_t *out, uint8_t *taken) {
+    memset(taken, 0, (size_t)n);
+    for (int t = 0; t < k; t++) {
+        int best = -1;
+        for (int e = 0; e < n; e++)
+            if (!taken[e] && (best < 0 || v[e] > v[best]))
+                best = e;
+        out[t] = best;
+        taken[best] = 1;
+    }
+}
+
 /* Routing of B tokens (router logits in c->rl): softmax over the experts,
  * the top n_expert_used by probability, their probabilities as weights
  * (renormalised when moe_norm_w), as llama.cpp's build_moe_ffn. Then the
@@ -1391,18 +1409,9 @@ static void moe_route(codi_context *c, int B) {
             p[e] *= inv;
         int32_t *se = c->sel_e + (size_t)b * K;
         float *sw = c->sel_w + (size_t)b * K;
-        for (int k = 0; k < K; k++) { /* K is small: selection by scans */
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int t = 0; t < k; t++)
-                    taken = taken || se[t] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            se[k] = best;
-            sw[k] = p[best];
-        }
+        top_k(p, E, K, se, c->ex_need_route);
+        for (int k = 0; k < K; k++)
+            sw[k] = p[se[k]];
         if (hp->moe_norm_w) {
             float ws = 0.0f;
             for (int k = 0; k < K; k++)
@@ -1477,16 +1486,9 @@ static void moe_pregate(codi_context *c, int nl, int dist, const float *x, int B
         const float *z = z0 + (size_t)b * E;
         int32_t top[64];
         const int k = CODI_MIN(K, 64);
+        top_k(z, E, k, top, c->ex_need_route);
         for (int t = 0; t < k; t++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int u = 0; u < t; u++)
-                    taken = taken || top[u] == e;
-                if (!taken && (best < 0 || z[e] > z[best]))
-                    best = e;
-            }
-            top[t] = best;
+            const int best = top[t];
             if (!pred[best]) {
                 pred[best] = 1;
                 n_pred++;
