@@ -5,6 +5,8 @@
 
 #include "cli.h"
 
+static const char *bar_label = "converting";
+
 static void bar(void *user, uint64_t done, uint64_t total) {
     int *last = user;
     const int pct = total ? (int)(done * 100 / total) : 100;
@@ -16,7 +18,7 @@ static void bar(void *user, uint64_t done, uint64_t total) {
     for (int i = 0; i < 40; i++)
         b[i] = i < fill ? '#' : '.';
     b[40] = '\0';
-    fprintf(stderr, "\rconverting [%s] %3d%%  %.1f / %.1f MB", b, pct, (double)done / 1e6, (double)total / 1e6);
+    fprintf(stderr, "\r%s [%s] %3d%%  %.1f / %.1f MB", bar_label, b, pct, (double)done / 1e6, (double)total / 1e6);
     if (done == total)
         fprintf(stderr, "\n");
     fflush(stderr);
@@ -60,6 +62,7 @@ int cmd_nest(const cli_opts *o) {
     int last = -1;
     char err[512];
     const double t0 = cli_now();
+    bar_label = "nesting";
     if (codi_nest_experts(o->positional, o->positional2, bar, &last, err, sizeof(err))) {
         if (last >= 0 && last < 100)
             fprintf(stderr, "\n");
