@@ -153,6 +153,13 @@ static void test_traits(void **state) {
         {CODI_TYPE_Q5_K, "Q5_K", 256, 176, CODI_TYPE_Q8_K, true},
         {CODI_TYPE_Q6_K, "Q6_K", 256, 210, CODI_TYPE_Q8_K, true},
         {CODI_TYPE_Q8_K, "Q8_K", 256, 292, CODI_TYPE_Q8_K, false},
+        /* codi's own (docs/formats.md) */
+        {CODI_TYPE_Q4G32, "Q4G32", 32, 20, CODI_TYPE_Q8_1, true},
+        {CODI_TYPE_Q4G64, "Q4G64", 64, 36, CODI_TYPE_Q8_1, true},
+        {CODI_TYPE_Q4G128, "Q4G128", 128, 68, CODI_TYPE_Q8_1, true},
+        {CODI_TYPE_Q8G32, "Q8G32", 32, 34, CODI_TYPE_Q8_0, true},
+        {CODI_TYPE_Q8G64, "Q8G64", 64, 66, CODI_TYPE_Q8_0, true},
+        {CODI_TYPE_Q8G128, "Q8G128", 128, 130, CODI_TYPE_Q8_0, true},
     };
     int known = 0;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels/avx2.h"
+#include "kernels/codi_avx2.h"
 #include "kernels/gemm.h"
 #include "tensor/quants.h"
 
@@ -72,6 +73,12 @@ codi_vec_dot_fn codi_kernel_vec_dot(int type) {
         case CODI_TYPE_Q4_K: return codi_vec_dot_q4_K_q8_K_avx2;
         case CODI_TYPE_Q5_K: return codi_vec_dot_q5_K_q8_K_avx2;
         case CODI_TYPE_Q6_K: return codi_vec_dot_q6_K_q8_K_avx2;
+        case CODI_TYPE_Q4G32: return codi_vec_dot_q4g32_q8_1_avx2;
+        case CODI_TYPE_Q4G64: return codi_vec_dot_q4g64_q8_1_avx2;
+        case CODI_TYPE_Q4G128: return codi_vec_dot_q4g128_q8_1_avx2;
+        case CODI_TYPE_Q8G32: return codi_vec_dot_q8g32_q8_0_avx2;
+        case CODI_TYPE_Q8G64: return codi_vec_dot_q8g64_q8_0_avx2;
+        case CODI_TYPE_Q8G128: return codi_vec_dot_q8g128_q8_0_avx2;
         default: break;
         }
     }
@@ -86,6 +93,12 @@ codi_gemm_fn codi_kernel_gemm(int type) {
         case CODI_TYPE_Q4_0: return codi_gemm_q4_0_q8_0_avx2;
         case CODI_TYPE_Q4_1: return codi_gemm_q4_1_q8_1_avx2;
         case CODI_TYPE_Q8_0: return codi_gemm_q8_0_q8_0_avx2;
+        case CODI_TYPE_Q4G32: return codi_gemm_q4g32_q8_1_avx2;
+        case CODI_TYPE_Q4G64: return codi_gemm_q4g64_q8_1_avx2;
+        case CODI_TYPE_Q4G128: return codi_gemm_q4g128_q8_1_avx2;
+        case CODI_TYPE_Q8G32: return codi_gemm_q8g32_q8_0_avx2;
+        case CODI_TYPE_Q8G64: return codi_gemm_q8g64_q8_0_avx2;
+        case CODI_TYPE_Q8G128: return codi_gemm_q8g128_q8_0_avx2;
         default: break;
         }
     }

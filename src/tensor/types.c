@@ -5,6 +5,7 @@
 
 #include "tensor/blocks.h"
 #include "tensor/quants.h"
+#include "tensor/quant_codi.h"
 
 /* ---- fp16 / bf16 ---- */
 
@@ -144,6 +145,20 @@ static const codi_type_traits type_traits[CODI_TYPE_COUNT] = {
     [CODI_TYPE_Q8_K] = {"Q8_K", CODI_QK_K, sizeof(codi_block_q8_K),
                         codi_dequantize_row_q8_K_ref,
                         codi_quantize_row_q8_K_ref, CODI_TYPE_Q8_K, NULL},
+    /* codi's own group-wise types (tensor/quant_codi.h) */
+#define Q4G(G)                                                                   \
+    [CODI_TYPE_Q4G##G] = {"Q4G" #G, G, CODI_Q4G_BYTES(G),                        \
+                          codi_dequantize_row_q4g##G##_ref,                      \
+                          codi_quantize_row_q4g##G##_ref, CODI_TYPE_Q8_1,        \
+                          codi_vec_dot_q4g##G##_q8_1_ref}
+#define Q8G(G)                                                                   \
+    [CODI_TYPE_Q8G##G] = {"Q8G" #G, G, CODI_Q8G_BYTES(G),                        \
+                          codi_dequantize_row_q8g##G##_ref,                      \
+                          codi_quantize_row_q8g##G##_ref, CODI_TYPE_Q8_0,        \
+                          codi_vec_dot_q8g##G##_q8_0_ref}
+    Q4G(32), Q4G(64), Q4G(128), Q8G(32), Q8G(64), Q8G(128),
+#undef Q4G
+#undef Q8G
 };
 
 const codi_type_traits *codi_type_get(int type) {

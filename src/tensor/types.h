@@ -24,7 +24,15 @@ enum codi_type {
     CODI_TYPE_Q6_K = 14,
     CODI_TYPE_Q8_K = 15,
     CODI_TYPE_BF16 = 30,
-    CODI_TYPE_COUNT = 64 /* table size; codi's own types go above 40 later */
+    /* codi's own types (docs/formats.md), well above llama.cpp's ids. One
+     * id per group size so that every type keeps a fixed block size. */
+    CODI_TYPE_Q4G32 = 48, /* asymmetric 4-bit, fp16 scale + min per group */
+    CODI_TYPE_Q4G64 = 49,
+    CODI_TYPE_Q4G128 = 50,
+    CODI_TYPE_Q8G32 = 51, /* symmetric 8-bit, fp16 scale per group */
+    CODI_TYPE_Q8G64 = 52,
+    CODI_TYPE_Q8G128 = 53,
+    CODI_TYPE_COUNT = 64 /* table size */
 };
 
 #define CODI_QK 32   /* block size of the legacy quants */

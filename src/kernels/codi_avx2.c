@@ -1,0 +1,190 @@
+/* AVX2 kernels of the Q4G / Q8G group types (see kernels/codi_avx2.h).
+ * The arithmetic per 32-element sub-block is that of ggml's Q4_1 / Q8_0
+ * x86 kernels (maddubs + madd into int32, one FMA with the product of the
+ * scales); the group scale (and min) is loaded once per G / 32 sub-blocks.
+ * G is a compile-time constant in every entry point. */
+#include "kernels/codi_avx2.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "common.h"
+#include "tensor/blocks.h"
+#include "tensor/quant_codi.h"
+
+#define AI __attribute__((always_inline)) static inline
+
+AI __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+AI __m256i unpack_nibbles_32(const uint8_t *p) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)p);
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+AI float hsum_f32x8(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+AI __m256i madd_pairs(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
+
+AI float fp16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* ---- dot products ---- */
+
+AI void dot_q4g(int64_t n, float *s, const void *vx, const void *vy, const int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_1 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    __m128 summs = _mm_setzero_ps();
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q4G_BYTES(G)) {
+        /* (d, m) adjacent: one conversion; times (d_y, s_y) gives the
+         * scale (lane 0) and the min term (lane 1). */
+        const __m128 xdm = _mm_cvtph_ps(_mm_loadu_si32(b));
+        for (int k = 0; k < G / 32; k++, y++) {
+            const __m128 prod = _mm_mul_ps(xdm, _mm_cvtph_ps(_mm_loadu_si32(&y->d)));
+            summs = _mm_add_ps(summs, prod);
+            const __m256i p = madd_pairs(_mm256_maddubs_epi16(unpack_nibbles_32(b + 4 + 16 * k), load256(y->qs)));
+            acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc);
+        }
+    }
+    *s = hsum_f32x8(acc) + _mm_cvtss_f32(_mm_shuffle_ps(summs, summs, 1));
+}
+
+AI void dot_q8g(int64_t n, float *s, const void *vx, const void *vy, const int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_0 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q8G_BYTES(G)) {
+        const float d = fp16(b);
+        for (int k = 0; k < G / 32; k++, y++) {
+            const __m256i w = load256(b + 2 + 32 * k);
+            const __m256i p = madd_pairs(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load256(y->qs), w)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * _cvtsh_ss(y->d)), _mm256_cvtepi32_ps(p), acc);
+        }
+    }
+    *s = hsum_f32x8(acc);
+}
+
+/* ---- gemm tiles: RM weight rows x RN tokens ---- */
+
+AI void tile_q4g(int64_t n, const int G, const int RM, const int RN, const uint8_t *w, size_t ldw,
+                 const uint8_t *x, size_t ldx, float *y, size_t ldy) {
+    __m256 acc[4][3];
+    __m128 summ[4][3];
+    for (int r = 0; r < RM; r++)
+        for (int c = 0; c < RN; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            summ[r][c] = _mm_setzero_ps();
+        }
+    for (int64_t g = 0; g < n / G; g++) {
+        __m128 wdm[4];
+        for (int r = 0; r < RM; r++)
+            wdm[r] = _mm_cvtph_ps(_mm_loadu_si32(w + (size_t)r * ldw + (size_t)g * CODI_Q4G_BYTES(G)));
+        for (int k = 0; k < G / 32; k++) {
+            __m256i wq[4];
+            for (int r = 0; r < RM; r++)
+                wq[r] = unpack_nibbles_32(w + (size_t)r * ldw + (size_t)g * CODI_Q4G_BYTES(G) + 4 + 16 * k);
+            for (int c = 0; c < RN; c++) {
+                const codi_block_q8_1 *a = (const codi_block_q8_1 *)(x + (size_t)c * ldx) + g * (G / 32) + k;
+                const __m256i aq = load256(a->qs);
+                const __m128 ads = _mm_cvtph_ps(_mm_loadu_si32(&a->d));
+                for (int r = 0; r < RM; r++) {
+                    const __m128 prod = _mm_mul_ps(wdm[r], ads);
+                    summ[r][c] = _mm_add_ps(summ[r][c], prod);
+                    const __m256i p = madd_pairs(_mm256_maddubs_epi16(wq[r], aq));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[r][c]);
+                }
+            }
+        }
+    }
+    for (int c = 0; c < RN; c++)
+        for (int r = 0; r < RM; r++)
+            y[(size_t)c * ldy + r] =
+                hsum_f32x8(acc[r][c]) + _mm_cvtss_f32(_mm_shuffle_ps(summ[r][c], summ[r][c], 1));
+}
+
+AI void tile_q8g(int64_t n, const int G, const int RM, const int RN, const uint8_t *w, size_t ldw,
+                 const uint8_t *x, size_t ldx, float *y, size_t ldy) {
+    __m256 acc[4][3];
+    for (int r = 0; r < RM; r++)
+        for (int c = 0; c < RN; c++)
+            acc[r][c] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < n / G; g++) {
+        float wd[4];
+        for (int r = 0; r < RM; r++)
+            wd[r] = fp16(w + (size_t)r * ldw + (size_t)g * CODI_Q8G_BYTES(G));
+        for (int k = 0; k < G / 32; k++) {
+            __m256i wa[4], ws[4];
+            for (int r = 0; r < RM; r++) {
+                ws[r] = load256(w + (size_t)r * ldw + (size_t)g * CODI_Q8G_BYTES(G) + 2 + 32 * k);
+                wa[r] = _mm256_sign_epi8(ws[r], ws[r]);
+            }
+            for (int c = 0; c < RN; c++) {
+                const codi_block_q8_0 *a = (const codi_block_q8_0 *)(x + (size_t)c * ldx) + g * (G / 32) + k;
+                const __m256i aq = load256(a->qs);
+                const float ad = _cvtsh_ss(a->d);
+                for (int r = 0; r < RM; r++) {
+                    const __m256i p = madd_pairs(_mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(aq, ws[r])));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * ad), _mm256_cvtepi32_ps(p), acc[r][c]);
+                }
+            }
+        }
+    }
+    for (int c = 0; c < RN; c++)
+        for (int r = 0; r < RM; r++)
+            y[(size_t)c * ldy + r] = hsum_f32x8(acc[r][c]);
+}
+
+/* Cover nr x nc with 4 x 3 tiles, edges with constant smaller tiles. */
+#define GEMM_DRIVER(NAME, TILE, G)                                                                \
+    void NAME(int64_t n, int nr, int nc, const void *vw, size_t ldw, const void *vx, size_t ldx,  \
+              float *y, size_t ldy) {                                                             \
+        const uint8_t *w = vw, *x = vx;                                                           \
+        int r = 0;                                                                                \
+        for (; r + 4 <= nr; r += 4) {                                                             \
+            const uint8_t *wr = w + (size_t)r * ldw;                                              \
+            int c = 0;                                                                            \
+            for (; c + 3 <= nc; c += 3)                                                           \
+                TILE(n, G, 4, 3, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
+            if (c + 2 == nc)                                                                      \
+                TILE(n, G, 4, 2, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
+            else if (c + 1 == nc)                                                                 \
+                TILE(n, G, 4, 1, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
+        }                                                                                         \
+        for (; r < nr; r++) {                                                                     \
+            const uint8_t *wr = w + (size_t)r * ldw;                                              \
+            int c = 0;                                                                            \
+            for (; c + 3 <= nc; c += 3)                                                           \
+                TILE(n, G, 1, 3, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
+            for (; c < nc; c++)                                                                   \
+                TILE(n, G, 1, 1, wr, ldw, x + (size_t)c * ldx, ldx, y + (size_t)c * ldy + r, ldy); \
+        }                                                                                         \
+    }
+
+#define DEFINE_GROUP(G)                                                                           \
+    void codi_vec_dot_q4g##G##_q8_1_avx2(int64_t n, float *s, const void *x, const void *y) {     \
+        dot_q4g(n, s, x, y, G);                                                                   \
+    }                                                                                             \
+    void codi_vec_dot_q8g##G##_q8_0_avx2(int64_t n, float *s, const void *x, const void *y) {     \
+        dot_q8g(n, s, x, y, G);                                                                   \
+    }                                                                                             \
+    GEMM_DRIVER(codi_gemm_q4g##G##_q8_1_avx2, tile_q4g, G)                                        \
+    GEMM_DRIVER(codi_gemm_q8g##G##_q8_0_avx2, tile_q8g, G)
+DEFINE_GROUP(32)
+DEFINE_GROUP(64)
+DEFINE_GROUP(128)
+
+#endif

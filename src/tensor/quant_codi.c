@@ -1,0 +1,236 @@
+/* Reference quantize / dequantize / dot of codi's group types (see
+ * tensor/quant_codi.h and docs/formats.md). */
+#include "tensor/quant_codi.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+#include "tensor/blocks.h"
+
+#define FP16(h) codi_fp16_to_fp32(h)
+
+static inline uint16_t rd16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+static inline void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+
+int codi_type_codi_group(int bits, int group) {
+    const int k = group == 32 ? 0 : group == 64 ? 1 : group == 128 ? 2 : -1;
+    if (k < 0)
+        return -1;
+    if (bits == 4)
+        return CODI_TYPE_Q4G32 + k;
+    if (bits == 8)
+        return CODI_TYPE_Q8G32 + k;
+    return -1;
+}
+
+int codi_type_group_size(int type) {
+    switch (type) {
+    case CODI_TYPE_Q4G32: case CODI_TYPE_Q8G32: return 32;
+    case CODI_TYPE_Q4G64: case CODI_TYPE_Q8G64: return 64;
+    case CODI_TYPE_Q4G128: case CODI_TYPE_Q8G128: return 128;
+    default: return 0;
+    }
+}
+
+/* ---- Q4G ---- */
+
+static inline int clamp_q4(float v) {
+    const int q = (int)lrintf(v);
+    return q < 0 ? 0 : q > 15 ? 15 : q;
+}
+
+/* Weighted least-squares (d, m) for fixed quants q: minimises
+ * sum w (d q + m - x)^2. Returns false when the system is singular. */
+static bool fit_dm(const float *x, const float *w, const uint8_t *q, int G, float *d, float *m) {
+    double sw = 0, swq = 0, swqq = 0, swx = 0, swqx = 0;
+    for (int i = 0; i < G; i++) {
+        const double wi = w ? w[i] : 1.0;
+        sw += wi;
+        swq += wi * q[i];
+        swqq += wi * q[i] * q[i];
+        swx += wi * x[i];
+        swqx += wi * q[i] * x[i];
+    }
+    const double D = sw * swqq - swq * swq;
+    if (!(D > 1e-30 * (sw * swqq + 1e-30)))
+        return false;
+    *d = (float)((sw * swqx - swq * swx) / D);
+    *m = (float)((swqq * swx - swq * swqx) / D);
+    return *d > 0.0f;
+}
+
+static double err_dm(const float *x, const float *w, int G, float d, float m, uint8_t *q) {
+    double e = 0.0;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    for (int i = 0; i < G; i++) {
+        q[i] = (uint8_t)clamp_q4((x[i] - m) * id);
+        const double r = (double)d * q[i] + m - x[i];
+        e += (w ? w[i] : 1.0) * r * r;
+    }
+    return e;
+}
+
+/* One group: min/max start, then a search over 19 scales around
+ * 15 / (max - min), each refined by a least-squares fit of (d, m) (the
+ * idea of ggml's make_qkx2_quants, without its min <= 0 rule). d and m are
+ * rounded to fp16 before the final quants are chosen, so the stored values
+ * are the ones the error was measured with. */
+static void quantize_group_q4(const float *x, const float *w, int G, uint8_t *blk) {
+    float mn = x[0], mx = x[0];
+    for (int i = 1; i < G; i++) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    uint8_t q[128], qt[128];
+    float bd = (mx - mn) / 15.0f, bm = mn;
+    if (mx > mn) {
+        double best = err_dm(x, w, G, FP16(codi_fp32_to_fp16(bd)), FP16(codi_fp32_to_fp16(bm)), q);
+        for (int is = -9; is <= 9; is++) {
+            const float iscale = (15.0f + 0.1f * (float)is) / (mx - mn);
+            for (int i = 0; i < G; i++)
+                qt[i] = (uint8_t)clamp_q4(iscale * (x[i] - mn));
+            float d, m;
+            if (!fit_dm(x, w, qt, G, &d, &m))
+                continue;
+            d = FP16(codi_fp32_to_fp16(d));
+            m = FP16(codi_fp32_to_fp16(m));
+            if (!(d > 0.0f) || !isfinite(m))
+                continue;
+            const double e = err_dm(x, w, G, d, m, qt);
+            if (e < best) {
+                best = e;
+                bd = d;
+                bm = m;
+            }
+        }
+    } else {
+        bd = 0.0f;
+    }
+    const uint16_t d16 = codi_fp32_to_fp16(bd), m16 = codi_fp32_to_fp16(bm);
+    err_dm(x, NULL, G, FP16(d16), FP16(m16), q);
+    wr16(blk, d16);
+    wr16(blk + 2, m16);
+    uint8_t *qs = blk + 4;
+    for (int k = 0; k < G / 32; k++)
+        for (int j = 0; j < 16; j++)
+            qs[16 * k + j] = (uint8_t)(q[32 * k + j] | (q[32 * k + j + 16] << 4));
+}
+
+void codi_quantize_row_q4g(const float *x, void *vy, int64_t n, int G, const float *imp) {
+    CODI_ASSERT(G == 32 || G == 64 || G == 128);
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    uint8_t *y = vy;
+    for (int64_t i = 0; i < n / G; i++)
+        quantize_group_q4(x + i * G, imp ? imp + i * G : NULL, G, y + i * CODI_Q4G_BYTES(G));
+}
+
+void codi_dequantize_row_q4g(const void *vx, float *y, int64_t n, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q4G_BYTES(G), y += G) {
+        const float d = FP16(rd16(b)), m = FP16(rd16(b + 2));
+        const uint8_t *qs = b + 4;
+        for (int k = 0; k < G / 32; k++)
+            for (int j = 0; j < 16; j++) {
+                y[32 * k + j] = (qs[16 * k + j] & 0x0F) * d + m;
+                y[32 * k + j + 16] = (qs[16 * k + j] >> 4) * d + m;
+            }
+    }
+}
+
+void codi_vec_dot_q4g_q8_1(int64_t n, float *s, const void *vx, const void *vy, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_1 *y = vy;
+    float sumf = 0.0f;
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q4G_BYTES(G)) {
+        const float d = FP16(rd16(b)), m = FP16(rd16(b + 2));
+        const uint8_t *qs = b + 4;
+        for (int k = 0; k < G / 32; k++, y++) {
+            int sumi = 0;
+            for (int j = 0; j < 16; j++)
+                sumi += (qs[16 * k + j] & 0x0F) * y->qs[j] + (qs[16 * k + j] >> 4) * y->qs[j + 16];
+            sumf += (d * FP16(y->d)) * (float)sumi + m * FP16(y->s);
+        }
+    }
+    *s = sumf;
+}
+
+/* ---- Q8G ---- */
+
+void codi_quantize_row_q8g(const float *x, void *vy, int64_t n, int G) {
+    CODI_ASSERT(G == 32 || G == 64 || G == 128);
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    uint8_t *b = vy;
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q8G_BYTES(G), x += G) {
+        float amax = 0.0f;
+        for (int j = 0; j < G; j++)
+            amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        const float d = amax / 127.0f;
+        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        wr16(b, codi_fp32_to_fp16(d));
+        int8_t *qs = (int8_t *)(b + 2);
+        for (int j = 0; j < G; j++)
+            qs[j] = (int8_t)lrintf(x[j] * id);
+    }
+}
+
+void codi_dequantize_row_q8g(const void *vx, float *y, int64_t n, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q8G_BYTES(G), y += G) {
+        const float d = FP16(rd16(b));
+        const int8_t *qs = (const int8_t *)(b + 2);
+        for (int j = 0; j < G; j++)
+            y[j] = qs[j] * d;
+    }
+}
+
+void codi_vec_dot_q8g_q8_0(int64_t n, float *s, const void *vx, const void *vy, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_0 *y = vy;
+    float sumf = 0.0f;
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q8G_BYTES(G)) {
+        const float d = FP16(rd16(b));
+        const int8_t *qs = (const int8_t *)(b + 2);
+        for (int k = 0; k < G / 32; k++, y++) {
+            int sumi = 0;
+            for (int j = 0; j < 32; j++)
+                sumi += qs[32 * k + j] * y->qs[j];
+            sumf += (d * FP16(y->d)) * (float)sumi;
+        }
+    }
+    *s = sumf;
+}
+
+/* ---- fixed-G entry points of the traits table ---- */
+
+#define DEFINE_GROUP(G)                                                                    \
+    void codi_dequantize_row_q4g##G##_ref(const void *x, float *y, int64_t n) {            \
+        codi_dequantize_row_q4g(x, y, n, G);                                               \
+    }                                                                                      \
+    void codi_quantize_row_q4g##G##_ref(const float *x, void *y, int64_t n) {              \
+        codi_quantize_row_q4g(x, y, n, G, NULL);                                           \
+    }                                                                                      \
+    void codi_vec_dot_q4g##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y) { \
+        codi_vec_dot_q4g_q8_1(n, s, x, y, G);                                              \
+    }                                                                                      \
+    void codi_dequantize_row_q8g##G##_ref(const void *x, float *y, int64_t n) {            \
+        codi_dequantize_row_q8g(x, y, n, G);                                               \
+    }                                                                                      \
+    void codi_quantize_row_q8g##G##_ref(const float *x, void *y, int64_t n) {              \
+        codi_quantize_row_q8g(x, y, n, G);                                                 \
+    }                                                                                      \
+    void codi_vec_dot_q8g##G##_q8_0_ref(int64_t n, float *s, const void *x, const void *y) { \
+        codi_vec_dot_q8g_q8_0(n, s, x, y, G);                                              \
+    }
+DEFINE_GROUP(32)
+DEFINE_GROUP(64)
+DEFINE_GROUP(128)

@@ -1,0 +1,58 @@
+/* codi's own weight types (layouts in docs/formats.md):
+ *
+ *   Q4G<G>  asymmetric 4-bit in groups of G (32, 64, 128) along a row:
+ *           per group  u16 d (fp16), u16 m (fp16), u8 qs[G/2];
+ *           w = d * q + m, q in 0..15. The quants of each 32 consecutive
+ *           elements 32k..32k+31 of the group sit in qs[16k..16k+15]:
+ *           element 32k + j in the low nibble of qs[16k + j], element
+ *           32k + j + 16 in its high nibble. Q4G32 is byte-identical to
+ *           ggml's Q4_1.
+ *   Q8G<G>  symmetric 8-bit: per group u16 d (fp16), i8 qs[G]; w = d * q,
+ *           q in -127..127. Q8G32 is byte-identical to Q8_0.
+ *
+ * Activations pair as Q8_1 (Q4G: the sums s give the min term) and Q8_0
+ * (Q8G), both in blocks of 32: a weight group spans G/32 activation
+ * blocks. The references here are the test oracles of the AVX2 kernels. */
+#ifndef CODI_TENSOR_QUANT_CODI_H
+#define CODI_TENSOR_QUANT_CODI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tensor/types.h"
+
+#define CODI_Q4G_BYTES(G) (4 + (G) / 2)
+#define CODI_Q8G_BYTES(G) (2 + (G))
+
+/* The type of a family ('4' or '8') and group size; -1 when there is none. */
+int codi_type_codi_group(int bits, int group);
+/* Group size of a codi group type; 0 for any other type. */
+int codi_type_group_size(int type);
+
+/* Quantize one row of n elements (a multiple of G) into Q4G<G>; imp
+ * (n weights >= 0, or NULL for all ones) weights the squared error that the
+ * scale/min search minimises: imp = E[x^2] of the activations makes the
+ * rounding calibration-aware. */
+void codi_quantize_row_q4g(const float *x, void *y, int64_t n, int G, const float *imp);
+void codi_quantize_row_q8g(const float *x, void *y, int64_t n, int G);
+void codi_dequantize_row_q4g(const void *x, float *y, int64_t n, int G);
+void codi_dequantize_row_q8g(const void *x, float *y, int64_t n, int G);
+/* Float sum over 32-element sub-blocks in order:
+ * q4g: s += (d_w d_y) * sumi + m_w * s_y;  q8g: s += (d_w d_y) * sumi. */
+void codi_vec_dot_q4g_q8_1(int64_t n, float *s, const void *x, const void *y, int G);
+void codi_vec_dot_q8g_q8_0(int64_t n, float *s, const void *x, const void *y, int G);
+
+#define CODI_DECL_GROUP(G)                                                             \
+    void codi_dequantize_row_q4g##G##_ref(const void *x, float *y, int64_t n);         \
+    void codi_quantize_row_q4g##G##_ref(const float *x, void *y, int64_t n);           \
+    void codi_vec_dot_q4g##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y); \
+    void codi_dequantize_row_q8g##G##_ref(const void *x, float *y, int64_t n);         \
+    void codi_quantize_row_q8g##G##_ref(const float *x, void *y, int64_t n);           \
+    void codi_vec_dot_q8g##G##_q8_0_ref(int64_t n, float *s, const void *x, const void *y);
+CODI_DECL_GROUP(32)
+CODI_DECL_GROUP(64)
+CODI_DECL_GROUP(128)
+#undef CODI_DECL_GROUP
+
+#endif

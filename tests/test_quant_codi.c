@@ -1,0 +1,243 @@
+/* codi's own weight types (tensor/quant_codi.h, docs/formats.md):
+ *   - round trip: quantize -> dequantize error within the documented bound
+ *     (Q4G: RMS per group <= (max - min) / 30 + 2^-10 max|w|; Q8G: every
+ *     element within max|w| / 254 + 2^-10 max|w|);
+ *   - layout: Q4G32 reads as ggml's Q4_1 and Q8G32 as Q8_0;
+ *   - the importance-weighted Q4G search never does worse (in weighted
+ *     error) than plain min/max;
+ *   - AVX2 dot products and gemm tiles against the scalar references
+ *     (integer sums exact, float order differs: within 1e-5 relative of
+ *     the sum of |terms|; gemm bit-equal to the AVX2 vec_dot per pair). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/codi_avx2.h"
+#include "kernels/gemm.h"
+#include "kernels/kernels.h"
+#include "tensor/blocks.h"
+#include "tensor/quant_codi.h"
+#include "tensor/quants.h"
+#include "tensor/types.h"
+
+static uint64_t rng_state;
+static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
+static uint64_t rnd_u64(void) {
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static double rnd_unit(void) { return (double)(rnd_u64() >> 11) * 0x1.0p-53; }
+static float rnd_gauss(void) {
+    double u1 = rnd_unit(), u2 = rnd_unit();
+    if (u1 < 1e-300)
+        u1 = 1e-300;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+static uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static const int GROUPS[] = {32, 64, 128};
+
+static void fill_weights(float *x, int64_t n, int seed) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = rnd_gauss() * 0.02f + (seed % 3 == 1 ? 0.01f : 0.0f);
+        if (seed % 5 == 2 && i % 97 == 0)
+            x[i] *= 20.0f; /* outliers */
+    }
+    if (seed % 7 == 3)
+        for (int64_t i = 0; i < n && i < 32; i++)
+            x[i] = 0.25f; /* a constant group */
+}
+
+static void test_round_trip(void **state) {
+    (void)state;
+    enum { N = 1024 };
+    float x[N], y[N];
+    uint8_t buf[N * 2];
+    for (size_t gi = 0; gi < 3; gi++) {
+        const int G = GROUPS[gi];
+        for (int seed = 0; seed < 40; seed++) {
+            rng_seed((uint64_t)seed * 31 + (uint64_t)G);
+            fill_weights(x, N, seed);
+            const int t4 = codi_type_codi_group(4, G), t8 = codi_type_codi_group(8, G);
+            assert_int_equal(codi_type_group_size(t4), G);
+            assert_int_equal(codi_type_group_size(t8), G);
+            codi_type_get(t4)->from_float(x, buf, N);
+            codi_type_get(t4)->to_float(buf, y, N);
+            for (int g = 0; g < N / G; g++) {
+                float mn = x[g * G], mx = x[g * G], amax = 0;
+                double se = 0;
+                for (int i = 0; i < G; i++) {
+                    const float v = x[g * G + i];
+                    mn = v < mn ? v : mn;
+                    mx = v > mx ? v : mx;
+                    amax = fabsf(v) > amax ? fabsf(v) : amax;
+                    se += (double)(v - y[g * G + i]) * (v - y[g * G + i]);
+                }
+                const double rms = sqrt(se / G), bound = (mx - mn) / 30.0 + amax / 1024.0;
+                if (!(rms <= bound))
+                    fail_msg("Q4G%d seed %d group %d: rms %.3g > %.3g", G, seed, g, rms, bound);
+            }
+            codi_type_get(t8)->from_float(x, buf, N);
+            codi_type_get(t8)->to_float(buf, y, N);
+            for (int g = 0; g < N / G; g++) {
+                float amax = 0;
+                for (int i = 0; i < G; i++)
+                    amax = fabsf(x[g * G + i]) > amax ? fabsf(x[g * G + i]) : amax;
+                for (int i = 0; i < G; i++)
+                    assert_true(fabsf(x[g * G + i] - y[g * G + i]) <= amax / 254.0f + amax / 1024.0f);
+            }
+        }
+    }
+}
+
+/* Q4G32 / Q8G32 are byte-compatible with Q4_1 / Q8_0. */
+static void test_layout(void **state) {
+    (void)state;
+    enum { N = 256 };
+    float x[N], a[N], b[N];
+    uint8_t buf[N * 2];
+    rng_seed(5);
+    fill_weights(x, N, 0);
+    codi_quantize_row_q4g(x, buf, N, 32, NULL);
+    codi_dequantize_row_q4g(buf, a, N, 32);
+    codi_dequantize_row_q4_1_ref(buf, b, N);
+    assert_memory_equal(a, b, sizeof a);
+    codi_quantize_row_q8g(x, buf, N, 32);
+    codi_dequantize_row_q8g(buf, a, N, 32);
+    codi_dequantize_row_q8_0_ref(buf, b, N);
+    assert_memory_equal(a, b, sizeof a);
+    /* And the dot products agree with ggml's types. */
+    uint8_t act[N * 2];
+    float s1, s2;
+    for (int i = 0; i < N; i++)
+        a[i] = rnd_gauss();
+    codi_quantize_row_q8_0_ref(a, act, N);
+    codi_vec_dot_q8g_q8_0(N, &s1, buf, act, 32);
+    codi_vec_dot_q8_0_q8_0_ref(N, &s2, buf, act);
+    assert_int_equal(f2u(s1), f2u(s2));
+}
+
+/* The search weighted by importance never has a larger weighted error than
+ * min/max quantization with fp16 (d, m). */
+static void test_importance(void **state) {
+    (void)state;
+    enum { N = 512 };
+    float x[N], imp[N], y[N];
+    uint8_t buf[N];
+    for (int seed = 0; seed < 20; seed++) {
+        rng_seed(1000 + (uint64_t)seed);
+        fill_weights(x, N, seed);
+        for (int i = 0; i < N; i++)
+            imp[i] = (float)(rnd_unit() * rnd_unit() * 4.0);
+        codi_quantize_row_q4g(x, buf, N, 64, imp);
+        codi_dequantize_row_q4g(buf, y, N, 64);
+        double e = 0, e0 = 0;
+        for (int g = 0; g < N / 64; g++) {
+            float mn = x[g * 64], mx = x[g * 64];
+            for (int i = 0; i < 64; i++) {
+                mn = fminf(mn, x[g * 64 + i]);
+                mx = fmaxf(mx, x[g * 64 + i]);
+            }
+            const float d = codi_fp16_to_fp32(codi_fp32_to_fp16((mx - mn) / 15.0f));
+            const float m = codi_fp16_to_fp32(codi_fp32_to_fp16(mn));
+            for (int i = 0; i < 64; i++) {
+                const int k = g * 64 + i;
+                float q = d > 0 ? rintf((x[k] - m) / d) : 0;
+                q = q < 0 ? 0 : q > 15 ? 15 : q;
+                e0 += imp[k] * (double)(q * d + m - x[k]) * (q * d + m - x[k]);
+                e += imp[k] * (double)(y[k] - x[k]) * (y[k] - x[k]);
+            }
+        }
+        assert_true(e <= e0 * 1.0001 + 1e-12);
+    }
+}
+
+static void test_kernels(void **state) {
+    (void)state;
+#if defined(__x86_64__) || defined(__i386__)
+    if (strcmp(codi_kernel_backend(), "avx2") != 0)
+        skip();
+    enum { MAXR = 9, MAXC = 7, MAXN = 12 * 128 };
+    float *x = malloc(MAXN * sizeof *x);
+    uint8_t *w = malloc(MAXR * (size_t)MAXN * 2);
+    uint8_t *a = malloc(MAXC * (size_t)MAXN * 2);
+    float y[MAXC * MAXR], ref[MAXC * MAXR], fast[MAXC * MAXR];
+    assert_non_null(x);
+    assert_non_null(w);
+    assert_non_null(a);
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (size_t gi = 0; gi < 3; gi++) {
+            const int G = GROUPS[gi];
+            const int type = codi_type_codi_group(bits, G);
+            const codi_type_traits *t = codi_type_get(type);
+            const codi_vec_dot_fn dot = codi_kernel_vec_dot(type);
+            const codi_gemm_fn gemm = codi_kernel_gemm(type);
+            assert_non_null(gemm);
+            assert_ptr_not_equal(dot, t->vec_dot);
+            for (int seed = 0; seed < 40; seed++) {
+                rng_seed((uint64_t)seed * 13 + (uint64_t)type);
+                const int nr = 1 + seed % MAXR, nc = 1 + (seed * 5) % MAXC;
+                const int64_t n = (int64_t)G * (1 + (seed * 7) % (MAXN / G));
+                const size_t ldw = codi_row_size(type, n) + (size_t)(seed % 3);
+                const size_t ldx = codi_row_size(t->vec_dot_type, n);
+                for (int r = 0; r < nr; r++) {
+                    fill_weights(x, n, seed + r);
+                    t->from_float(x, w + (size_t)r * ldw, n);
+                }
+                for (int c = 0; c < nc; c++) {
+                    for (int64_t i = 0; i < n; i++)
+                        x[i] = rnd_gauss() * 2.0f;
+                    codi_kernel_from_float(t->vec_dot_type)(x, a + (size_t)c * ldx, n);
+                }
+                memset(y, 0xAB, sizeof y);
+                gemm(n, nr, nc, w, ldw, a, ldx, y, MAXR);
+                codi_gemm_generic(t->vec_dot, n, nr, nc, w, ldw, a, ldx, ref, MAXR);
+                codi_gemm_generic(dot, n, nr, nc, w, ldw, a, ldx, fast, MAXR);
+                for (int c = 0; c < nc; c++)
+                    for (int r = 0; r < MAXR; r++) {
+                        const float got = y[c * MAXR + r];
+                        if (r >= nr) {
+                            assert_int_equal(f2u(got), 0xABABABABu);
+                            continue;
+                        }
+                        /* scale of the terms: |w| |x| summed */
+                        const float want = ref[c * MAXR + r];
+                        const float tol = 1e-5f * (1.0f + fabsf(want)) * sqrtf((float)n);
+                        if (!(fabsf(fast[c * MAXR + r] - want) <= tol))
+                            fail_msg("%s seed %d n %lld: avx2 %.9g ref %.9g", t->name, seed, (long long)n,
+                                     fast[c * MAXR + r], want);
+                        if (!(fabsf(got - want) <= tol))
+                            fail_msg("%s seed %d n %lld: gemm %.9g ref %.9g", t->name, seed, (long long)n, got,
+                                     want);
+                    }
+            }
+        }
+    free(x);
+    free(w);
+    free(a);
+#else
+    skip();
+#endif
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_importance),
+        cmocka_unit_test(test_kernels),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
