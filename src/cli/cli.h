@@ -16,6 +16,7 @@ enum cli_cmd {
     CMD_BENCH = 1 << 5,
     CMD_CONVERT = 1 << 6,
     CMD_SERVE = 1 << 7,
+    CMD_QUANTIZE = 1 << 8,
     CMD_NEST = 1 << 12,
 };
 
@@ -30,7 +31,12 @@ typedef struct cli_opts {
     const char *kl;
     const char *positional;
     const char *positional2; /* convert: OUT.gguf */
-    const char *out_type;    /* convert: --type */
+    const char *out_type;    /* convert, quantize: --type */
+    /* quantize */
+    const char *calib;       /* --calib FILE */
+    float q_bits;            /* --bits (0: default) */
+    float q_sparsity;        /* --sparsity (-1: not given) */
+    int32_t q_group;         /* --group (0: default 32) */
     int32_t n_ctx;
     int32_t n_threads;
     int32_t n_batch;
@@ -62,6 +68,7 @@ typedef struct cli_opts {
 
 int cmd_run(const cli_opts *o);
 int cmd_convert(const cli_opts *o);
+int cmd_quantize(const cli_opts *o);
 int cmd_chat(const cli_opts *o);
 int cmd_ppl(const cli_opts *o);
 int cmd_bench(const cli_opts *o);

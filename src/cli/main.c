@@ -21,6 +21,7 @@ typedef enum {
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
+    O_QTYPE, O_CALIB, O_BITS, O_SPARSITY, O_GROUP,
 } opt_id;
 
 typedef struct {
@@ -48,7 +49,7 @@ static const opt_def OPTS[] = {
     {O_REPLAST, NULL, "--repeat-last-n", "N", GEN, "tokens the penalty looks back (default 64)"},
     {O_SEED, "-s", "--seed", "S", ALL_MODEL, "random seed (default 49361)"},
     {O_CTX, "-c", "--ctx-size", "N", ALL_MODEL, "context size in tokens (default: 4096 or the model's, smaller; ppl: 512)"},
-    {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE, "compute threads (default: all cores)"},
+    {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE | CMD_QUANTIZE, "compute threads (default: all cores)"},
     {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
     {O_UBATCH, NULL, "--ubatch", "N", EVAL, "the same: prompts are evaluated in chunks of N tokens, scratch memory bounded by N"},
     {O_KVTYPE, NULL, "--kv-type", "TYPE", KVOPT, "KV cache storage: f16 (default), q8 or q4"},
@@ -71,6 +72,11 @@ static const opt_def OPTS[] = {
     {O_CHUNKS, NULL, "--chunks", "N", CMD_PPL, "evaluate at most N windows (default: all)"},
     {O_NODISP, NULL, "--no-display-prompt", NULL, CMD_RUN, "do not echo the prompt"},
     {O_TYPE, NULL, "--type", "TYPE", CMD_CONVERT, "weight type of the matrices: f16 (default), f32 or q8_0"},
+    {O_QTYPE, NULL, "--type", "TYPE", CMD_QUANTIZE, "weight format: q4g, q8g (codi's group types), f16 or f32"},
+    {O_GROUP, NULL, "--group", "G", CMD_QUANTIZE, "group size along the input dimension: 32 (default), 64 or 128"},
+    {O_CALIB, NULL, "--calib", "FILE", CMD_QUANTIZE, "calibration text: activation statistics weight the rounding"},
+    {O_BITS, NULL, "--bits", "AVG", CMD_QUANTIZE, "average bits per weight, scales included, in [4, 8] (mix)"},
+    {O_SPARSITY, NULL, "--sparsity", "S", CMD_QUANTIZE, "fraction of weight groups removed, in [0, 1) (gqsa)"},
     {O_HOST, NULL, "--host", "ADDR", CMD_SERVE, "IPv4 address to listen on (default 127.0.0.1)"},
     {O_PORT, NULL, "--port", "N", CMD_SERVE, "TCP port (default 8080; 0 = any free port)"},
     {O_PARALLEL, "-np", "--parallel", "N", CMD_SERVE, "slots: requests generated together (default 4)"},
@@ -96,6 +102,7 @@ static const struct {
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
     {"nest", CMD_NEST, "codi nest IN.gguf OUT.gguf", "bit-nested experts of an MoE model: 4-bit high parts + 4-bit residuals (docs/moe.md)"},
+    {"quantize", CMD_QUANTIZE, "codi quantize IN.gguf OUT.gguf --type TYPE [--group G] [--calib TEXTFILE]", "rewrite a model in codi's weight formats (docs/formats.md)"},
     {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S] [--idle-timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
@@ -184,11 +191,12 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
             return 0;
         }
         if (a[0] != '-' || a[1] == '\0') {
-            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT || o->cmd == CMD_NEST) && !o->positional) {
+            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT || o->cmd == CMD_NEST || o->cmd == CMD_QUANTIZE) &&
+                !o->positional) {
                 o->positional = a;
                 continue;
             }
-            if ((o->cmd == CMD_CONVERT || o->cmd == CMD_NEST) && !o->positional2) {
+            if ((o->cmd == CMD_CONVERT || o->cmd == CMD_NEST || o->cmd == CMD_QUANTIZE) && !o->positional2) {
                 o->positional2 = a;
                 continue;
             }
@@ -230,7 +238,28 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_KLBASE: o->kl_base = val; break;
         case O_KL: o->kl = val; break;
         case O_NODISP: o->no_display_prompt = true; break;
-        case O_TYPE: o->out_type = val; break;
+        case O_TYPE:
+        case O_QTYPE: o->out_type = val; break;
+        case O_CALIB: o->calib = val; break;
+        case O_BITS: rc = parse_f32(name, val, 4.0f, 8.0f, &o->q_bits); break;
+        case O_SPARSITY: {
+            char *end;
+            errno = 0;
+            const float x = strtof(val, &end);
+            if (errno || end == val || *end || !(x >= 0.0f && x < 1.0f)) {
+                fprintf(stderr, "codi: %s expects a fraction in [0, 1), got '%s'\n", name, val);
+                return 2;
+            }
+            o->q_sparsity = x;
+            break;
+        }
+        case O_GROUP:
+            rc = parse_i32(name, val, 1, 1 << 20, &o->q_group);
+            if (!rc && o->q_group != 32 && o->q_group != 64 && o->q_group != 128) {
+                fprintf(stderr, "codi: %s expects 32, 64 or 128, got '%s'\n", name, val);
+                return 2;
+            }
+            break;
         case O_HOST: o->host = val; break;
         case O_APIKEY: o->api_key = val; break;
         case O_PORT: rc = parse_i32(name, val, 0, 65535, &o->port); break;
@@ -734,6 +763,7 @@ int main(int argc, char **argv) {
     o.expert_direct = -1;
     o.expert_policy = CODI_EXPERT_EVICT_NEXT;
     o.moe_mode = -1; /* unset: resident, or prefetch when a budget is given */
+    o.q_sparsity = -1.0f;
     int help = 0;
     int rc = parse_args(argc, argv, &o, &help);
     if (rc)
@@ -750,6 +780,7 @@ int main(int argc, char **argv) {
     case CMD_INSPECT: return cmd_inspect(&o);
     case CMD_BENCH: return cmd_bench(&o);
     case CMD_CONVERT: return cmd_convert(&o);
+    case CMD_QUANTIZE: return cmd_quantize(&o);
     case CMD_SERVE: return cmd_serve(&o);
     case CMD_NEST: return cmd_nest(&o);
     }

@@ -1,0 +1,133 @@
+/* codi quantize IN.gguf OUT.gguf --type TYPE [--group G] [--calib FILE]:
+ * progress bar on stderr; the output is written under a temporary name in
+ * OUT's folder and renamed onto OUT only when complete, so a failed or
+ * interrupted run (SIGINT, SIGTERM, SIGHUP) never leaves a half-written
+ * OUT behind (the temporary file is removed too). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "quant/calib.h"
+#include "quant/quantize.h"
+
+static char g_tmp[4096]; /* the temporary output, removed on a signal */
+
+static void on_signal(int sig) {
+    if (g_tmp[0])
+        unlink(g_tmp); /* async-signal-safe */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void bar(void *user, uint64_t done, uint64_t total) {
+    int *last = user;
+    const int pct = total ? (int)(done * 100 / total) : 100;
+    if (pct == *last)
+        return;
+    *last = pct;
+    char b[41];
+    const int fill = pct * 40 / 100;
+    for (int i = 0; i < 40; i++)
+        b[i] = i < fill ? '#' : '.';
+    b[40] = '\0';
+    fprintf(stderr, "\rquantizing [%s] %3d%%  %.1f / %.1f MB", b, pct, (double)done / 1e6, (double)total / 1e6);
+    if (done == total)
+        fprintf(stderr, "\n");
+    fflush(stderr);
+}
+
+int cmd_quantize(const cli_opts *o) {
+    if (!o->positional || !o->positional2) {
+        fprintf(stderr, "codi: quantize needs an input and an output file: codi quantize IN.gguf OUT.gguf --type TYPE\n");
+        return 2;
+    }
+    if (!o->out_type) {
+        fprintf(stderr, "codi: quantize needs --type (q4g, q8g, f16 or f32)\n");
+        return 2;
+    }
+    codi_quant_params p = {0};
+    p.kind = codi_quant_kind_from_name(o->out_type);
+    if (p.kind < 0) {
+        fprintf(stderr, "codi: unknown quantization type '%s' (expected q4g, q8g, f16 or f32)\n", o->out_type);
+        return 2;
+    }
+    p.group = o->q_group ? o->q_group : 32;
+    if (o->q_bits > 0.0f) {
+        fprintf(stderr, "codi: --bits applies to --type mix only\n");
+        return 2;
+    }
+    if (o->q_sparsity >= 0.0f) {
+        fprintf(stderr, "codi: --sparsity applies to --type gqsa only\n");
+        return 2;
+    }
+    if (!strcmp(o->positional, o->positional2)) {
+        fprintf(stderr, "codi: quantize: the output must not be the input file\n");
+        return 2;
+    }
+    char err[512];
+    codi_calib *cal = NULL;
+    if (o->calib) {
+        size_t len = 0;
+        if (access(o->calib, R_OK) != 0) {
+            fprintf(stderr, "codi: --calib: cannot read calibration file '%s': %s\n", o->calib, strerror(errno));
+            return 1;
+        }
+        char *text = cli_read_file(o->calib, &len);
+        if (!text)
+            return 1; /* cli_read_file said why */
+        if (len == 0) {
+            free(text);
+            fprintf(stderr, "codi: --calib: calibration file '%s' is empty\n", o->calib);
+            return 1;
+        }
+        const double t0 = cli_now();
+        const int rc = codi_calib_run(o->positional, text, len, o->n_threads, 0, &cal, err, sizeof(err));
+        free(text);
+        if (rc) {
+            fprintf(stderr, "codi: calibration: %s\n", err);
+            return 1;
+        }
+        fprintf(stderr, "calibration: %d tokens in %.1f s\n", codi_calib_tokens(cal), cli_now() - t0);
+        p.imp = codi_calib_importance;
+        p.imp_user = cal;
+    }
+    int n = snprintf(g_tmp, sizeof(g_tmp), "%s.tmp-%ld", o->positional2, (long)getpid());
+    if (n < 0 || (size_t)n >= sizeof(g_tmp)) {
+        codi_calib_free(cal);
+        fprintf(stderr, "codi: quantize: output path too long\n");
+        return 2;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    int last = -1;
+    p.progress = bar;
+    p.progress_user = &last;
+    const double t0 = cli_now();
+    double bpw = 0.0;
+    int rc = codi_quantize_file(o->positional, g_tmp, &p, &bpw, err, sizeof(err));
+    codi_calib_free(cal);
+    if (!rc && rename(g_tmp, o->positional2) != 0) {
+        snprintf(err, sizeof(err), "cannot rename '%s' to '%s': %s", g_tmp, o->positional2, strerror(errno));
+        rc = 1;
+    }
+    if (rc) {
+        unlink(g_tmp);
+        g_tmp[0] = '\0';
+        if (last >= 0 && last < 100)
+            fprintf(stderr, "\n");
+        fprintf(stderr, "codi: quantize: %s\n", err);
+        return 1;
+    }
+    g_tmp[0] = '\0';
+    fprintf(stderr, "wrote %s (%s, group %d, %.3f bits per weight) in %.1f s\n", o->positional2,
+            codi_quant_kind_name(p.kind), p.group, bpw, cli_now() - t0);
+    return 0;
+}
