@@ -53,6 +53,7 @@ expect_error "bits 8.5" 2 "--bits expects a number in \[4, 8\]" "$TINY" "$O" --t
 expect_error "calib missing" 1 "calibration file '.*nope.txt'.*No such file" "$TINY" "$O" --type q4g --calib "$TMP/nope.txt"
 expect_error "calib empty" 1 "calibration file '.*empty.txt' is empty" "$TINY" "$O" --type q4g --calib "$TMP/empty.txt"
 expect_error "input missing" 1 "quantize: .*no-such.gguf" "$TMP/no-such.gguf" "$O" --type q4g
+expect_error "sparsity without gqsa" 2 "--sparsity applies to --type gqsa" "$TINY" "$O" --type q4g --sparsity 0.5
 expect_error "same file" 2 "must not be the input" "$TINY" "$TINY" --type q4g
 head -c 5000 "$TINY" >"$TMP/trunc.gguf"
 expect_error "truncated input" 1 "quantize: " "$TMP/trunc.gguf" "$O" --type q8g
@@ -99,6 +100,18 @@ blk.0.ffn_down.weight Q4G128" "$TINY" "$O" --type q4g --group 128
 quantize_ok "q8g g64" "blk.0.attn_k.weight Q8G64
 token_embd.weight Q8G64" "$TINY" "$O" --type q8g --group 64
 quantize_ok "q4g with --calib" "blk.0.ffn_up.weight Q4G32" "$TINY" "$O" --type q4g --calib "$EVAL"
+quantize_ok "gqsa 50%" "blk.0.attn_q.weight GQSA32
+blk.0.ffn_down.weight GQSA32
+token_embd.weight Q8G32" "$TINY" "$O" --type gqsa --sparsity 0.5
+# 64 in-features, 2 groups of 32, keep 1: the stored shape is [32, rows]
+if grep -Eq "blk.0.attn_q.weight +GQSA32 +\[32, 64\]" "$TMP/out" 2>/dev/null || "$CODI" inspect "$O" | grep -Eq "blk.0.attn_q.weight +GQSA32 +\[32, 64\]"; then
+    ok "gqsa stores only the kept groups"
+else
+    ko "gqsa stores only the kept groups" "$("$CODI" inspect "$O" | grep attn_q)"
+fi
+quantize_ok "gqsa 25% with --calib, group 64" "blk.1.ffn_up.weight GQSA64" "$TINY" "$O" --type gqsa --sparsity 0.25 --group 64 --calib "$EVAL"
+cp "$O" "$TMP/gqsa.gguf"
+expect_error "gqsa input" 1 "already group-sparse" "$TMP/gqsa.gguf" "$O" --type q4g
 quantize_ok "f16 base" "blk.0.ffn_up.weight F16" "$TINY" "$O" --type f16
 quantize_ok "f32 base" "blk.0.ffn_up.weight F32" "$TINY" "$O" --type f32
 

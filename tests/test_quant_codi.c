@@ -232,12 +232,97 @@ static void test_kernels(void **state) {
 #endif
 }
 
+/* GQSA: random kept sets; the reference dot equals the Q4G dot of the
+ * dense row with the removed groups zeroed (same integer sums, and the
+ * removed groups contribute nothing); AVX2 vec_dot and gemm against the
+ * reference; the index check rejects out-of-range and unordered indices. */
+static void test_gqsa(void **state) {
+    (void)state;
+    enum { MAXR = 7, MAXC = 5, MAXN = 8 * 128 };
+    float *x = malloc(MAXN * sizeof *x), *back = malloc(MAXN * sizeof *back);
+    uint8_t *w = malloc(MAXR * (size_t)MAXN);
+    uint8_t *a = malloc(MAXC * (size_t)MAXN * 2);
+    float y[MAXC * MAXR], ref[MAXC * MAXR], fast[MAXC * MAXR];
+    int32_t keep[MAXN / 32];
+    for (size_t gi = 0; gi < 3; gi++) {
+        const int G = GROUPS[gi];
+        const int type = codi_type_codi_group(-4, G);
+        assert_true(codi_type_is_sparse(type));
+        const codi_type_traits *t = codi_type_get(type);
+        for (int seed = 0; seed < 30; seed++) {
+            rng_seed((uint64_t)seed * 7 + (uint64_t)G);
+            const int ng = 1 + seed % (MAXN / G);
+            const int64_t ne0 = (int64_t)ng * G;
+            const int k = 1 + (int)(rnd_u64() % (uint64_t)ng);
+            const int nr = 1 + seed % MAXR, nc = 1 + seed % MAXC;
+            const size_t ldw = codi_row_size(type, (int64_t)k * G);
+            const size_t ldx = codi_row_size(CODI_TYPE_Q8_1, ne0);
+            for (int r = 0; r < nr; r++) {
+                /* k distinct increasing groups */
+                int n_k = 0;
+                for (int g = 0; g < ng; g++)
+                    if ((int)(rnd_u64() % (uint64_t)(ng - g)) < k - n_k)
+                        keep[n_k++] = g;
+                assert_int_equal(n_k, k);
+                fill_weights(x, ne0, seed + r);
+                codi_quantize_row_gqsa(x, w + (size_t)r * ldw, ne0, G, keep, k, NULL);
+                /* compact dequantize = the kept groups of x, as Q4G */
+                t->to_float(w + (size_t)r * ldw, back, (int64_t)k * G);
+                for (int i = 0; i < k; i++) {
+                    float q[128];
+                    uint8_t blk[CODI_Q4G_BYTES(128)];
+                    codi_quantize_row_q4g(x + (int64_t)keep[i] * G, blk, G, G, NULL);
+                    codi_dequantize_row_q4g(blk, q, G, G);
+                    assert_memory_equal(q, back + (int64_t)i * G, (size_t)G * sizeof(float));
+                }
+            }
+            assert_int_equal(codi_gqsa_check(w, type, (int64_t)k * G, nr, ne0), 0);
+            for (int c = 0; c < nc; c++) {
+                for (int64_t i = 0; i < ne0; i++)
+                    x[i] = rnd_gauss();
+                codi_quantize_row_q8_1_ref(x, a + (size_t)c * ldx, ne0);
+            }
+            codi_gemm_generic(t->vec_dot, (int64_t)k * G, nr, nc, w, ldw, a, ldx, ref, MAXR);
+            if (strcmp(codi_kernel_backend(), "avx2") == 0) {
+                codi_gemm_generic(codi_kernel_vec_dot(type), (int64_t)k * G, nr, nc, w, ldw, a, ldx, fast, MAXR);
+                codi_kernel_gemm(type)((int64_t)k * G, nr, nc, w, ldw, a, ldx, y, MAXR);
+                for (int c = 0; c < nc; c++)
+                    for (int r = 0; r < nr; r++) {
+                        const float want = ref[c * MAXR + r];
+                        const float tol = 1e-5f * (1.0f + fabsf(want)) * sqrtf((float)ne0);
+                        assert_true(fabsf(fast[c * MAXR + r] - want) <= tol);
+                        assert_true(fabsf(y[c * MAXR + r] - want) <= tol);
+                    }
+            }
+            /* corrupt one index: out of range, then out of order */
+            uint8_t *idx = w + 4;
+            const uint16_t save = (uint16_t)(idx[0] | idx[1] << 8);
+            idx[0] = (uint8_t)ng;
+            idx[1] = (uint8_t)(ng >> 8);
+            assert_int_not_equal(codi_gqsa_check(w, type, (int64_t)k * G, nr, ne0), 0);
+            if (k >= 2) {
+                idx[0] = 0xFF;
+                idx[1] = 0xFF;
+                assert_int_not_equal(codi_gqsa_check(w, type, (int64_t)k * G, nr, ne0), 0);
+            }
+            idx[0] = (uint8_t)save;
+            idx[1] = (uint8_t)(save >> 8);
+            assert_int_equal(codi_gqsa_check(w, type, (int64_t)k * G, nr, ne0), 0);
+        }
+    }
+    free(x);
+    free(back);
+    free(w);
+    free(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_importance),
         cmocka_unit_test(test_kernels),
+        cmocka_unit_test(test_gqsa),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

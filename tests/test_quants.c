@@ -160,6 +160,9 @@ static void test_traits(void **state) {
         {CODI_TYPE_Q8G32, "Q8G32", 32, 34, CODI_TYPE_Q8_0, true},
         {CODI_TYPE_Q8G64, "Q8G64", 64, 66, CODI_TYPE_Q8_0, true},
         {CODI_TYPE_Q8G128, "Q8G128", 128, 130, CODI_TYPE_Q8_0, true},
+        {CODI_TYPE_GQSA32, "GQSA32", 32, 22, CODI_TYPE_Q8_1, true},
+        {CODI_TYPE_GQSA64, "GQSA64", 64, 38, CODI_TYPE_Q8_1, true},
+        {CODI_TYPE_GQSA128, "GQSA128", 128, 70, CODI_TYPE_Q8_1, true},
     };
     int known = 0;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {

@@ -46,13 +46,13 @@ int cmd_quantize(const cli_opts *o) {
         return 2;
     }
     if (!o->out_type) {
-        fprintf(stderr, "codi: quantize needs --type (q4g, q8g, f16 or f32)\n");
+        fprintf(stderr, "codi: quantize needs --type (q4g, q8g, gqsa, f16 or f32)\n");
         return 2;
     }
     codi_quant_params p = {0};
     p.kind = codi_quant_kind_from_name(o->out_type);
     if (p.kind < 0) {
-        fprintf(stderr, "codi: unknown quantization type '%s' (expected q4g, q8g, f16 or f32)\n", o->out_type);
+        fprintf(stderr, "codi: unknown quantization type '%s' (expected q4g, q8g, gqsa, f16 or f32)\n", o->out_type);
         return 2;
     }
     p.group = o->q_group ? o->q_group : 32;
@@ -60,10 +60,11 @@ int cmd_quantize(const cli_opts *o) {
         fprintf(stderr, "codi: --bits applies to --type mix only\n");
         return 2;
     }
-    if (o->q_sparsity >= 0.0f) {
+    if (o->q_sparsity >= 0.0f && p.kind != CODI_QUANT_GQSA) {
         fprintf(stderr, "codi: --sparsity applies to --type gqsa only\n");
         return 2;
     }
+    p.sparsity = p.kind == CODI_QUANT_GQSA ? (o->q_sparsity >= 0.0f ? o->q_sparsity : 0.5f) : 0.0f;
     if (!strcmp(o->positional, o->positional2)) {
         fprintf(stderr, "codi: quantize: the output must not be the input file\n");
         return 2;
@@ -127,7 +128,8 @@ int cmd_quantize(const cli_opts *o) {
         return 1;
     }
     g_tmp[0] = '\0';
-    fprintf(stderr, "wrote %s (%s, group %d, %.3f bits per weight) in %.1f s\n", o->positional2,
-            codi_quant_kind_name(p.kind), p.group, bpw, cli_now() - t0);
+    fprintf(stderr, "wrote %s (%s, group %d%s, %.3f bits per weight) in %.1f s\n", o->positional2,
+            codi_quant_kind_name(p.kind), p.group, p.kind == CODI_QUANT_GQSA ? ", sparse" : "", bpw,
+            cli_now() - t0);
     return 0;
 }

@@ -78,7 +78,71 @@ AI void dot_q8g(int64_t n, float *s, const void *vx, const void *vy, const int G
     *s = hsum_f32x8(acc);
 }
 
+/* GQSA: as Q4G, the activation blocks found through each block's index. */
+AI void dot_gqsa(int64_t n, float *s, const void *vx, const void *vy, const int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_1 *y0 = vy;
+    __m256 acc = _mm256_setzero_ps();
+    __m128 summs = _mm_setzero_ps();
+    for (int64_t i = 0; i < n / G; i++, b += CODI_GQSA_BYTES(G)) {
+        const __m128 xdm = _mm_cvtph_ps(_mm_loadu_si32(b));
+        uint16_t idx;
+        memcpy(&idx, b + 4, 2);
+        const codi_block_q8_1 *y = y0 + (size_t)idx * (G / 32);
+        for (int k = 0; k < G / 32; k++, y++) {
+            const __m128 prod = _mm_mul_ps(xdm, _mm_cvtph_ps(_mm_loadu_si32(&y->d)));
+            summs = _mm_add_ps(summs, prod);
+            const __m256i p = madd_pairs(_mm256_maddubs_epi16(unpack_nibbles_32(b + 6 + 16 * k), load256(y->qs)));
+            acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc);
+        }
+    }
+    *s = hsum_f32x8(acc) + _mm_cvtss_f32(_mm_shuffle_ps(summs, summs, 1));
+}
+
 /* ---- gemm tiles: RM weight rows x RN tokens ---- */
+
+AI void tile_gqsa(int64_t n, const int G, const int RM, const int RN, const uint8_t *w, size_t ldw,
+                  const uint8_t *x, size_t ldx, float *y, size_t ldy) {
+    __m256 acc[4][3];
+    __m128 summ[4][3];
+    for (int r = 0; r < RM; r++)
+        for (int c = 0; c < RN; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            summ[r][c] = _mm_setzero_ps();
+        }
+    for (int64_t g = 0; g < n / G; g++) {
+        __m128 wdm[4];
+        size_t off[4];
+        for (int r = 0; r < RM; r++) {
+            const uint8_t *b = w + (size_t)r * ldw + (size_t)g * CODI_GQSA_BYTES(G);
+            uint16_t idx;
+            memcpy(&idx, b + 4, 2);
+            off[r] = (size_t)idx * (G / 32);
+            wdm[r] = _mm_cvtph_ps(_mm_loadu_si32(b));
+        }
+        for (int k = 0; k < G / 32; k++) {
+            __m256i wq[4];
+            for (int r = 0; r < RM; r++)
+                wq[r] = unpack_nibbles_32(w + (size_t)r * ldw + (size_t)g * CODI_GQSA_BYTES(G) + 6 + 16 * k);
+            for (int c = 0; c < RN; c++) {
+                const codi_block_q8_1 *a0 = (const codi_block_q8_1 *)(x + (size_t)c * ldx) + k;
+                for (int r = 0; r < RM; r++) {
+                    const codi_block_q8_1 *a = a0 + off[r];
+                    const __m128 prod = _mm_mul_ps(wdm[r], _mm_cvtph_ps(_mm_loadu_si32(&a->d)));
+                    summ[r][c] = _mm_add_ps(summ[r][c], prod);
+                    const __m256i p = madd_pairs(_mm256_maddubs_epi16(wq[r], load256(a->qs)));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[r][c]);
+                }
+            }
+        }
+    }
+    for (int c = 0; c < RN; c++)
+        for (int r = 0; r < RM; r++)
+            y[(size_t)c * ldy + r] =
+                hsum_f32x8(acc[r][c]) + _mm_cvtss_f32(_mm_shuffle_ps(summ[r][c], summ[r][c], 1));
+}
+
 
 AI void tile_q4g(int64_t n, const int G, const int RM, const int RN, const uint8_t *w, size_t ldw,
                  const uint8_t *x, size_t ldx, float *y, size_t ldy) {
@@ -182,7 +246,11 @@ AI void tile_q8g(int64_t n, const int G, const int RM, const int RN, const uint8
         dot_q8g(n, s, x, y, G);                                                                   \
     }                                                                                             \
     GEMM_DRIVER(codi_gemm_q4g##G##_q8_1_avx2, tile_q4g, G)                                        \
-    GEMM_DRIVER(codi_gemm_q8g##G##_q8_0_avx2, tile_q8g, G)
+    GEMM_DRIVER(codi_gemm_q8g##G##_q8_0_avx2, tile_q8g, G)                                        \
+    void codi_vec_dot_gqsa##G##_q8_1_avx2(int64_t n, float *s, const void *x, const void *y) {    \
+        dot_gqsa(n, s, x, y, G);                                                                  \
+    }                                                                                             \
+    GEMM_DRIVER(codi_gemm_gqsa##G##_q8_1_avx2, tile_gqsa, G)
 DEFINE_GROUP(32)
 DEFINE_GROUP(64)
 DEFINE_GROUP(128)

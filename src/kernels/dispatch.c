@@ -79,6 +79,9 @@ codi_vec_dot_fn codi_kernel_vec_dot(int type) {
         case CODI_TYPE_Q8G32: return codi_vec_dot_q8g32_q8_0_avx2;
         case CODI_TYPE_Q8G64: return codi_vec_dot_q8g64_q8_0_avx2;
         case CODI_TYPE_Q8G128: return codi_vec_dot_q8g128_q8_0_avx2;
+        case CODI_TYPE_GQSA32: return codi_vec_dot_gqsa32_q8_1_avx2;
+        case CODI_TYPE_GQSA64: return codi_vec_dot_gqsa64_q8_1_avx2;
+        case CODI_TYPE_GQSA128: return codi_vec_dot_gqsa128_q8_1_avx2;
         default: break;
         }
     }
@@ -99,6 +102,9 @@ codi_gemm_fn codi_kernel_gemm(int type) {
         case CODI_TYPE_Q8G32: return codi_gemm_q8g32_q8_0_avx2;
         case CODI_TYPE_Q8G64: return codi_gemm_q8g64_q8_0_avx2;
         case CODI_TYPE_Q8G128: return codi_gemm_q8g128_q8_0_avx2;
+        case CODI_TYPE_GQSA32: return codi_gemm_gqsa32_q8_1_avx2;
+        case CODI_TYPE_GQSA64: return codi_gemm_gqsa64_q8_1_avx2;
+        case CODI_TYPE_GQSA128: return codi_gemm_gqsa128_q8_1_avx2;
         default: break;
         }
     }

@@ -806,10 +806,11 @@ static void matmul_task(void *arg, int ith, int nth) {
         /* Tiles of 3 tokens; 1-2 tokens left over go through vec_dot, which
          * is faster than a narrower tile (bench/gemm_bench.c, batch_decode.c) */
         const int nt = j->gemm[i] ? nc - nc % 3 : 0;
+        const int64_t n = w->n_dot ? w->n_dot : w->ne0;
         if (nt > 0)
-            j->gemm[i](w->ne0, nr, nt, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
+            j->gemm[i](n, nr, nt, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
         if (nt < nc)
-            codi_gemm_generic(j->dot[i], w->ne0, nr, nc - nt, wr, w->row_bytes,
+            codi_gemm_generic(j->dot[i], n, nr, nc - nt, wr, w->row_bytes,
                               xr + (size_t)nt * j->xq_stride, j->xq_stride, yr + (size_t)nt * w->ne1,
                               (size_t)w->ne1);
     }

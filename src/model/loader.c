@@ -9,6 +9,7 @@
 #include "common.h"
 #include "model/model.h"
 #include "tensor/types.h"
+#include "quant/bind.h"
 
 static int get_u32_arch(const codi_gguf *g, const char *arch, const char *key,
                         uint32_t *out, bool required, char *err, size_t errlen) {
@@ -79,6 +80,8 @@ static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
         }
         return codi_errorf(err, errlen, CODI_EFORMAT, "missing tensor '%s'", name);
     }
+    if (codi_type_is_sparse(t->type))
+        return codi_quant_bind_sparse(t, ne0, ne1, w, err, errlen);
     if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
         return codi_errorf(err, errlen, CODI_EFORMAT,
                            "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
@@ -95,6 +98,7 @@ static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
     w->ne0 = ne0;
     w->ne1 = ne1;
     w->row_bytes = codi_row_size(t->type, ne0);
+    w->n_dot = 0;
     return 0;
 }
 

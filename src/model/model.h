@@ -72,6 +72,8 @@ typedef struct codi_weight {
     int type;
     int64_t ne0, ne1;
     size_t row_bytes;
+    int64_t n_dot; /* elements a row's vec_dot runs over when not ne0 (the
+                      kept groups of a group-sparse GQSA row); 0 = ne0 */
 } codi_weight;
 
 typedef struct codi_layer {

@@ -13,12 +13,14 @@ enum codi_quant_kind {
     CODI_QUANT_F16,
     CODI_QUANT_Q4G,     /* asymmetric 4-bit groups */
     CODI_QUANT_Q8G,     /* symmetric 8-bit groups */
+    CODI_QUANT_GQSA,    /* 4-bit groups, a fraction of groups removed */
     CODI_QUANT_KIND_COUNT
 };
 
 typedef struct codi_quant_params {
     int kind;       /* enum codi_quant_kind */
     int group;      /* 32, 64 or 128 */
+    float sparsity; /* GQSA: fraction of groups removed per row, [0, 1) */
     /* Optional importance per input feature of each matrix (E[x^2] of the
      * activations, from a calibration pass): imp(user, tensor name, ne0)
      * returns ne0 floats or NULL. */

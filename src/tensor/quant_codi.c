@@ -26,14 +26,16 @@ int codi_type_codi_group(int bits, int group) {
         return CODI_TYPE_Q4G32 + k;
     if (bits == 8)
         return CODI_TYPE_Q8G32 + k;
+    if (bits == -4) /* group-sparse 4-bit */
+        return CODI_TYPE_GQSA32 + k;
     return -1;
 }
 
 int codi_type_group_size(int type) {
     switch (type) {
-    case CODI_TYPE_Q4G32: case CODI_TYPE_Q8G32: return 32;
-    case CODI_TYPE_Q4G64: case CODI_TYPE_Q8G64: return 64;
-    case CODI_TYPE_Q4G128: case CODI_TYPE_Q8G128: return 128;
+    case CODI_TYPE_Q4G32: case CODI_TYPE_Q8G32: case CODI_TYPE_GQSA32: return 32;
+    case CODI_TYPE_Q4G64: case CODI_TYPE_Q8G64: case CODI_TYPE_GQSA64: return 64;
+    case CODI_TYPE_Q4G128: case CODI_TYPE_Q8G128: case CODI_TYPE_GQSA128: return 128;
     default: return 0;
     }
 }
@@ -162,6 +164,88 @@ void codi_vec_dot_q4g_q8_1(int64_t n, float *s, const void *vx, const void *vy, 
     *s = sumf;
 }
 
+/* ---- GQSA ---- */
+
+void codi_quantize_row_gqsa(const float *x, void *vy, int64_t n, int G, const int32_t *keep, int k,
+                            const float *imp) {
+    CODI_ASSERT(G == 32 || G == 64 || G == 128);
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    uint8_t *b = vy;
+    uint8_t tmp[CODI_Q4G_BYTES(128)];
+    for (int i = 0; i < k; i++, b += CODI_GQSA_BYTES(G)) {
+        const int32_t g = keep[i];
+        CODI_ASSERT(g >= 0 && (int64_t)g < n / G && g <= 65535);
+        quantize_group_q4(x + (int64_t)g * G, imp ? imp + (int64_t)g * G : NULL, G, tmp);
+        memcpy(b, tmp, 4);
+        wr16(b + 4, (uint16_t)g);
+        memcpy(b + 6, tmp + 4, (size_t)G / 2);
+    }
+}
+
+int codi_gqsa_check(const void *data, int type, int64_t n_stored, int64_t rows, int64_t ne0) {
+    const int G = codi_type_group_size(type);
+    if (!codi_type_is_sparse(type) || !G || n_stored % G || ne0 % G || n_stored > ne0)
+        return CODI_EFORMAT;
+    const int64_t k = n_stored / G;
+    const uint8_t *b = data;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t prev = -1;
+        for (int64_t i = 0; i < k; i++, b += CODI_GQSA_BYTES(G)) {
+            const int64_t idx = rd16(b + 4);
+            if (idx <= prev || idx >= ne0 / G)
+                return CODI_EFORMAT;
+            prev = idx;
+        }
+    }
+    return 0;
+}
+
+/* The stored groups one after another (the removed ones are not there). */
+static void dequantize_row_gqsa(const void *vx, float *y, int64_t n, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    uint8_t tmp[CODI_Q4G_BYTES(128)];
+    for (int64_t i = 0; i < n / G; i++, b += CODI_GQSA_BYTES(G), y += G) {
+        memcpy(tmp, b, 4);
+        memcpy(tmp + 4, b + 6, (size_t)G / 2);
+        codi_dequantize_row_q4g(tmp, y, G, G);
+    }
+}
+
+/* Every group kept, in order (a GQSA row without pruning). */
+static void quantize_row_gqsa_dense(const float *x, void *vy, int64_t n, int G) {
+    int32_t keep[1024];
+    for (int64_t g0 = 0; g0 < n / G; g0 += 1024) {
+        const int k = (int)(n / G - g0 < 1024 ? n / G - g0 : 1024);
+        for (int i = 0; i < k; i++)
+            keep[i] = (int32_t)i;
+        codi_quantize_row_gqsa(x + g0 * G, (uint8_t *)vy + g0 * CODI_GQSA_BYTES(G), (int64_t)k * G, G, keep, k,
+                               NULL);
+        /* indices are relative to the chunk: make them absolute */
+        for (int i = 0; i < k; i++)
+            wr16((uint8_t *)vy + (g0 + i) * CODI_GQSA_BYTES(G) + 4, (uint16_t)(g0 + i));
+    }
+}
+
+void codi_vec_dot_gqsa_q8_1(int64_t n, float *s, const void *vx, const void *vy, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_1 *y0 = vy;
+    float sumf = 0.0f;
+    for (int64_t i = 0; i < n / G; i++, b += CODI_GQSA_BYTES(G)) {
+        const float d = FP16(rd16(b)), m = FP16(rd16(b + 2));
+        const codi_block_q8_1 *y = y0 + (size_t)rd16(b + 4) * (G / 32);
+        const uint8_t *qs = b + 6;
+        for (int k = 0; k < G / 32; k++, y++) {
+            int sumi = 0;
+            for (int j = 0; j < 16; j++)
+                sumi += (qs[16 * k + j] & 0x0F) * y->qs[j] + (qs[16 * k + j] >> 4) * y->qs[j + 16];
+            sumf += (d * FP16(y->d)) * (float)sumi + m * FP16(y->s);
+        }
+    }
+    *s = sumf;
+}
+
 /* ---- Q8G ---- */
 
 void codi_quantize_row_q8g(const float *x, void *vy, int64_t n, int G) {
@@ -230,6 +314,15 @@ void codi_vec_dot_q8g_q8_0(int64_t n, float *s, const void *vx, const void *vy, 
     }                                                                                      \
     void codi_vec_dot_q8g##G##_q8_0_ref(int64_t n, float *s, const void *x, const void *y) { \
         codi_vec_dot_q8g_q8_0(n, s, x, y, G);                                              \
+    }                                                                                      \
+    void codi_dequantize_row_gqsa##G##_ref(const void *x, float *y, int64_t n) {           \
+        dequantize_row_gqsa(x, y, n, G);                                                   \
+    }                                                                                      \
+    void codi_quantize_row_gqsa##G##_ref(const float *x, void *y, int64_t n) {             \
+        quantize_row_gqsa_dense(x, y, n, G);                                               \
+    }                                                                                      \
+    void codi_vec_dot_gqsa##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y) { \
+        codi_vec_dot_gqsa_q8_1(n, s, x, y, G);                                             \
     }
 DEFINE_GROUP(32)
 DEFINE_GROUP(64)

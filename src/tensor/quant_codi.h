@@ -10,6 +10,15 @@
  *   Q8G<G>  symmetric 8-bit: per group u16 d (fp16), i8 qs[G]; w = d * q,
  *           q in -127..127. Q8G32 is byte-identical to Q8_0.
  *
+ *   GQSA<G> group-sparse Q4G: per KEPT group  u16 d, u16 m, u16 idx,
+ *           u8 qs[G/2] (qs as Q4G); idx is the group's position along the
+ *           row (elements idx*G .. idx*G+G-1 of the input). A row holds the
+ *           same number k of kept groups, in increasing idx; the removed
+ *           groups are zero. The GGUF tensor has ne[0] = k*G (stored
+ *           elements); the model's in-features come from its shape in the
+ *           architecture. vec_dot(n = k*G, x, y) reads y (the whole
+ *           activation row) at each block's idx.
+ *
  * Activations pair as Q8_1 (Q4G: the sums s give the min term) and Q8_0
  * (Q8G), both in blocks of 32: a weight group spans G/32 activation
  * blocks. The references here are the test oracles of the AVX2 kernels. */
@@ -24,8 +33,24 @@
 
 #define CODI_Q4G_BYTES(G) (4 + (G) / 2)
 #define CODI_Q8G_BYTES(G) (2 + (G))
+#define CODI_GQSA_BYTES(G) (6 + (G) / 2)
 
-/* The type of a family ('4' or '8') and group size; -1 when there is none. */
+/* True for the GQSA types. */
+static inline int codi_type_is_sparse(int type) {
+    return type >= CODI_TYPE_GQSA32 && type <= CODI_TYPE_GQSA128;
+}
+
+/* A GQSA row of k kept groups from a dense row x of n elements: keep[]
+ * holds k increasing group indices (< n / G); imp as for Q4G. */
+void codi_quantize_row_gqsa(const float *x, void *y, int64_t n, int G, const int32_t *keep, int k,
+                            const float *imp);
+/* Check every index of rows x n_stored stored elements: increasing and
+ * < ne0 / G. 0 or CODI_EFORMAT (bytes from a file: never assumed). */
+int codi_gqsa_check(const void *data, int type, int64_t n_stored, int64_t rows, int64_t ne0);
+void codi_vec_dot_gqsa_q8_1(int64_t n, float *s, const void *x, const void *y, int G);
+
+/* The type of a family (4, 8, or -4 for GQSA) and group size; -1 when
+ * there is none. */
 int codi_type_codi_group(int bits, int group);
 /* Group size of a codi group type; 0 for any other type. */
 int codi_type_group_size(int type);
@@ -49,7 +74,10 @@ void codi_vec_dot_q8g_q8_0(int64_t n, float *s, const void *x, const void *y, in
     void codi_vec_dot_q4g##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y); \
     void codi_dequantize_row_q8g##G##_ref(const void *x, float *y, int64_t n);         \
     void codi_quantize_row_q8g##G##_ref(const float *x, void *y, int64_t n);           \
-    void codi_vec_dot_q8g##G##_q8_0_ref(int64_t n, float *s, const void *x, const void *y);
+    void codi_vec_dot_q8g##G##_q8_0_ref(int64_t n, float *s, const void *x, const void *y); \
+    void codi_dequantize_row_gqsa##G##_ref(const void *x, float *y, int64_t n);        \
+    void codi_quantize_row_gqsa##G##_ref(const float *x, void *y, int64_t n);          \
+    void codi_vec_dot_gqsa##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y);
 CODI_DECL_GROUP(32)
 CODI_DECL_GROUP(64)
 CODI_DECL_GROUP(128)

@@ -156,7 +156,14 @@ static const codi_type_traits type_traits[CODI_TYPE_COUNT] = {
                           codi_dequantize_row_q8g##G##_ref,                      \
                           codi_quantize_row_q8g##G##_ref, CODI_TYPE_Q8_0,        \
                           codi_vec_dot_q8g##G##_q8_0_ref}
+#define GQSA(G)                                                                  \
+    [CODI_TYPE_GQSA##G] = {"GQSA" #G, G, CODI_GQSA_BYTES(G),                     \
+                           codi_dequantize_row_gqsa##G##_ref,                    \
+                           codi_quantize_row_gqsa##G##_ref, CODI_TYPE_Q8_1,      \
+                           codi_vec_dot_gqsa##G##_q8_1_ref}
     Q4G(32), Q4G(64), Q4G(128), Q8G(32), Q8G(64), Q8G(128),
+    GQSA(32), GQSA(64), GQSA(128),
+#undef GQSA
 #undef Q4G
 #undef Q8G
 };

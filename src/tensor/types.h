@@ -32,6 +32,11 @@ enum codi_type {
     CODI_TYPE_Q8G32 = 51, /* symmetric 8-bit, fp16 scale per group */
     CODI_TYPE_Q8G64 = 52,
     CODI_TYPE_Q8G128 = 53,
+    /* group-sparse 4-bit (GQSA): only kept groups are stored, each with its
+     * group index; a tensor's ne[0] counts the stored elements */
+    CODI_TYPE_GQSA32 = 54,
+    CODI_TYPE_GQSA64 = 55,
+    CODI_TYPE_GQSA128 = 56,
     CODI_TYPE_COUNT = 64 /* table size */
 };
 
