@@ -165,6 +165,11 @@ static void test_traits(void **state) {
         {CODI_TYPE_GQSA128, "GQSA128", 128, 70, CODI_TYPE_Q8_1, true},
     };
     int known = 0;
+    /* I16: data only */
+    assert_string_equal(codi_type_name(CODI_TYPE_I16), "I16");
+    assert_int_equal(codi_row_size(CODI_TYPE_I16, 5), 10);
+    assert_null(codi_type_get(CODI_TYPE_I16)->vec_dot);
+    assert_null(codi_type_get(CODI_TYPE_I16)->to_float);
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const codi_type_traits *t = codi_type_get(want[i].type);
         assert_non_null(t);
@@ -181,12 +186,12 @@ static void test_traits(void **state) {
     }
     for (int id = -2; id <= CODI_TYPE_COUNT + 2; id++)
         known += codi_type_get(id) != NULL;
-    assert_int_equal(known, (int)(sizeof want / sizeof want[0]));
+    assert_int_equal(known, (int)(sizeof want / sizeof want[0]) + 1);
 }
 
 static void test_unknown_types(void **state) {
     (void)state;
-    static const int bad[] = {-1, 4, 5, 16, 17, 29, 31, 40, 63, 64, 65, 1000,
+    static const int bad[] = {-1, 4, 5, 16, 18, 29, 31, 40, 63, 64, 65, 1000,
                               INT_MAX, INT_MIN};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_null(codi_type_get(bad[i]));

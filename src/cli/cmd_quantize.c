@@ -46,18 +46,23 @@ int cmd_quantize(const cli_opts *o) {
         return 2;
     }
     if (!o->out_type) {
-        fprintf(stderr, "codi: quantize needs --type (q4g, q8g, gqsa, f16 or f32)\n");
+        fprintf(stderr, "codi: quantize needs --type (q4g, q8g, gqsa, mix, f16 or f32)\n");
         return 2;
     }
     codi_quant_params p = {0};
     p.kind = codi_quant_kind_from_name(o->out_type);
     if (p.kind < 0) {
-        fprintf(stderr, "codi: unknown quantization type '%s' (expected q4g, q8g, gqsa, f16 or f32)\n", o->out_type);
+        fprintf(stderr, "codi: unknown quantization type '%s' (expected q4g, q8g, gqsa, mix, f16 or f32)\n", o->out_type);
         return 2;
     }
     p.group = o->q_group ? o->q_group : 32;
-    if (o->q_bits > 0.0f) {
+    if (o->q_bits > 0.0f && p.kind != CODI_QUANT_MIX) {
         fprintf(stderr, "codi: --bits applies to --type mix only\n");
+        return 2;
+    }
+    p.bits = o->q_bits > 0.0f ? o->q_bits : 4.4f;
+    if (p.kind == CODI_QUANT_MIX && !o->calib) {
+        fprintf(stderr, "codi: --type mix needs --calib TEXTFILE (its salience comes from activation statistics)\n");
         return 2;
     }
     if (o->q_sparsity >= 0.0f && p.kind != CODI_QUANT_GQSA) {
@@ -113,7 +118,10 @@ int cmd_quantize(const cli_opts *o) {
     p.progress_user = &last;
     const double t0 = cli_now();
     double bpw = 0.0;
-    int rc = codi_quantize_file(o->positional, g_tmp, &p, &bpw, err, sizeof(err));
+    codi_mix_report mix = {0};
+    if (p.kind == CODI_QUANT_MIX)
+        fprintf(stderr, "mix: ranking output features (salience of 8 -> 4 bits)...\n");
+    int rc = codi_quantize_file_ex(o->positional, g_tmp, &p, &bpw, &mix, err, sizeof(err));
     codi_calib_free(cal);
     if (!rc && rename(g_tmp, o->positional2) != 0) {
         snprintf(err, sizeof(err), "cannot rename '%s' to '%s': %s", g_tmp, o->positional2, strerror(errno));
@@ -128,6 +136,10 @@ int cmd_quantize(const cli_opts *o) {
         return 1;
     }
     g_tmp[0] = '\0';
+    if (p.kind == CODI_QUANT_MIX)
+        fprintf(stderr, "mix: %lld of %lld output features at 8 bits; %.3f bits per weight over the block matrices "
+                        "(target %.3f, all-4-bit floor %.3f)\n",
+                (long long)mix.rows_hi, (long long)mix.rows, mix.bits, (double)p.bits, mix.floor_bits);
     fprintf(stderr, "wrote %s (%s, group %d%s, %.3f bits per weight) in %.1f s\n", o->positional2,
             codi_quant_kind_name(p.kind), p.group, p.kind == CODI_QUANT_GQSA ? ", sparse" : "", bpw,
             cli_now() - t0);

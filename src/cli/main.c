@@ -72,7 +72,7 @@ static const opt_def OPTS[] = {
     {O_CHUNKS, NULL, "--chunks", "N", CMD_PPL, "evaluate at most N windows (default: all)"},
     {O_NODISP, NULL, "--no-display-prompt", NULL, CMD_RUN, "do not echo the prompt"},
     {O_TYPE, NULL, "--type", "TYPE", CMD_CONVERT, "weight type of the matrices: f16 (default), f32 or q8_0"},
-    {O_QTYPE, NULL, "--type", "TYPE", CMD_QUANTIZE, "weight format: q4g, q8g, gqsa (codi's group types), f16 or f32"},
+    {O_QTYPE, NULL, "--type", "TYPE", CMD_QUANTIZE, "weight format: q4g, q8g, gqsa, mix (docs/formats.md), f16 or f32"},
     {O_GROUP, NULL, "--group", "G", CMD_QUANTIZE, "group size along the input dimension: 32 (default), 64 or 128"},
     {O_CALIB, NULL, "--calib", "FILE", CMD_QUANTIZE, "calibration text: activation statistics weight the rounding"},
     {O_BITS, NULL, "--bits", "AVG", CMD_QUANTIZE, "average bits per weight, scales included, in [4, 8] (mix)"},
@@ -102,7 +102,7 @@ static const struct {
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
     {"nest", CMD_NEST, "codi nest IN.gguf OUT.gguf", "bit-nested experts of an MoE model: 4-bit high parts + 4-bit residuals (docs/moe.md)"},
-    {"quantize", CMD_QUANTIZE, "codi quantize IN.gguf OUT.gguf --type TYPE [--group G] [--calib TEXTFILE]", "rewrite a model in codi's weight formats (docs/formats.md)"},
+    {"quantize", CMD_QUANTIZE, "codi quantize IN.gguf OUT.gguf --type TYPE [--calib TEXTFILE] [--bits AVG] [--sparsity S] [--group G]", "rewrite a model in codi's weight formats (docs/formats.md)"},
     {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S] [--idle-timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))

@@ -78,6 +78,23 @@ AI void dot_q8g(int64_t n, float *s, const void *vx, const void *vy, const int G
     *s = hsum_f32x8(acc);
 }
 
+AI void dot_q8g_q8_1(int64_t n, float *s, const void *vx, const void *vy, const int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_1 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q8G_BYTES(G)) {
+        const float d = fp16(b);
+        for (int k = 0; k < G / 32; k++, y++) {
+            const __m256i w = load256(b + 2 + 32 * k);
+            const __m256i p = madd_pairs(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load256(y->qs), w)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * _cvtsh_ss(y->d)), _mm256_cvtepi32_ps(p), acc);
+        }
+    }
+    *s = hsum_f32x8(acc);
+}
+
 /* GQSA: as Q4G, the activation blocks found through each block's index. */
 AI void dot_gqsa(int64_t n, float *s, const void *vx, const void *vy, const int G) {
     CODI_ASSERT(n >= 0 && n % G == 0);
@@ -247,6 +264,9 @@ AI void tile_q8g(int64_t n, const int G, const int RM, const int RN, const uint8
     }                                                                                             \
     GEMM_DRIVER(codi_gemm_q4g##G##_q8_1_avx2, tile_q4g, G)                                        \
     GEMM_DRIVER(codi_gemm_q8g##G##_q8_0_avx2, tile_q8g, G)                                        \
+    void codi_vec_dot_q8g##G##_q8_1_avx2(int64_t n, float *s, const void *x, const void *y) {     \
+        dot_q8g_q8_1(n, s, x, y, G);                                                              \
+    }                                                                                             \
     void codi_vec_dot_gqsa##G##_q8_1_avx2(int64_t n, float *s, const void *x, const void *y) {    \
         dot_gqsa(n, s, x, y, G);                                                                  \
     }                                                                                             \

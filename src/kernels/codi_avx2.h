@@ -16,6 +16,7 @@
                                       const void *x, size_t ldx, float *y, size_t ldy);       \
     void codi_gemm_q8g##G##_q8_0_avx2(int64_t n, int nr, int nc, const void *w, size_t ldw,   \
                                       const void *x, size_t ldx, float *y, size_t ldy);       \
+    void codi_vec_dot_q8g##G##_q8_1_avx2(int64_t n, float *s, const void *x, const void *y);  \
     void codi_vec_dot_gqsa##G##_q8_1_avx2(int64_t n, float *s, const void *x, const void *y); \
     void codi_gemm_gqsa##G##_q8_1_avx2(int64_t n, int nr, int nc, const void *w, size_t ldw,  \
                                        const void *x, size_t ldx, float *y, size_t ldy);

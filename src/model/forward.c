@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "kernels/gemm.h"
+#include "quant/mix.h"
 #include "kernels/kernels.h"
 #include "kernels/kvcache.h"
 #include "model/model.h"
@@ -800,6 +801,11 @@ static void matmul_task(void *arg, int ith, int nth) {
         const int64_t r0 = (int64_t)(rc - j->rchunks[i]) * j->rows;
         const int nr = (int)CODI_MIN((int64_t)j->rows, w->ne1 - r0);
         const int c0 = cc * j->cols, nc = CODI_MIN(j->cols, j->B - c0);
+        if (w->perm) { /* a MixLLM matrix (quant/mix.h) */
+            codi_mix_chunk(w, r0, nr, (const uint8_t *)j->xq + (size_t)c0 * j->xq_stride, j->xq_stride, nc,
+                           j->y[i] + (size_t)c0 * w->ne1, (size_t)w->ne1);
+            continue;
+        }
         const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
         const uint8_t *xr = (const uint8_t *)j->xq + (size_t)c0 * j->xq_stride;
         float *yr = j->y[i] + (size_t)c0 * w->ne1 + r0;

@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "tensor/types.h"
 #include "quant/bind.h"
+#include "quant/mix.h"
 
 static int get_u32_arch(const codi_gguf *g, const char *arch, const char *key,
                         uint32_t *out, bool required, char *err, size_t errlen) {
@@ -80,6 +81,8 @@ static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
         }
         return codi_errorf(err, errlen, CODI_EFORMAT, "missing tensor '%s'", name);
     }
+    if (codi_quant_is_mix(g, name))
+        return codi_quant_bind_mix(g, name, ne0, ne1, w, err, errlen);
     if (codi_type_is_sparse(t->type))
         return codi_quant_bind_sparse(t, ne0, ne1, w, err, errlen);
     if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
@@ -93,12 +96,12 @@ static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
         return codi_errorf(err, errlen, CODI_EUNSUPPORTED,
                            "tensor '%s' has type %s, which codi cannot multiply",
                            name, codi_type_name(t->type));
+    memset(w, 0, sizeof(*w));
     w->data = t->data;
     w->type = t->type;
     w->ne0 = ne0;
     w->ne1 = ne1;
     w->row_bytes = codi_row_size(t->type, ne0);
-    w->n_dot = 0;
     return 0;
 }
 

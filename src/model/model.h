@@ -74,6 +74,14 @@ typedef struct codi_weight {
     size_t row_bytes;
     int64_t n_dot; /* elements a row's vec_dot runs over when not ne0 (the
                       kept groups of a group-sparse GQSA row); 0 = ne0 */
+    /* MixLLM matrix (perm != NULL): stored rows 0..n_lo-1 are `data`
+     * (4-bit, row_bytes each), rows n_lo..ne1-1 are data_hi (type_hi,
+     * 8-bit); stored row s is output feature perm[s]. quant/mix.h. */
+    const void *data_hi;
+    int type_hi;
+    size_t row_bytes_hi;
+    int64_t n_lo;
+    const int16_t *perm;
 } codi_weight;
 
 typedef struct codi_layer {

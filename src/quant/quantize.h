@@ -14,6 +14,7 @@ enum codi_quant_kind {
     CODI_QUANT_Q4G,     /* asymmetric 4-bit groups */
     CODI_QUANT_Q8G,     /* symmetric 8-bit groups */
     CODI_QUANT_GQSA,    /* 4-bit groups, a fraction of groups removed */
+    CODI_QUANT_MIX,     /* 4/8-bit output features ranked model-wide */
     CODI_QUANT_KIND_COUNT
 };
 
@@ -21,6 +22,8 @@ typedef struct codi_quant_params {
     int kind;       /* enum codi_quant_kind */
     int group;      /* 32, 64 or 128 */
     float sparsity; /* GQSA: fraction of groups removed per row, [0, 1) */
+    float bits;     /* MIX: target average bits per weight of the block
+                       matrices, scales and output order included, [4, 8] */
     /* Optional importance per input feature of each matrix (E[x^2] of the
      * activations, from a calibration pass): imp(user, tensor name, ne0)
      * returns ne0 floats or NULL. */
@@ -43,5 +46,14 @@ int codi_quant_check_params(const codi_quant_params *p, char *err, size_t errlen
  * scales included) when not NULL. */
 int codi_quantize_file(const char *in_path, const char *out_path, const codi_quant_params *p, double *bpw,
                        char *err, size_t errlen);
+
+/* What a MIX run chose (for the CLI's summary line). */
+typedef struct codi_mix_report {
+    int64_t rows_hi, rows;   /* 8-bit output features / all ranked ones */
+    double bits;             /* achieved average over the ranked matrices */
+    double floor_bits;       /* the average with every feature at 4 bits */
+} codi_mix_report;
+int codi_quantize_file_ex(const char *in_path, const char *out_path, const codi_quant_params *p, double *bpw,
+                          codi_mix_report *mix, char *err, size_t errlen);
 
 #endif

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels/codi_avx2.h"
+#include "kernels/kernels.h"
 #include "tensor/blocks.h"
 
 #define FP16(h) codi_fp16_to_fp32(h)
@@ -292,6 +294,53 @@ void codi_vec_dot_q8g_q8_0(int64_t n, float *s, const void *vx, const void *vy, 
         }
     }
     *s = sumf;
+}
+
+void codi_vec_dot_q8g_q8_1(int64_t n, float *s, const void *vx, const void *vy, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_q8_1 *y = vy;
+    float sumf = 0.0f;
+    for (int64_t i = 0; i < n / G; i++, b += CODI_Q8G_BYTES(G)) {
+        const float d = FP16(rd16(b));
+        const int8_t *qs = (const int8_t *)(b + 2);
+        for (int k = 0; k < G / 32; k++, y++) {
+            int sumi = 0;
+            for (int j = 0; j < 32; j++)
+                sumi += qs[32 * k + j] * y->qs[j];
+            sumf += (d * FP16(y->d)) * (float)sumi;
+        }
+    }
+    *s = sumf;
+}
+
+static void dot_q8g32_q8_1_ref(int64_t n, float *s, const void *x, const void *y) {
+    codi_vec_dot_q8g_q8_1(n, s, x, y, 32);
+}
+static void dot_q8g64_q8_1_ref(int64_t n, float *s, const void *x, const void *y) {
+    codi_vec_dot_q8g_q8_1(n, s, x, y, 64);
+}
+static void dot_q8g128_q8_1_ref(int64_t n, float *s, const void *x, const void *y) {
+    codi_vec_dot_q8g_q8_1(n, s, x, y, 128);
+}
+
+codi_vec_dot_fn codi_kernel_vec_dot_q8g_q8_1(int type) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (!strcmp(codi_kernel_backend(), "avx2")) {
+        switch (type) {
+        case CODI_TYPE_Q8G32: return codi_vec_dot_q8g32_q8_1_avx2;
+        case CODI_TYPE_Q8G64: return codi_vec_dot_q8g64_q8_1_avx2;
+        case CODI_TYPE_Q8G128: return codi_vec_dot_q8g128_q8_1_avx2;
+        default: break;
+        }
+    }
+#endif
+    switch (type) {
+    case CODI_TYPE_Q8G32: return dot_q8g32_q8_1_ref;
+    case CODI_TYPE_Q8G64: return dot_q8g64_q8_1_ref;
+    case CODI_TYPE_Q8G128: return dot_q8g128_q8_1_ref;
+    default: return NULL;
+    }
 }
 
 /* ---- fixed-G entry points of the traits table ---- */

@@ -48,6 +48,12 @@ void codi_quantize_row_gqsa(const float *x, void *y, int64_t n, int G, const int
  * < ne0 / G. 0 or CODI_EFORMAT (bytes from a file: never assumed). */
 int codi_gqsa_check(const void *data, int type, int64_t n_stored, int64_t rows, int64_t ne0);
 void codi_vec_dot_gqsa_q8_1(int64_t n, float *s, const void *x, const void *y, int G);
+/* Q8G weights against Q8_1 activations (their sums unused): the 8-bit rows
+ * of a mix matrix share the activation row of its Q4G rows. */
+void codi_vec_dot_q8g_q8_1(int64_t n, float *s, const void *x, const void *y, int G);
+/* That dot product for a Q8G type, the fastest this CPU has; NULL for any
+ * other type. */
+codi_vec_dot_fn codi_kernel_vec_dot_q8g_q8_1(int type);
 
 /* The type of a family (4, 8, or -4 for GQSA) and group size; -1 when
  * there is none. */

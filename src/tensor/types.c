@@ -145,6 +145,9 @@ static const codi_type_traits type_traits[CODI_TYPE_COUNT] = {
     [CODI_TYPE_Q8_K] = {"Q8_K", CODI_QK_K, sizeof(codi_block_q8_K),
                         codi_dequantize_row_q8_K_ref,
                         codi_quantize_row_q8_K_ref, CODI_TYPE_Q8_K, NULL},
+    /* Integer data (the output order of a mix matrix): stored, never
+     * multiplied or converted. */
+    [CODI_TYPE_I16] = {"I16", 1, 2, NULL, NULL, CODI_TYPE_I16, NULL},
     /* codi's own group-wise types (tensor/quant_codi.h) */
 #define Q4G(G)                                                                   \
     [CODI_TYPE_Q4G##G] = {"Q4G" #G, G, CODI_Q4G_BYTES(G),                        \

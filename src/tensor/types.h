@@ -23,6 +23,7 @@ enum codi_type {
     CODI_TYPE_Q5_K = 13,
     CODI_TYPE_Q6_K = 14,
     CODI_TYPE_Q8_K = 15,
+    CODI_TYPE_I16 = 17, /* integer data (codi's mix permutations): no dot */
     CODI_TYPE_BF16 = 30,
     /* codi's own types (docs/formats.md), well above llama.cpp's ids. One
      * id per group size so that every type keeps a fixed block size. */
