@@ -112,6 +112,10 @@ fi
 quantize_ok "gqsa 25% with --calib, group 64" "blk.1.ffn_up.weight GQSA64" "$TINY" "$O" --type gqsa --sparsity 0.25 --group 64 --calib "$EVAL"
 cp "$O" "$TMP/gqsa.gguf"
 expect_error "gqsa input" 1 "already group-sparse" "$TMP/gqsa.gguf" "$O" --type q4g
+quantize_ok "mix 6 bits" "token_embd.weight Q8G32" "$TINY" "$O" --type mix --bits 6 --calib "$EVAL"
+if "$CODI" inspect "$O" | grep -Eq "\.perm +I16"; then ok "mix writes .q8 and .perm parts"; else ko "mix writes .q8 and .perm parts" "none"; fi
+expect_error "mix without calib" 2 "--type mix needs --calib" "$TINY" "$O" --type mix --bits 4.4
+expect_error "bits without mix" 2 "--bits applies to --type mix" "$TINY" "$O" --type q4g --bits 4.4
 quantize_ok "f16 base" "blk.0.ffn_up.weight F16" "$TINY" "$O" --type f16
 quantize_ok "f32 base" "blk.0.ffn_up.weight F32" "$TINY" "$O" --type f32
 

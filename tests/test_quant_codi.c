@@ -19,6 +19,8 @@
 #include <string.h>
 
 #include "kernels/codi_avx2.h"
+#include "model/model.h"
+#include "quant/mix.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "tensor/blocks.h"
@@ -316,6 +318,75 @@ static void test_gqsa(void **state) {
     free(a);
 }
 
+/* A mix matrix (Q4G rows + Q8G rows + output order) through
+ * codi_mix_chunk equals, row for row, the reference dots of each part
+ * written at perm[s], for every chunk split (chunks straddling the 4/8-bit
+ * boundary included). */
+static void test_mix_chunk(void **state) {
+    (void)state;
+    enum { NE0 = 256, NE1 = 37, NC = 5 };
+    float x[NE0];
+    int16_t perm[NE1];
+    uint8_t hi[NE1];
+    int n_lo = 0;
+    rng_seed(99);
+    for (int r = 0; r < NE1; r++) {
+        hi[r] = (uint8_t)(rnd_u64() % 4 == 0);
+        n_lo += !hi[r];
+    }
+    const int G = 64, t4 = codi_type_codi_group(4, G), t8 = codi_type_codi_group(8, G);
+    const size_t r4 = codi_row_size(t4, NE0), r8 = codi_row_size(t8, NE0), rx = codi_row_size(CODI_TYPE_Q8_1, NE0);
+    uint8_t *lo = malloc(r4 * NE1), *hb = malloc(r8 * NE1), *act = malloc(rx * NC);
+    int s = 0, s8 = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int r = 0; r < NE1; r++) {
+            if (hi[r] != pass)
+                continue;
+            fill_weights(x, NE0, r);
+            if (pass == 0)
+                codi_quantize_row_q4g(x, lo + (size_t)s * r4, NE0, G, NULL);
+            else
+                codi_quantize_row_q8g(x, hb + (size_t)(s8++) * r8, NE0, G);
+            perm[s++] = (int16_t)r;
+        }
+    for (int c = 0; c < NC; c++) {
+        for (int i = 0; i < NE0; i++)
+            x[i] = rnd_gauss();
+        codi_quantize_row_q8_1_ref(x, act + (size_t)c * rx, NE0);
+    }
+    codi_weight w = {0};
+    w.data = lo;
+    w.type = t4;
+    w.ne0 = NE0;
+    w.ne1 = NE1;
+    w.row_bytes = r4;
+    w.data_hi = hb;
+    w.type_hi = t8;
+    w.row_bytes_hi = r8;
+    w.n_lo = n_lo;
+    w.perm = perm;
+    float want[NC * NE1], got[NC * NE1];
+    for (int st = 0; st < NE1; st++)
+        for (int c = 0; c < NC; c++) {
+            float v;
+            if (st < n_lo)
+                codi_vec_dot_q4g_q8_1(NE0, &v, lo + (size_t)st * r4, act + (size_t)c * rx, G);
+            else
+                codi_vec_dot_q8g_q8_1(NE0, &v, hb + (size_t)(st - n_lo) * r8, act + (size_t)c * rx, G);
+            want[c * NE1 + perm[st]] = v;
+        }
+    for (int rows = 1; rows <= 16; rows += 5) {
+        memset(got, 0, sizeof got);
+        for (int r0 = 0; r0 < NE1; r0 += rows)
+            codi_mix_chunk(&w, r0, r0 + rows <= NE1 ? rows : NE1 - r0, act, rx, NC, got, NE1);
+        for (int i = 0; i < NC * NE1; i++)
+            assert_true(fabsf(got[i] - want[i]) <= 1e-4f * (1.0f + fabsf(want[i])));
+    }
+    free(lo);
+    free(hb);
+    free(act);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
@@ -323,6 +394,7 @@ int main(void) {
         cmocka_unit_test(test_importance),
         cmocka_unit_test(test_kernels),
         cmocka_unit_test(test_gqsa),
+        cmocka_unit_test(test_mix_chunk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
