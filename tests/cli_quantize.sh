@@ -111,7 +111,7 @@ else
 fi
 quantize_ok "gqsa 25% with --calib, group 64" "blk.1.ffn_up.weight GQSA64" "$TINY" "$O" --type gqsa --sparsity 0.25 --group 64 --calib "$EVAL"
 cp "$O" "$TMP/gqsa.gguf"
-expect_error "gqsa input" 1 "already group-sparse" "$TMP/gqsa.gguf" "$O" --type q4g
+expect_error "gqsa input" 1 "a codi layout spread over several tensors" "$TMP/gqsa.gguf" "$O" --type q4g
 quantize_ok "mix 6 bits" "token_embd.weight Q8G32" "$TINY" "$O" --type mix --bits 6 --calib "$EVAL"
 if "$CODI" inspect "$O" | grep -Eq "\.perm +I16"; then ok "mix writes .q8 and .perm parts"; else ko "mix writes .q8 and .perm parts" "none"; fi
 expect_error "mix without calib" 2 "--type mix needs --calib" "$TINY" "$O" --type mix --bits 4.4

@@ -387,6 +387,82 @@ static void test_mix_chunk(void **state) {
     free(act);
 }
 
+/* W4A8: round trip (row scale x int8 units within the documented bound),
+ * the reference dot equals the float dot of the dequantized values exactly
+ * up to float rounding, and the AVX2 vec_dot and gemm are bit-equal to it
+ * (integer arithmetic, one float multiply). */
+static void test_w4a8(void **state) {
+    (void)state;
+    enum { MAXR = 6, MAXC = 5, MAXN = 40 * 128 };
+    float *x = malloc(MAXN * sizeof *x), *back = malloc(MAXN * sizeof *back), *xa = malloc(MAXN * sizeof *xa);
+    uint8_t *w = malloc(MAXR * (size_t)MAXN), *a = malloc(MAXC * (size_t)MAXN * 2);
+    float y[MAXC * MAXR], ref[MAXC * MAXR], fast[MAXC * MAXR];
+    for (size_t gi = 0; gi < 3; gi++) {
+        const int G = GROUPS[gi];
+        const int type = codi_type_codi_group(48, G);
+        assert_true(codi_type_is_w4a8(type));
+        const codi_type_traits *t = codi_type_get(type);
+        for (int seed = 0; seed < 20; seed++) {
+            rng_seed((uint64_t)seed * 3 + (uint64_t)G);
+            const int64_t n = (int64_t)G * (1 + (seed * 11) % (MAXN / G));
+            const int nr = 1 + seed % MAXR, nc = 1 + seed % MAXC;
+            const size_t ldw = codi_row_size(type, n), ldx = codi_row_size(CODI_TYPE_A8, n);
+            for (int r = 0; r < nr; r++) {
+                fill_weights(x, n, seed + r);
+                float sc = 0.0f;
+                codi_quantize_row_w4a8(x, w + (size_t)r * ldw, n, G, &sc);
+                t->to_float(w + (size_t)r * ldw, back, n);
+                float amax = 0;
+                for (int64_t i = 0; i < n; i++)
+                    amax = fmaxf(amax, fabsf(x[i]));
+                for (int64_t g = 0; g < n / G; g++) {
+                    float mn = 1e30f, mx = -1e30f;
+                    for (int i = 0; i < G; i++) {
+                        mn = fminf(mn, x[g * G + i]);
+                        mx = fmaxf(mx, x[g * G + i]);
+                    }
+                    /* half a group step (>= 1 int8 unit) plus the int8 rounding */
+                    const float step = fmaxf(sc, sc * ceilf((mx - mn) / sc / 15.0f + 1e-3f));
+                    for (int i = 0; i < G; i++)
+                        assert_true(fabsf(back[g * G + i] * sc - x[g * G + i]) <= 0.5f * step + sc + 1e-6f);
+                }
+            }
+            for (int c = 0; c < nc; c++) {
+                for (int64_t i = 0; i < n; i++)
+                    xa[i] = rnd_gauss();
+                codi_quantize_row_a8_ref(xa, a + (size_t)c * ldx, n);
+            }
+            codi_gemm_generic(t->vec_dot, n, nr, nc, w, ldw, a, ldx, ref, MAXR);
+            /* against float: dequantized weights (int8 units) . dequantized activations */
+            for (int c = 0; c < nc; c++)
+                for (int r = 0; r < nr; r++) {
+                    t->to_float(w + (size_t)r * ldw, back, n);
+                    codi_dequantize_row_a8_ref(a + (size_t)c * ldx, xa, n);
+                    double sd = 0, sa = 0;
+                    for (int64_t i = 0; i < n; i++) {
+                        sd += (double)back[i] * xa[i];
+                        sa += fabs((double)back[i] * xa[i]);
+                    }
+                    assert_true(fabs(sd - ref[c * MAXR + r]) <= 1e-5 * (1 + sa));
+                }
+            if (strcmp(codi_kernel_backend(), "avx2") == 0) {
+                codi_gemm_generic(codi_kernel_vec_dot(type), n, nr, nc, w, ldw, a, ldx, fast, MAXR);
+                codi_kernel_gemm(type)(n, nr, nc, w, ldw, a, ldx, y, MAXR);
+                for (int c = 0; c < nc; c++)
+                    for (int r = 0; r < nr; r++) {
+                        assert_int_equal(f2u(fast[c * MAXR + r]), f2u(ref[c * MAXR + r]));
+                        assert_int_equal(f2u(y[c * MAXR + r]), f2u(ref[c * MAXR + r]));
+                    }
+            }
+        }
+    }
+    free(x);
+    free(back);
+    free(xa);
+    free(w);
+    free(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
@@ -395,6 +471,7 @@ int main(void) {
         cmocka_unit_test(test_kernels),
         cmocka_unit_test(test_gqsa),
         cmocka_unit_test(test_mix_chunk),
+        cmocka_unit_test(test_w4a8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,13 +46,13 @@ int cmd_quantize(const cli_opts *o) {
         return 2;
     }
     if (!o->out_type) {
-        fprintf(stderr, "codi: quantize needs --type (q4g, q8g, gqsa, mix, f16 or f32)\n");
+        fprintf(stderr, "codi: quantize needs --type (q4g, q8g, gqsa, mix, w4a8, f16 or f32)\n");
         return 2;
     }
     codi_quant_params p = {0};
     p.kind = codi_quant_kind_from_name(o->out_type);
     if (p.kind < 0) {
-        fprintf(stderr, "codi: unknown quantization type '%s' (expected q4g, q8g, gqsa, mix, f16 or f32)\n", o->out_type);
+        fprintf(stderr, "codi: unknown quantization type '%s' (expected q4g, q8g, gqsa, mix, w4a8, f16 or f32)\n", o->out_type);
         return 2;
     }
     p.group = o->q_group ? o->q_group : 32;

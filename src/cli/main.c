@@ -72,7 +72,7 @@ static const opt_def OPTS[] = {
     {O_CHUNKS, NULL, "--chunks", "N", CMD_PPL, "evaluate at most N windows (default: all)"},
     {O_NODISP, NULL, "--no-display-prompt", NULL, CMD_RUN, "do not echo the prompt"},
     {O_TYPE, NULL, "--type", "TYPE", CMD_CONVERT, "weight type of the matrices: f16 (default), f32 or q8_0"},
-    {O_QTYPE, NULL, "--type", "TYPE", CMD_QUANTIZE, "weight format: q4g, q8g, gqsa, mix (docs/formats.md), f16 or f32"},
+    {O_QTYPE, NULL, "--type", "TYPE", CMD_QUANTIZE, "weight format: q4g, q8g, gqsa, mix, w4a8 (docs/formats.md), f16 or f32"},
     {O_GROUP, NULL, "--group", "G", CMD_QUANTIZE, "group size along the input dimension: 32 (default), 64 or 128"},
     {O_CALIB, NULL, "--calib", "FILE", CMD_QUANTIZE, "calibration text: activation statistics weight the rounding"},
     {O_BITS, NULL, "--bits", "AVG", CMD_QUANTIZE, "average bits per weight, scales included, in [4, 8] (mix)"},

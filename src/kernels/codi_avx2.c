@@ -117,7 +117,98 @@ AI void dot_gqsa(int64_t n, float *s, const void *vx, const void *vy, const int 
     *s = hsum_f32x8(acc) + _mm_cvtss_f32(_mm_shuffle_ps(summs, summs, 1));
 }
 
+/* W4A8: the whole row in integers. Per 32-block maddubs(q, x) -> int32
+ * lanes; a group's lanes times its u8 scale (mullo) into an int32 vector,
+ * the zero points through the blocks' activation sums; flushed into an
+ * int64 every 16 groups (|sg (q - z) x| <= 255 * 15 * 127 per element
+ * keeps 16 * 128 elements inside int32); one float multiply at the end.
+ * Bit-exact with the reference. */
+AI void dot_w4a8(int64_t n, float *s, const void *vx, const void *vy, const int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_a8 *y = vy;
+    int64_t total = 0, corr = 0;
+    __m256i acc = _mm256_setzero_si256();
+    const int64_t ng = n / G;
+    for (int64_t g = 0; g < ng; g++, b += CODI_W4A8_BYTES(G)) {
+        __m256i v = _mm256_setzero_si256();
+        int sx = 0;
+        for (int k = 0; k < G / 32; k++, y++) {
+            v = _mm256_add_epi32(v, madd_pairs(_mm256_maddubs_epi16(unpack_nibbles_32(b + 2 + 16 * k), load256(y->qs))));
+            sx += y->sum;
+        }
+        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(b[0])));
+        corr += (int64_t)b[0] * (int8_t)b[1] * sx;
+        if ((g & 15) == 15 || g == ng - 1) {
+            const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc));
+            const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1));
+            const __m256i t = _mm256_add_epi64(lo, hi);
+            int64_t l[4];
+            _mm256_storeu_si256((__m256i *)l, t);
+            total += l[0] + l[1] + l[2] + l[3];
+            acc = _mm256_setzero_si256();
+        }
+    }
+    *s = n > 0 ? ((const codi_block_a8 *)vy)->d * (float)(total - corr) : 0.0f;
+}
+
 /* ---- gemm tiles: RM weight rows x RN tokens ---- */
+
+AI void tile_w4a8(int64_t n, const int G, const int RM, const int RN, const uint8_t *w, size_t ldw,
+                  const uint8_t *x, size_t ldx, float *y, size_t ldy) {
+    __m256i acc[4][3];
+    int64_t total[4][3], corr[4][3];
+    for (int r = 0; r < RM; r++)
+        for (int c = 0; c < RN; c++) {
+            acc[r][c] = _mm256_setzero_si256();
+            total[r][c] = corr[r][c] = 0;
+        }
+    const int64_t ng = n / G;
+    for (int64_t g = 0; g < ng; g++) {
+        int sg[4], z[4];
+        __m256i v[4][3];
+        for (int r = 0; r < RM; r++) {
+            const uint8_t *b = w + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G);
+            sg[r] = b[0];
+            z[r] = (int8_t)b[1];
+            for (int c = 0; c < RN; c++)
+                v[r][c] = _mm256_setzero_si256();
+        }
+        int sx[3] = {0, 0, 0};
+        for (int k = 0; k < G / 32; k++) {
+            __m256i wq[4];
+            for (int r = 0; r < RM; r++)
+                wq[r] = unpack_nibbles_32(w + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G) + 2 + 16 * k);
+            for (int c = 0; c < RN; c++) {
+                const codi_block_a8 *a = (const codi_block_a8 *)(x + (size_t)c * ldx) + g * (G / 32) + k;
+                const __m256i aq = load256(a->qs);
+                sx[c] += a->sum;
+                for (int r = 0; r < RM; r++)
+                    v[r][c] = _mm256_add_epi32(v[r][c], madd_pairs(_mm256_maddubs_epi16(wq[r], aq)));
+            }
+        }
+        for (int r = 0; r < RM; r++)
+            for (int c = 0; c < RN; c++) {
+                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_mullo_epi32(v[r][c], _mm256_set1_epi32(sg[r])));
+                corr[r][c] += (int64_t)sg[r] * z[r] * sx[c];
+            }
+        if ((g & 15) == 15 || g == ng - 1)
+            for (int r = 0; r < RM; r++)
+                for (int c = 0; c < RN; c++) {
+                    const __m256i t = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc[r][c])),
+                                                       _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc[r][c], 1)));
+                    int64_t l[4];
+                    _mm256_storeu_si256((__m256i *)l, t);
+                    total[r][c] += l[0] + l[1] + l[2] + l[3];
+                    acc[r][c] = _mm256_setzero_si256();
+                }
+    }
+    for (int c = 0; c < RN; c++) {
+        const float d = n > 0 ? ((const codi_block_a8 *)(x + (size_t)c * ldx))->d : 0.0f;
+        for (int r = 0; r < RM; r++)
+            y[(size_t)c * ldy + r] = d * (float)(total[r][c] - corr[r][c]);
+    }
+}
 
 AI void tile_gqsa(int64_t n, const int G, const int RM, const int RN, const uint8_t *w, size_t ldw,
                   const uint8_t *x, size_t ldx, float *y, size_t ldy) {
@@ -270,7 +361,11 @@ AI void tile_q8g(int64_t n, const int G, const int RM, const int RN, const uint8
     void codi_vec_dot_gqsa##G##_q8_1_avx2(int64_t n, float *s, const void *x, const void *y) {    \
         dot_gqsa(n, s, x, y, G);                                                                  \
     }                                                                                             \
-    GEMM_DRIVER(codi_gemm_gqsa##G##_q8_1_avx2, tile_gqsa, G)
+    GEMM_DRIVER(codi_gemm_gqsa##G##_q8_1_avx2, tile_gqsa, G)                                      \
+    void codi_vec_dot_w4a8_##G##_a8_avx2(int64_t n, float *s, const void *x, const void *y) {     \
+        dot_w4a8(n, s, x, y, G);                                                                  \
+    }                                                                                             \
+    GEMM_DRIVER(codi_gemm_w4a8_##G##_a8_avx2, tile_w4a8, G)
 DEFINE_GROUP(32)
 DEFINE_GROUP(64)
 DEFINE_GROUP(128)

@@ -82,6 +82,9 @@ codi_vec_dot_fn codi_kernel_vec_dot(int type) {
         case CODI_TYPE_GQSA32: return codi_vec_dot_gqsa32_q8_1_avx2;
         case CODI_TYPE_GQSA64: return codi_vec_dot_gqsa64_q8_1_avx2;
         case CODI_TYPE_GQSA128: return codi_vec_dot_gqsa128_q8_1_avx2;
+        case CODI_TYPE_W4A8_32: return codi_vec_dot_w4a8_32_a8_avx2;
+        case CODI_TYPE_W4A8_64: return codi_vec_dot_w4a8_64_a8_avx2;
+        case CODI_TYPE_W4A8_128: return codi_vec_dot_w4a8_128_a8_avx2;
         default: break;
         }
     }
@@ -105,6 +108,9 @@ codi_gemm_fn codi_kernel_gemm(int type) {
         case CODI_TYPE_GQSA32: return codi_gemm_gqsa32_q8_1_avx2;
         case CODI_TYPE_GQSA64: return codi_gemm_gqsa64_q8_1_avx2;
         case CODI_TYPE_GQSA128: return codi_gemm_gqsa128_q8_1_avx2;
+        case CODI_TYPE_W4A8_32: return codi_gemm_w4a8_32_a8_avx2;
+        case CODI_TYPE_W4A8_64: return codi_gemm_w4a8_64_a8_avx2;
+        case CODI_TYPE_W4A8_128: return codi_gemm_w4a8_128_a8_avx2;
         default: break;
         }
     }

@@ -819,6 +819,8 @@ static void matmul_task(void *arg, int ith, int nth) {
             codi_gemm_generic(j->dot[i], n, nr, nc - nt, wr, w->row_bytes,
                               xr + (size_t)nt * j->xq_stride, j->xq_stride, yr + (size_t)nt * w->ne1,
                               (size_t)w->ne1);
+        if (w->row_scale) /* W4A8: integer dots, then the per-row scale */
+            codi_scale_rows(yr, nr, nc, (size_t)w->ne1, w->row_scale + r0);
     }
 }
 

@@ -83,6 +83,8 @@ static int bind_weight(const codi_gguf *g, const char *name, int64_t ne0,
     }
     if (codi_quant_is_mix(g, name))
         return codi_quant_bind_mix(g, name, ne0, ne1, w, err, errlen);
+    if (codi_type_is_w4a8(t->type))
+        return codi_quant_bind_w4a8(g, t, ne0, ne1, w, err, errlen);
     if (codi_type_is_sparse(t->type))
         return codi_quant_bind_sparse(t, ne0, ne1, w, err, errlen);
     if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)

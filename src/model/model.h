@@ -82,6 +82,9 @@ typedef struct codi_weight {
     size_t row_bytes_hi;
     int64_t n_lo;
     const int16_t *perm;
+    /* W4A8 (QoQ): per output row float scale applied after the integer
+     * dot product (tensor <name>.wscale), or NULL. */
+    const float *row_scale;
 } codi_weight;
 
 typedef struct codi_layer {

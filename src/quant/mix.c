@@ -101,3 +101,33 @@ void codi_mix_chunk(const codi_weight *w, int64_t r0, int nr, const void *xq, si
         for (int r = 0; r < nr; r++)
             y[(size_t)c * ldy + (size_t)w->perm[r0 + r]] = buf[(size_t)c * nr + r];
 }
+
+void codi_scale_rows(float *y, int nr, int nc, size_t ldy, const float *scale) {
+    for (int c = 0; c < nc; c++)
+        for (int r = 0; r < nr; r++)
+            y[(size_t)c * ldy + r] *= scale[r];
+}
+
+int codi_quant_bind_w4a8(const codi_gguf *g, const codi_gguf_tensor *t, int64_t ne0, int64_t ne1, codi_weight *w,
+                         char *err, size_t errlen) {
+    char ns[256];
+    snprintf(ns, sizeof(ns), "%s.wscale", t->name);
+    const codi_gguf_tensor *sc = codi_gguf_find_tensor(g, ns);
+    if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]",
+                           t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)ne0, (long long)ne1);
+    if (!sc || sc->type != CODI_TYPE_F32 || sc->ne[0] != ne1 || sc->ne[1] != 1 || sc->nbytes < (uint64_t)ne1 * 4)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "W4A8 tensor '%s' needs '%s' (F32 [%lld])", t->name, ns,
+                           (long long)ne1);
+    const size_t row = codi_row_size(t->type, ne0);
+    if (!row || (uint64_t)row * (uint64_t)ne1 > t->nbytes)
+        return codi_errorf(err, errlen, CODI_EFORMAT, "tensor '%s': data smaller than its shape", t->name);
+    memset(w, 0, sizeof(*w));
+    w->data = t->data;
+    w->type = t->type;
+    w->ne0 = ne0;
+    w->ne1 = ne1;
+    w->row_bytes = row;
+    w->row_scale = sc->data;
+    return 0;
+}

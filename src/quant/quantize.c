@@ -13,7 +13,7 @@
 #include "tensor/quant_codi.h"
 #include "tensor/types.h"
 
-static const char *const KIND_NAMES[CODI_QUANT_KIND_COUNT] = {"f32", "f16", "q4g", "q8g", "gqsa", "mix"};
+static const char *const KIND_NAMES[CODI_QUANT_KIND_COUNT] = {"f32", "f16", "q4g", "q8g", "gqsa", "mix", "w4a8"};
 
 int codi_quant_kind_from_name(const char *name) {
     for (int i = 0; i < CODI_QUANT_KIND_COUNT; i++)
@@ -40,7 +40,7 @@ int codi_quant_check_params(const codi_quant_params *p, char *err, size_t errlen
     return 0;
 }
 
-enum { PART_ALL = 0, PART_LO, PART_HI, PART_PERM };
+enum { PART_ALL = 0, PART_LO, PART_HI, PART_PERM, PART_WSCALE };
 
 typedef struct job {
     const codi_gguf *g;
@@ -88,6 +88,8 @@ static int choose_type(const codi_gguf_tensor *t, const codi_quant_params *p) {
     /* GQSA: the 2-D matrices of the blocks (the output head stays dense) */
     if (p->kind == CODI_QUANT_GQSA && t->n_dims == 2 && !strncmp(t->name, "blk.", 4))
         return codi_type_codi_group(-4, G);
+    if (p->kind == CODI_QUANT_W4A8 && t->n_dims == 2 && !strncmp(t->name, "blk.", 4))
+        return codi_type_codi_group(48, G);
     /* MIX: the same test picks the ranked matrices (is_mixable) */
     return codi_type_codi_group(4, G);
 }
@@ -163,6 +165,26 @@ static int fill(void *user, size_t i, void *dst, size_t nbytes, char *err, size_
             return codi_errorf(err, errlen, CODI_EFORMAT, "tensor '%s': bad output order", t->name);
         return 0;
     }
+    if (part == PART_WSCALE) { /* W4A8 row scales: max|w| / 127 per row */
+        const codi_type_traits *tr = codi_type_get(t->type);
+        const size_t in_row = codi_row_size(t->type, t->ne[0]);
+        if ((uint64_t)t->ne[1] * 4 != nbytes)
+            return codi_errorf(err, errlen, CODI_EFORMAT, "tensor '%s': bad scale size", t->name);
+        if (t->ne[0] > j->row_cap) {
+            float *r = realloc(j->row, (size_t)t->ne[0] * sizeof(float));
+            if (!r)
+                return codi_errorf(err, errlen, CODI_ENOMEM, "out of memory");
+            j->row = r; /* row_cap stays: score/keep were not grown */
+        }
+        for (int64_t r = 0; r < t->ne[1]; r++) {
+            tr->to_float((const uint8_t *)t->data + (size_t)r * in_row, j->row, t->ne[0]);
+            float amax = 0.0f;
+            for (int64_t k = 0; k < t->ne[0]; k++)
+                amax = j->row[k] > amax ? j->row[k] : -j->row[k] > amax ? -j->row[k] : amax;
+            ((float *)dst)[r] = amax / 127.0f;
+        }
+        return 0;
+    }
     const codi_type_traits *in_tr = codi_type_get(t->type);
     const codi_type_traits *out_tr = codi_type_get(out);
     const int64_t ne0 = t->ne[0];
@@ -214,6 +236,8 @@ static int fill(void *user, size_t i, void *dst, size_t nbytes, char *err, size_
             codi_quantize_row_gqsa(j->row, d, ne0, G, j->keep, k, imp);
         } else if (out >= CODI_TYPE_Q4G32 && out <= CODI_TYPE_Q4G128)
             codi_quantize_row_q4g(j->row, d, ne0, G, imp);
+        else if (codi_type_is_w4a8(out))
+            codi_quantize_row_w4a8(j->row, d, ne0, G, NULL);
         else
             out_tr->from_float(j->row, d, ne0);
         d += out_row;
@@ -367,10 +391,11 @@ int codi_quantize_file_ex(const char *in_path, const char *out_path, const codi_
                              t->name, codi_type_name(t->type));
             goto done;
         }
-        if (codi_type_is_sparse(t->type)) {
+        if (codi_type_is_sparse(t->type) || codi_type_is_w4a8(t->type) || t->type == CODI_TYPE_I16) {
             rc = codi_errorf(err, errlen, CODI_EUNSUPPORTED,
-                             "tensor '%s' is already group-sparse (%s): quantize its dense base instead", t->name,
-                             codi_type_name(t->type));
+                             "tensor '%s' is %s, a codi layout spread over several tensors: quantize its dense "
+                             "base instead",
+                             t->name, codi_type_name(t->type));
             goto done;
         }
         src_type[i] = choose_type(t, p);
@@ -438,6 +463,14 @@ int codi_quantize_file_ex(const char *in_path, const char *out_path, const codi_
             ne[0] = (int64_t)gqsa_keep(t->ne[0], codi_type_group_size(out), p->sparsity) *
                     codi_type_group_size(out);
         ADD(t->name, out, PART_ALL, t->n_dims, ne);
+        if (codi_type_is_w4a8(out)) {
+            char nm[300];
+            int64_t ne_s[1] = {t->ne[1]};
+            snprintf(nm, sizeof(nm), "%s.wscale", t->name);
+            const uint64_t keep_elems = elems;
+            ADD(nm, CODI_TYPE_F32, PART_WSCALE, 1, ne_s);
+            elems = keep_elems;
+        }
     }
 #undef ADD
     if (bpw)

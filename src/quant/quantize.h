@@ -15,6 +15,7 @@ enum codi_quant_kind {
     CODI_QUANT_Q8G,     /* symmetric 8-bit groups */
     CODI_QUANT_GQSA,    /* 4-bit groups, a fraction of groups removed */
     CODI_QUANT_MIX,     /* 4/8-bit output features ranked model-wide */
+    CODI_QUANT_W4A8,    /* QoQ: int8 per channel, then int4 groups */
     CODI_QUANT_KIND_COUNT
 };
 

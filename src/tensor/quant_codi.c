@@ -30,14 +30,16 @@ int codi_type_codi_group(int bits, int group) {
         return CODI_TYPE_Q8G32 + k;
     if (bits == -4) /* group-sparse 4-bit */
         return CODI_TYPE_GQSA32 + k;
+    if (bits == 48) /* W4A8 */
+        return CODI_TYPE_W4A8_32 + k;
     return -1;
 }
 
 int codi_type_group_size(int type) {
     switch (type) {
-    case CODI_TYPE_Q4G32: case CODI_TYPE_Q8G32: case CODI_TYPE_GQSA32: return 32;
-    case CODI_TYPE_Q4G64: case CODI_TYPE_Q8G64: case CODI_TYPE_GQSA64: return 64;
-    case CODI_TYPE_Q4G128: case CODI_TYPE_Q8G128: case CODI_TYPE_GQSA128: return 128;
+    case CODI_TYPE_Q4G32: case CODI_TYPE_Q8G32: case CODI_TYPE_GQSA32: case CODI_TYPE_W4A8_32: return 32;
+    case CODI_TYPE_Q4G64: case CODI_TYPE_Q8G64: case CODI_TYPE_GQSA64: case CODI_TYPE_W4A8_64: return 64;
+    case CODI_TYPE_Q4G128: case CODI_TYPE_Q8G128: case CODI_TYPE_GQSA128: case CODI_TYPE_W4A8_128: return 128;
     default: return 0;
     }
 }
@@ -343,6 +345,102 @@ codi_vec_dot_fn codi_kernel_vec_dot_q8g_q8_1(int type) {
     }
 }
 
+/* ---- W4A8 ---- */
+
+void codi_quantize_row_a8_ref(const float *x, void *vy, int64_t n) {
+    CODI_ASSERT(n >= 0 && n % 32 == 0);
+    codi_block_a8 *y = vy;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    for (int64_t b = 0; b < n / 32; b++) {
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            const int q = (int)lrintf(x[b * 32 + j] * id);
+            y[b].qs[j] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+            sum += y[b].qs[j];
+        }
+        y[b].d = d;
+        y[b].sum = (int16_t)sum;
+        y[b].pad = 0;
+    }
+}
+
+void codi_dequantize_row_a8_ref(const void *vx, float *y, int64_t n) {
+    const codi_block_a8 *x = vx;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i / 32].qs[i % 32] * x[i / 32].d;
+}
+
+void codi_quantize_row_w4a8(const float *x, void *vy, int64_t n, int G, float *row_scale) {
+    CODI_ASSERT(G == 32 || G == 64 || G == 128);
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float sc = amax / 127.0f, isc = sc > 0.0f ? 1.0f / sc : 0.0f;
+    if (row_scale)
+        *row_scale = sc;
+    uint8_t *b = vy;
+    for (int64_t g = 0; g < n / G; g++, b += CODI_W4A8_BYTES(G)) {
+        int w8[128], mn = 127, mx = -127;
+        for (int j = 0; j < G; j++) {
+            const int v = (int)lrintf(x[g * G + j] * isc);
+            w8[j] = v > 127 ? 127 : v < -127 ? -127 : v;
+            mn = w8[j] < mn ? w8[j] : mn;
+            mx = w8[j] > mx ? w8[j] : mx;
+        }
+        int sg = (mx - mn + 14) / 15;
+        sg = sg < 1 ? 1 : sg;
+        int z = (int)lrintf((float)-mn / (float)sg); /* |z| <= 127 */
+        b[0] = (uint8_t)sg;
+        b[1] = (uint8_t)(int8_t)z;
+        uint8_t *qs = b + 2;
+        for (int k = 0; k < G / 32; k++)
+            for (int j = 0; j < 16; j++) {
+                int q0 = (int)lrintf((float)w8[32 * k + j] / (float)sg) + z;
+                int q1 = (int)lrintf((float)w8[32 * k + j + 16] / (float)sg) + z;
+                q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+                q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+                qs[16 * k + j] = (uint8_t)(q0 | q1 << 4);
+            }
+    }
+}
+
+/* In int8 units (times the row scale gives the weights). */
+static void dequantize_row_w4a8(const void *vx, float *y, int64_t n, int G) {
+    const uint8_t *b = vx;
+    for (int64_t g = 0; g < n / G; g++, b += CODI_W4A8_BYTES(G), y += G) {
+        const int sg = b[0], z = (int8_t)b[1];
+        for (int k = 0; k < G / 32; k++)
+            for (int j = 0; j < 16; j++) {
+                y[32 * k + j] = (float)(sg * ((b[2 + 16 * k + j] & 15) - z));
+                y[32 * k + j + 16] = (float)(sg * ((b[2 + 16 * k + j] >> 4) - z));
+            }
+    }
+}
+
+void codi_vec_dot_w4a8_a8(int64_t n, float *s, const void *vx, const void *vy, int G) {
+    CODI_ASSERT(n >= 0 && n % G == 0);
+    const uint8_t *b = vx;
+    const codi_block_a8 *y = vy;
+    int64_t total = 0;
+    for (int64_t g = 0; g < n / G; g++, b += CODI_W4A8_BYTES(G)) {
+        const int sg = b[0], z = (int8_t)b[1];
+        int64_t t = 0;
+        for (int k = 0; k < G / 32; k++) {
+            const codi_block_a8 *a = &y[g * (G / 32) + k];
+            int sumi = 0;
+            for (int j = 0; j < 16; j++)
+                sumi += (b[2 + 16 * k + j] & 15) * a->qs[j] + (b[2 + 16 * k + j] >> 4) * a->qs[j + 16];
+            t += sumi - z * a->sum;
+        }
+        total += sg * t;
+    }
+    *s = n > 0 ? y[0].d * (float)total : 0.0f;
+}
+
 /* ---- fixed-G entry points of the traits table ---- */
 
 #define DEFINE_GROUP(G)                                                                    \
@@ -372,6 +470,15 @@ codi_vec_dot_fn codi_kernel_vec_dot_q8g_q8_1(int type) {
     }                                                                                      \
     void codi_vec_dot_gqsa##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y) { \
         codi_vec_dot_gqsa_q8_1(n, s, x, y, G);                                             \
+    }                                                                                      \
+    void codi_dequantize_row_w4a8_##G##_ref(const void *x, float *y, int64_t n) {          \
+        dequantize_row_w4a8(x, y, n, G);                                                   \
+    }                                                                                      \
+    void codi_quantize_row_w4a8_##G##_ref(const float *x, void *y, int64_t n) {            \
+        codi_quantize_row_w4a8(x, y, n, G, NULL);                                          \
+    }                                                                                      \
+    void codi_vec_dot_w4a8_##G##_a8_ref(int64_t n, float *s, const void *x, const void *y) { \
+        codi_vec_dot_w4a8_a8(n, s, x, y, G);                                               \
     }
 DEFINE_GROUP(32)
 DEFINE_GROUP(64)

@@ -34,6 +34,33 @@
 #define CODI_Q4G_BYTES(G) (4 + (G) / 2)
 #define CODI_Q8G_BYTES(G) (2 + (G))
 #define CODI_GQSA_BYTES(G) (6 + (G) / 2)
+#define CODI_W4A8_BYTES(G) (2 + (G) / 2)
+
+/* A8: per-token int8 activations in blocks of 32. d is the scale of the
+ * whole row (the same in every block: max|x| / 127); sum = the block's
+ * sum of qs, for the weights' zero points. */
+typedef struct codi_block_a8 {
+    float d;
+    int16_t sum;
+    int16_t pad;
+    int8_t qs[32];
+} codi_block_a8;
+_Static_assert(sizeof(codi_block_a8) == 40, "a8 size");
+
+static inline int codi_type_is_w4a8(int type) {
+    return type >= CODI_TYPE_W4A8_32 && type <= CODI_TYPE_W4A8_128;
+}
+void codi_dequantize_row_a8_ref(const void *x, float *y, int64_t n);
+void codi_quantize_row_a8_ref(const float *x, void *y, int64_t n);
+/* W4A8 row of n weights: *row_scale = max|w| / 127 (the per-channel int8
+ * step), then per group of G the int8 values w / row_scale as
+ * sg * (q - z), sg = max(1, ceil((max - min) / 15)) in 1..17 (u8),
+ * z = round(-min / sg) in -127..127 (i8), q in 0..15. */
+void codi_quantize_row_w4a8(const float *x, void *y, int64_t n, int G, float *row_scale);
+/* Exact integer dot in int8 units: d_x * sum_g sg_g sum_j (q_j - z_g) x_j
+ * (int64 total, one float multiply); the caller multiplies by the row
+ * scale. */
+void codi_vec_dot_w4a8_a8(int64_t n, float *s, const void *x, const void *y, int G);
 
 /* True for the GQSA types. */
 static inline int codi_type_is_sparse(int type) {
@@ -83,7 +110,10 @@ void codi_vec_dot_q8g_q8_0(int64_t n, float *s, const void *x, const void *y, in
     void codi_vec_dot_q8g##G##_q8_0_ref(int64_t n, float *s, const void *x, const void *y); \
     void codi_dequantize_row_gqsa##G##_ref(const void *x, float *y, int64_t n);        \
     void codi_quantize_row_gqsa##G##_ref(const float *x, void *y, int64_t n);          \
-    void codi_vec_dot_gqsa##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y);
+    void codi_vec_dot_gqsa##G##_q8_1_ref(int64_t n, float *s, const void *x, const void *y); \
+    void codi_dequantize_row_w4a8_##G##_ref(const void *x, float *y, int64_t n);       \
+    void codi_quantize_row_w4a8_##G##_ref(const float *x, void *y, int64_t n);         \
+    void codi_vec_dot_w4a8_##G##_a8_ref(int64_t n, float *s, const void *x, const void *y);
 CODI_DECL_GROUP(32)
 CODI_DECL_GROUP(64)
 CODI_DECL_GROUP(128)

@@ -165,7 +165,16 @@ static const codi_type_traits type_traits[CODI_TYPE_COUNT] = {
                            codi_quantize_row_gqsa##G##_ref, CODI_TYPE_Q8_1,      \
                            codi_vec_dot_gqsa##G##_q8_1_ref}
     Q4G(32), Q4G(64), Q4G(128), Q8G(32), Q8G(64), Q8G(128),
+#define W4A8(G)                                                                  \
+    [CODI_TYPE_W4A8_##G] = {"W4A8_" #G, G, CODI_W4A8_BYTES(G),                   \
+                            codi_dequantize_row_w4a8_##G##_ref,                  \
+                            codi_quantize_row_w4a8_##G##_ref, CODI_TYPE_A8,      \
+                            codi_vec_dot_w4a8_##G##_a8_ref}
     GQSA(32), GQSA(64), GQSA(128),
+    W4A8(32), W4A8(64), W4A8(128),
+    [CODI_TYPE_A8] = {"A8", 32, sizeof(codi_block_a8), codi_dequantize_row_a8_ref, codi_quantize_row_a8_ref,
+                      CODI_TYPE_A8, NULL},
+#undef W4A8
 #undef GQSA
 #undef Q4G
 #undef Q8G

@@ -38,6 +38,12 @@ enum codi_type {
     CODI_TYPE_GQSA32 = 54,
     CODI_TYPE_GQSA64 = 55,
     CODI_TYPE_GQSA128 = 56,
+    /* W4A8 (QServe QoQ): 4-bit codes in int8 units with u8 group scale and
+     * zero; the per-row float scale is a separate tensor */
+    CODI_TYPE_W4A8_32 = 57,
+    CODI_TYPE_W4A8_64 = 58,
+    CODI_TYPE_W4A8_128 = 59,
+    CODI_TYPE_A8 = 60, /* activations: int8 with one scale per token row */
     CODI_TYPE_COUNT = 64 /* table size */
 };
 
