@@ -116,6 +116,9 @@ quantize_ok "mix 6 bits" "token_embd.weight Q8G32" "$TINY" "$O" --type mix --bit
 if "$CODI" inspect "$O" | grep -Eq "\.perm +I16"; then ok "mix writes .q8 and .perm parts"; else ko "mix writes .q8 and .perm parts" "none"; fi
 expect_error "mix without calib" 2 "--type mix needs --calib" "$TINY" "$O" --type mix --bits 4.4
 expect_error "bits without mix" 2 "--bits applies to --type mix" "$TINY" "$O" --type q4g --bits 4.4
+quantize_ok "w4a8" "blk.0.attn_q.weight W4A8_32
+blk.0.attn_q.weight.wscale F32
+token_embd.weight Q8G32" "$TINY" "$O" --type w4a8
 quantize_ok "f16 base" "blk.0.ffn_up.weight F16" "$TINY" "$O" --type f16
 quantize_ok "f32 base" "blk.0.ffn_up.weight F32" "$TINY" "$O" --type f32
 
