@@ -9,6 +9,7 @@
 #   --windows  PPL windows of 512 tokens (default 6)
 #   --reps     codi bench repetitions (default 3)
 #   --out DIR  results (default bench/results/<UTC date>-quant)
+#   --only llama|codi  only llama.cpp's or only codi's formats (default all)
 #   CODI=PATH  codi binary (default build/codi)
 #   PEER_BIN=DIR  llama.cpp tools (llama-quantize, llama-perplexity; default
 #              bench/.peer/bin, built by tools/build_peer.sh --tools-only)
@@ -16,9 +17,9 @@
 # For each model:
 #   1. base = the model dequantized by codi to F16 (`codi quantize --type f16`);
 #   2. llama.cpp's Q4_0, Q4_K_M, Q5_K_M, Q8_0 made from that base with
-#      llama-quantize; codi's q4g, q8g, mix at 4.2 / 4.4 / 4.8 bits (group
-#      128, falling back to 64 where the width needs it), gqsa at 25% and 50%
-#      sparsity (group 32); mix and gqsa calibrated on bench/data/licenses.txt;
+#      llama-quantize; codi's q4g, q8g (group 32), mix at 4.2 / 4.4 / 4.8 bits
+#      (group 64) and 5.4 (group 32), gqsa at 25% and 50% sparsity (group 32),
+#      w4a8 (group 32); mix and gqsa calibrated on bench/data/licenses.txt;
 #   3. every file evaluated by codi on tests/data/eval.txt (GPL-3, not the
 #      calibration text): PPL, mean KL / same-top % against the base
 #      (`codi ppl --kl-base/--kl`), pp128 and tg32 tokens/s (`codi bench -t 2`);
@@ -29,13 +30,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODELS=all WINDOWS=6 REPS=3 OUT=""
+MODELS=all WINDOWS=6 REPS=3 OUT="" ONLY=all
 while (($#)); do
     case $1 in
     --model) MODELS=$2; shift 2 ;;
     --windows) WINDOWS=$2; shift 2 ;;
     --reps) REPS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -85,15 +87,18 @@ run_model() {
     local specs=(
         "Q4_0|llama|Q4_0" "Q4_K_M|llama|Q4_K_M" "Q5_K_M|llama|Q5_K_M" "Q8_0|llama|Q8_0"
         "q4g|codi|--type q4g" "q8g|codi|--type q8g"
-        "mix 4.2|codi|--type mix --bits 4.2 --group 128 --calib $CALIB"
-        "mix 4.4|codi|--type mix --bits 4.4 --group 128 --calib $CALIB"
-        "mix 4.8|codi|--type mix --bits 4.8 --group 128 --calib $CALIB"
+        "mix 4.2|codi|--type mix --bits 4.2 --group 64 --calib $CALIB"
+        "mix 4.4|codi|--type mix --bits 4.4 --group 64 --calib $CALIB"
+        "mix 4.8|codi|--type mix --bits 4.8 --group 64 --calib $CALIB"
+        "mix 5.4 g32|codi|--type mix --bits 5.4 --group 32 --calib $CALIB"
         "gqsa 25%|codi|--type gqsa --sparsity 0.25 --calib $CALIB"
         "gqsa 50%|codi|--type gqsa --sparsity 0.5 --calib $CALIB"
+        "w4a8|codi|--type w4a8"
     )
     local s name by args f tag
     for s in "${specs[@]}"; do
         IFS='|' read -r name by args <<<"$s"
+        [ "$ONLY" != all ] && [ "$ONLY" != "$by" ] && continue
         tag=$(echo "$name" | tr ' %.' '__p')
         f="$WORK/$key-$tag.gguf"
         echo "== $key: $name" >&2
