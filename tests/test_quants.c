@@ -163,6 +163,10 @@ static void test_traits(void **state) {
         {CODI_TYPE_GQSA32, "GQSA32", 32, 22, CODI_TYPE_Q8_1, true},
         {CODI_TYPE_GQSA64, "GQSA64", 64, 38, CODI_TYPE_Q8_1, true},
         {CODI_TYPE_GQSA128, "GQSA128", 128, 70, CODI_TYPE_Q8_1, true},
+        {CODI_TYPE_W4A8_32, "W4A8_32", 32, 18, CODI_TYPE_A8, true},
+        {CODI_TYPE_W4A8_64, "W4A8_64", 64, 34, CODI_TYPE_A8, true},
+        {CODI_TYPE_W4A8_128, "W4A8_128", 128, 66, CODI_TYPE_A8, true},
+        {CODI_TYPE_A8, "A8", 32, 40, CODI_TYPE_A8, false},
     };
     int known = 0;
     /* I16: data only */
