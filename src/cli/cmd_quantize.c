@@ -124,8 +124,12 @@ int cmd_quantize(const cli_opts *o) {
     int rc = codi_quantize_file_ex(o->positional, g_tmp, &p, &bpw, &mix, err, sizeof(err));
     codi_calib_free(cal);
     if (!rc && rename(g_tmp, o->positional2) != 0) {
-        snprintf(err, sizeof(err), "cannot rename '%s' to '%s': %s", g_tmp, o->positional2, strerror(errno));
-        rc = 1;
+        const int e = errno;
+        unlink(g_tmp);
+        g_tmp[0] = '\0';
+        fprintf(stderr, "codi: quantize: cannot rename the temporary file to '%s': %s\n", o->positional2,
+                strerror(e));
+        return 1;
     }
     if (rc) {
         unlink(g_tmp);
