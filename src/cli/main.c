@@ -21,6 +21,7 @@ typedef enum {
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
+    O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS,
 } opt_id;
 
 typedef struct {
@@ -48,7 +49,7 @@ static const opt_def OPTS[] = {
     {O_REPLAST, NULL, "--repeat-last-n", "N", GEN, "tokens the penalty looks back (default 64)"},
     {O_SEED, "-s", "--seed", "S", ALL_MODEL, "random seed (default 49361)"},
     {O_CTX, "-c", "--ctx-size", "N", ALL_MODEL, "context size in tokens (default: 4096 or the model's, smaller; ppl: 512)"},
-    {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE, "compute threads (default: all cores)"},
+    {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE | CMD_MOEFY, "compute threads (default: all cores)"},
     {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
     {O_UBATCH, NULL, "--ubatch", "N", EVAL, "the same: prompts are evaluated in chunks of N tokens, scratch memory bounded by N"},
     {O_KVTYPE, NULL, "--kv-type", "TYPE", KVOPT, "KV cache storage: f16 (default), q8 or q4"},
@@ -71,6 +72,13 @@ static const opt_def OPTS[] = {
     {O_CHUNKS, NULL, "--chunks", "N", CMD_PPL, "evaluate at most N windows (default: all)"},
     {O_NODISP, NULL, "--no-display-prompt", NULL, CMD_RUN, "do not echo the prompt"},
     {O_TYPE, NULL, "--type", "TYPE", CMD_CONVERT, "weight type of the matrices: f16 (default), f32 or q8_0"},
+    {O_TYPE, NULL, "--type", "TYPE", CMD_MOEFY, "expert weights: keep (gate/up rows as in IN, down q8_0; default), q8_0, f16 or f32"},
+    {O_MFEXPERTS, NULL, "--experts", "E", CMD_MOEFY, "experts per layer (divides the FFN width)"},
+    {O_MFTOPK, NULL, "--top-k", "K", CMD_MOEFY, "experts used per token (1..E)"},
+    {O_MFCALIB, NULL, "--calib", "FILE", CMD_MOEFY, "calibration text (default: a short built-in text)"},
+    {O_MFEVAL, NULL, "--eval", "FILE", CMD_MOEFY, "text the router accuracy is measured on (default: the calibration text)"},
+    {O_MFROUTER, NULL, "--router", "KIND", CMD_MOEFY, "layer (default: each layer's FFN input) or decoupled (all read layer 0's)"},
+    {O_MFTOKENS, NULL, "--calib-tokens", "N", CMD_MOEFY, "calibration tokens used at most (default 8192)"},
     {O_HOST, NULL, "--host", "ADDR", CMD_SERVE, "IPv4 address to listen on (default 127.0.0.1)"},
     {O_PORT, NULL, "--port", "N", CMD_SERVE, "TCP port (default 8080; 0 = any free port)"},
     {O_PARALLEL, "-np", "--parallel", "N", CMD_SERVE, "slots: requests generated together (default 4)"},
@@ -96,6 +104,7 @@ static const struct {
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
     {"nest", CMD_NEST, "codi nest IN.gguf OUT.gguf", "bit-nested experts of an MoE model: 4-bit high parts + 4-bit residuals (docs/moe.md)"},
+    {"moefy", CMD_MOEFY, "codi moefy IN.gguf OUT.gguf --experts E --top-k K [--calib FILE] [--eval FILE] [--router layer|decoupled] [--type keep|q8_0|f16|f32]", "split a dense model's FFNs into a mixture of experts with fitted routers (Read-ME)"},
     {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S] [--idle-timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
@@ -184,11 +193,11 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
             return 0;
         }
         if (a[0] != '-' || a[1] == '\0') {
-            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT || o->cmd == CMD_NEST) && !o->positional) {
+            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT || o->cmd == CMD_NEST || o->cmd == CMD_MOEFY) && !o->positional) {
                 o->positional = a;
                 continue;
             }
-            if ((o->cmd == CMD_CONVERT || o->cmd == CMD_NEST) && !o->positional2) {
+            if ((o->cmd == CMD_CONVERT || o->cmd == CMD_NEST || o->cmd == CMD_MOEFY) && !o->positional2) {
                 o->positional2 = a;
                 continue;
             }
@@ -231,6 +240,12 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_KL: o->kl = val; break;
         case O_NODISP: o->no_display_prompt = true; break;
         case O_TYPE: o->out_type = val; break;
+        case O_MFEXPERTS: rc = parse_i32(name, val, 1, 1 << 20, &o->mf_experts); break;
+        case O_MFTOPK: rc = parse_i32(name, val, 0, 1 << 20, &o->mf_top_k); break;
+        case O_MFTOKENS: rc = parse_i32(name, val, 64, 1 << 24, &o->mf_max_tokens); break;
+        case O_MFCALIB: o->mf_calib = val; break;
+        case O_MFEVAL: o->mf_eval = val; break;
+        case O_MFROUTER: o->mf_router = val; break;
         case O_HOST: o->host = val; break;
         case O_APIKEY: o->api_key = val; break;
         case O_PORT: rc = parse_i32(name, val, 0, 65535, &o->port); break;
@@ -752,6 +767,7 @@ int main(int argc, char **argv) {
     case CMD_CONVERT: return cmd_convert(&o);
     case CMD_SERVE: return cmd_serve(&o);
     case CMD_NEST: return cmd_nest(&o);
+    case CMD_MOEFY: return cmd_moefy(&o);
     }
     return 2;
 }
