@@ -283,6 +283,8 @@ typedef struct codi_moefy_layer_stats {
 typedef struct codi_moefy_params {
     int32_t n_expert;        /* E: divides n_ff */
     int32_t n_expert_used;   /* K: 1..E */
+    int32_t n_shared;        /* S neurons (the most active) copied into every
+                                expert, counted once (0: none); E divides n_ff - S */
     int router;              /* enum codi_moefy_router */
     const char *calib_text;  /* NULL: a built-in text */
     size_t calib_len;
@@ -297,8 +299,9 @@ typedef struct codi_moefy_params {
     void (*progress)(void *user, const char *line); /* status lines, or NULL */
     void *progress_user;
     /* optional outputs */
-    int32_t *perm;           /* [n_layer * n_ff]: expert e of layer l holds the
-                                source neurons perm[l*n_ff + e*(n_ff/E) ...] */
+    int32_t *perm;           /* [n_layer * n_ff]: layer l's shared neurons
+                                perm[l*n_ff + 0..S), then expert e's own
+                                perm[l*n_ff + S + e*(n_ff-S)/E ...] */
     codi_moefy_layer_stats *stats; /* [n_layer] */
 } codi_moefy_params;
 

@@ -195,18 +195,19 @@ static double max_logit_diff(const char *a, const char *b, double *scale) {
 
 static void test_k_equals_e(void **state) {
     (void)state;
-    const int routers[2] = {CODI_MOEFY_ROUTER_LAYER, CODI_MOEFY_ROUTER_DECOUPLED};
+    const int routers[3] = {CODI_MOEFY_ROUTER_LAYER, CODI_MOEFY_ROUTER_DECOUPLED, CODI_MOEFY_ROUTER_LAYER};
     const int types[2] = {CODI_TYPE_F32, -1};
-    for (int r = 0; r < 2; r++)
-        for (int t = 0; t < 2; t++) {
+    for (int r = 0; r < 3; r++)
+        for (int t = 0; t < (r == 2 ? 1 : 2); t++) {
             codi_moefy_params p = params(4, 4, routers[r], types[t]);
+            p.n_shared = r == 2 ? 32 : 0; /* shared neurons in every expert, counted once */
             char err[256] = "";
             if (codi_moefy(g_dense, g_out, &p, err, sizeof(err)))
                 fail_msg("%s", err);
             double sc = 0;
             const double d = max_logit_diff(g_dense, g_out, &sc);
             fprintf(stderr, "K = E = 4, router %s, experts %s: max |logit diff| %.2e (max |logit| %.2f)\n",
-                    r ? "decoupled" : "layer", t ? "keep (down q8_0)" : "f32", d, sc);
+                    r == 1 ? "decoupled" : r ? "layer, 32 shared" : "layer", t ? "keep (down q8_0)" : "f32", d, sc);
             /* f32: only the softmax weights' 1e-4 spread; q8_0 down: its rounding */
             assert_true(d <= (t ? 2e-2 : 2e-3) * sc);
         }
@@ -221,13 +222,20 @@ static const codi_gguf_tensor *tensor(const codi_gguf *g, const char *fmt, int l
     return t;
 }
 
+static int32_t src_neuron(const int32_t *perm, int S, int fr, int e, int i) {
+    return i < S ? perm[i] : perm[S + e * fr + i - S];
+}
+
 static void test_partition_and_format(void **state) {
     (void)state;
-    const int E = 4, K = 2, fe = FF / E;
-    for (int dec = 0; dec < 2; dec++) {
+    const int E = 4, K = 2;
+    for (int dec = 0; dec < 3; dec++) {
+        const int S = dec == 2 ? 32 : 0, fr = (FF - S) / E, fe = S + fr; /* 2: layer router + shared */
         int32_t perm[NL * FF];
         codi_moefy_layer_stats st[NL];
-        codi_moefy_params p = params(E, K, dec, -1);
+        const int dtype = S ? CODI_TYPE_F32 : CODI_TYPE_Q8_0; /* fe = 56: no Q8_0 blocks */
+        codi_moefy_params p = params(E, K, dec == 1, S ? CODI_TYPE_F32 : -1);
+        p.n_shared = S;
         p.perm = perm;
         p.stats = st;
         char err[256] = "";
@@ -244,8 +252,8 @@ static void test_partition_and_format(void **state) {
         assert_int_equal(codi_gguf_get_u32(out, "llama.feed_forward_length", &u), 0);
         assert_int_equal(u, fe);
         const int has_src = codi_gguf_get_u32(out, "llama.codi.router_source_layer", &u) == 0;
-        assert_int_equal(has_src, dec);
-        if (dec)
+        assert_int_equal(has_src, dec == 1);
+        if (dec == 1)
             assert_int_equal(u, 0);
         const codi_gguf_kv *a = codi_gguf_find(src, "tokenizer.ggml.tokens"),
                            *b = codi_gguf_find(out, "tokenizer.ggml.tokens");
@@ -275,21 +283,22 @@ static void test_partition_and_format(void **state) {
                                    *ou = tensor(out, "blk.%d.ffn_up_exps.weight", l),
                                    *od = tensor(out, "blk.%d.ffn_down_exps.weight", l);
             assert_true(og->ne[0] == D && og->ne[1] == fe && og->ne[2] == E && og->type == CODI_TYPE_F32);
-            assert_true(od->ne[0] == fe && od->ne[1] == D && od->ne[2] == E && od->type == CODI_TYPE_Q8_0);
+            assert_true(od->ne[0] == fe && od->ne[1] == D && od->ne[2] == E && od->type == dtype);
             const float *g0 = sg->data, *u0 = su->data, *d0 = sd->data;
             const float *g1 = og->data, *u1 = ou->data;
-            for (int j = 0; j < FF; j++) { /* expert j / fe, row j % fe */
-                assert_memory_equal(g1 + (size_t)j * D, g0 + (size_t)perm[l * FF + j] * D, D * sizeof(float));
-                assert_memory_equal(u1 + (size_t)j * D, u0 + (size_t)perm[l * FF + j] * D, D * sizeof(float));
+            for (int j = 0; j < E * fe; j++) { /* expert j / fe, row j % fe */
+                const int32_t sj = src_neuron(perm + l * FF, S, fr, j / fe, j % fe);
+                assert_memory_equal(g1 + (size_t)j * D, g0 + (size_t)sj * D, D * sizeof(float));
+                assert_memory_equal(u1 + (size_t)j * D, u0 + (size_t)sj * D, D * sizeof(float));
             }
-            const codi_type_traits *q8 = codi_type_get(CODI_TYPE_Q8_0);
-            const size_t rb = codi_row_size(CODI_TYPE_Q8_0, fe);
+            const codi_type_traits *q8 = codi_type_get(dtype);
+            const size_t rb = codi_row_size(dtype, fe);
             float row[FF];
             for (int e = 0; e < E; e++)
                 for (int o = 0; o < D; o++) {
                     q8->to_float((const uint8_t *)od->data + ((size_t)e * D + o) * rb, row, fe);
                     for (int i = 0; i < fe; i++) {
-                        const float want = (float)K * d0[(size_t)o * FF + perm[l * FF + e * fe + i]];
+                        const float want = (i < S ? 1.0f : (float)K) * d0[(size_t)o * FF + src_neuron(perm + l * FF, S, fr, e, i)];
                         assert_true(fabsf(row[i] - want) <= 0.01f * K * 2.0f / sqrtf((float)FF) + 1e-6f);
                     }
                 }
@@ -307,7 +316,7 @@ static void test_partition_and_format(void **state) {
         double sc = 0;
         const double diff = max_logit_diff(g_dense, g_out, &sc);
         fprintf(stderr, "E %d K %d router %s: layer-router match %.3f %.3f, max |logit diff| %.3f of %.3f\n", E, K,
-                dec ? "decoupled" : "layer", st[0].match_layer, st[1].match_layer, diff, sc);
+                dec == 1 ? "decoupled" : dec ? "layer, 32 shared" : "layer", st[0].match_layer, st[1].match_layer, diff, sc);
         assert_true(diff < sc);
     }
 }
@@ -333,6 +342,11 @@ static void test_bad_args(void **state) {
     expect_refused(params(3, 1, 0, -1), g_dense, "does not divide");
     expect_refused(params(8, 2, 0, -1), g_dense, "multiple of the Q8_0 block");
     expect_refused(params(4, 2, 7, -1), g_dense, "router");
+    codi_moefy_params ps = params(4, 2, 0, CODI_TYPE_F32);
+    ps.n_shared = 30; /* 98 routed neurons: not 4 experts */
+    expect_refused(ps, g_dense, "less the shared neurons");
+    ps.n_shared = 128;
+    expect_refused(ps, g_dense, "--shared");
     expect_refused(params(4, 2, 0, CODI_TYPE_Q4_0), g_dense, "expert type");
     expect_refused(params(4, 2, 0, -1), VOCAB_SRC, "llama");
     expect_refused(params(4, 2, 0, -1), "tests/fixtures/synthetic/mixtral-tiny.gguf", "already");

@@ -56,7 +56,7 @@ typedef struct cli_opts {
     int32_t moe_mode, expert_policy, io_threads, expert_direct; /* direct -1: default */
     int32_t moe_lookahead, moe_bits;
     /* moefy */
-    int32_t mf_experts, mf_top_k, mf_max_tokens; /* 0: not given */
+    int32_t mf_experts, mf_top_k, mf_max_tokens, mf_shared; /* 0: not given */
     const char *mf_calib, *mf_eval, *mf_router;
     int64_t expert_budget;    /* bytes, 0: none */
     double expert_budget_pct; /* > 0: share of the experts */

@@ -21,7 +21,7 @@ typedef enum {
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
-    O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS,
+    O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS, O_MFSHARED,
 } opt_id;
 
 typedef struct {
@@ -78,6 +78,7 @@ static const opt_def OPTS[] = {
     {O_MFCALIB, NULL, "--calib", "FILE", CMD_MOEFY, "calibration text (default: a short built-in text)"},
     {O_MFEVAL, NULL, "--eval", "FILE", CMD_MOEFY, "text the router accuracy is measured on (default: the calibration text)"},
     {O_MFROUTER, NULL, "--router", "KIND", CMD_MOEFY, "layer (default: each layer's FFN input) or decoupled (all read layer 0's)"},
+    {O_MFSHARED, NULL, "--shared", "N", CMD_MOEFY, "the N most active neurons of each FFN go into every expert, counted once (default 0)"},
     {O_MFTOKENS, NULL, "--calib-tokens", "N", CMD_MOEFY, "calibration tokens used at most (default 8192)"},
     {O_HOST, NULL, "--host", "ADDR", CMD_SERVE, "IPv4 address to listen on (default 127.0.0.1)"},
     {O_PORT, NULL, "--port", "N", CMD_SERVE, "TCP port (default 8080; 0 = any free port)"},
@@ -104,7 +105,7 @@ static const struct {
     {"inspect", CMD_INSPECT, "codi inspect MODEL (or -m MODEL)", "print metadata and the tensor table"},
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
     {"nest", CMD_NEST, "codi nest IN.gguf OUT.gguf", "bit-nested experts of an MoE model: 4-bit high parts + 4-bit residuals (docs/moe.md)"},
-    {"moefy", CMD_MOEFY, "codi moefy IN.gguf OUT.gguf --experts E --top-k K [--calib FILE] [--eval FILE] [--router layer|decoupled] [--type keep|q8_0|f16|f32]", "split a dense model's FFNs into a mixture of experts with fitted routers (Read-ME)"},
+    {"moefy", CMD_MOEFY, "codi moefy IN.gguf OUT.gguf --experts E --top-k K [--calib FILE] [--eval FILE] [--router layer|decoupled] [--shared N] [--type keep|q8_0|f16|f32]", "split a dense model's FFNs into a mixture of experts with fitted routers (Read-ME)"},
     {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S] [--idle-timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
@@ -243,6 +244,7 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_MFEXPERTS: rc = parse_i32(name, val, 1, 1 << 20, &o->mf_experts); break;
         case O_MFTOPK: rc = parse_i32(name, val, 0, 1 << 20, &o->mf_top_k); break;
         case O_MFTOKENS: rc = parse_i32(name, val, 64, 1 << 24, &o->mf_max_tokens); break;
+        case O_MFSHARED: rc = parse_i32(name, val, 0, 1 << 24, &o->mf_shared); break;
         case O_MFCALIB: o->mf_calib = val; break;
         case O_MFEVAL: o->mf_eval = val; break;
         case O_MFROUTER: o->mf_router = val; break;

@@ -75,17 +75,20 @@ typedef struct mstate {
     const codi_model *m;
     int phase;        /* 1 features, 2 fit, 3 evaluate */
     int E, K, fe, d, ff, L;
+    int S, fr;        /* shared neurons (in every expert), routed neurons per expert; fe = S + fr */
     int64_t tok0;     /* global row of the pass's first token */
     int64_t n_rows;   /* rows seen in the phase */
     /* phase 1 */
     int32_t nf, stride;
     float *feat;      /* [L][ff][nf] */
     float *dn;        /* [L][ff] column norms of ffn_down */
-    int32_t *clus;    /* [L][ff] expert of neuron j */
+    double *imp;      /* [L][ff] sum over tokens of |h_j| ||down_j|| */
+    int32_t *clus;    /* [L][ff] expert of neuron j, -1 shared */
     /* phase 2 */
     float *xb, *x0;   /* [B][d] this layer's / layer 0's FFN inputs */
     int xb_layer;
     double *xtx;      /* [L][d][d] (upper triangle) */
+    float *gram;      /* [d][d] scratch */
     double *xtt, *x0tt; /* [L][d][E] */
     float *tg;        /* [B][E] targets */
     /* routers [L][E][d] */
@@ -119,6 +122,8 @@ static void targets(const mstate *s, int l, const float *h, float *t) {
         t[e] = 0.0f;
     double tot = 0.0;
     for (int j = 0; j < s->ff; j++) {
+        if (cl[j] < 0)
+            continue;
         const float v = fabsf(h[j]) * dn[j];
         t[cl[j]] += v;
         tot += v;
@@ -173,6 +178,13 @@ static void observe(void *user, const codi_weight *w, const float *x, int B, int
         if (kind != 1)
             return;
         float *F = s->feat + (size_t)l * ff * s->nf;
+        const float *dn = s->dn + (size_t)l * ff;
+        double *imp = s->imp + (size_t)l * ff;
+        for (int b = 0; b < B; b++) {
+            const float *hb = x + (size_t)b * ff;
+            for (int j = 0; j < ff; j++)
+                imp[j] += fabsf(hb[j]) * dn[j];
+        }
         for (int b = 0; b < B; b++) {
             const int64_t g = s->tok0 + b;
             if (g % s->stride || g / s->stride >= s->nf)
@@ -190,19 +202,22 @@ static void observe(void *user, const codi_weight *w, const float *x, int B, int
         if (l == 0)
             memcpy(s->x0, x, (size_t)B * d * sizeof(float));
         if (s->phase == 2) {
+            /* X^T X (upper triangle): float over this pass's rows (contiguous,
+             * vectorised), then added into the double sums */
             double *A = s->xtx + (size_t)l * d * d;
-            /* X^T X, upper triangle, in float per pass then double */
-            for (int i = 0; i < d; i++) {
-                double *Ai = A + (size_t)i * d;
-                for (int b = 0; b < B; b++) {
-                    const float *xr = x + (size_t)b * d;
+            float *G = s->gram;
+            memset(G, 0, (size_t)d * d * sizeof(float));
+            for (int b = 0; b < B; b++) {
+                const float *xr = x + (size_t)b * d;
+                for (int i = 0; i < d; i++) {
                     const float xi = xr[i];
-                    if (xi == 0.0f)
-                        continue;
+                    float *Gi = G + (size_t)i * d;
                     for (int j = i; j < d; j++)
-                        Ai[j] += (double)(xi * xr[j]);
+                        Gi[j] += xi * xr[j];
                 }
             }
+            for (size_t k = 0; k < (size_t)d * d; k++)
+                A[k] += G[k];
         }
         return;
     }
@@ -500,6 +515,11 @@ typedef struct wstate {
     float *row, *dense;    /* scratch */
 } wstate;
 
+/* source neuron of row i of expert e: the S shared ones, then its own */
+static int32_t src_neuron(const mstate *s, const int32_t *perm, int e, int i) {
+    return i < s->S ? perm[i] : perm[s->S + e * s->fr + (i - s->S)];
+}
+
 static int fill(void *user, size_t i, void *dst, size_t nbytes, char *err, size_t errlen) {
     wstate *ws = user;
     const otensor *o = &ws->ot[i];
@@ -525,14 +545,16 @@ static int fill(void *user, size_t i, void *dst, size_t nbytes, char *err, size_
         const codi_weight *w = o->kind == OT_GATE ? &ws->m->layers[l].w_gate : &ws->m->layers[l].w_up;
         const codi_type_traits *tin = codi_type_get(w->type);
         if (ws->gu_type < 0) {
-            for (int j = 0; j < ff; j++)
-                memcpy(out + (size_t)j * w->row_bytes, (const uint8_t *)w->data + (size_t)perm[j] * w->row_bytes,
+            for (int j = 0; j < E * fe; j++)
+                memcpy(out + (size_t)j * w->row_bytes,
+                       (const uint8_t *)w->data + (size_t)src_neuron(s, perm, j / fe, j % fe) * w->row_bytes,
                        w->row_bytes);
         } else {
             const codi_type_traits *to = codi_type_get(ws->gu_type);
             const size_t rb = codi_row_size(ws->gu_type, d);
-            for (int j = 0; j < ff; j++) {
-                tin->to_float((const uint8_t *)w->data + (size_t)perm[j] * w->row_bytes, ws->row, d);
+            for (int j = 0; j < E * fe; j++) {
+                tin->to_float((const uint8_t *)w->data + (size_t)src_neuron(s, perm, j / fe, j % fe) * w->row_bytes,
+                              ws->row, d);
                 to->from_float(ws->row, out + (size_t)j * rb, d);
             }
         }
@@ -548,8 +570,8 @@ static int fill(void *user, size_t i, void *dst, size_t nbytes, char *err, size_
         for (int e = 0; e < E; e++)
             for (int r = 0; r < d; r++) {
                 const float *src = ws->dense + (size_t)r * ff;
-                for (int i2 = 0; i2 < fe; i2++)
-                    ws->row[i2] = scale * src[perm[e * fe + i2]];
+                for (int i2 = 0; i2 < fe; i2++) /* shared neurons once: weight 1/K x K experts */
+                    ws->row[i2] = (i2 < s->S ? 1.0f : scale) * src[src_neuron(s, perm, e, i2)];
                 to->from_float(ws->row, out + ((size_t)e * d + r) * rb, fe);
             }
         return 0;
@@ -648,14 +670,19 @@ int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_param
         FAIL(CODI_EUNSUPPORTED, "moefy supports dense llama-architecture models; '%s' is %s", in_path, hp->arch);
     if (hp->n_expert > 0)
         FAIL(CODI_EINVAL, "'%s' is already a mixture of experts (%d experts)", in_path, hp->n_expert);
-    if (hp->n_ff % E)
-        FAIL(CODI_EINVAL, "--experts %d does not divide the FFN width %d", E, hp->n_ff);
+    if (p->n_shared < 0 || p->n_shared >= hp->n_ff)
+        FAIL(CODI_EINVAL, "--shared must be between 0 and the FFN width %d, got %d", hp->n_ff, p->n_shared);
+    if ((hp->n_ff - p->n_shared) % E)
+        FAIL(CODI_EINVAL, "--experts %d does not divide the FFN width %d%s", E, hp->n_ff - p->n_shared,
+             p->n_shared ? " less the shared neurons" : "");
     s.m = m;
     s.E = E;
     s.K = K;
     s.d = hp->n_embd;
     s.ff = hp->n_ff;
-    s.fe = hp->n_ff / E;
+    s.S = p->n_shared;
+    s.fr = (hp->n_ff - s.S) / E;
+    s.fe = s.S + s.fr;
     s.L = hp->n_layer;
     s.decoupled = p->router == CODI_MOEFY_ROUTER_DECOUPLED;
     const int d = s.d, ff = s.ff, L = s.L;
@@ -711,11 +738,13 @@ int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_param
     s.nf = (int32_t)((rows_c + s.stride - 1) / s.stride);
     s.feat = calloc((size_t)L * ff * s.nf, sizeof(float));
     s.dn = malloc((size_t)L * ff * sizeof(float));
+    s.imp = calloc((size_t)L * ff, sizeof(double));
     s.clus = malloc((size_t)L * ff * sizeof(int32_t));
     s.xb = malloc((size_t)chunk * d * sizeof(float));
     s.x0 = malloc((size_t)chunk * d * sizeof(float));
     s.tg = malloc((size_t)chunk * E * sizeof(float));
     s.xtx = calloc((size_t)L * d * d, sizeof(double));
+    s.gram = malloc((size_t)d * d * sizeof(float));
     s.xtt = calloc((size_t)L * d * E, sizeof(double));
     s.x0tt = calloc((size_t)L * d * E, sizeof(double));
     s.r_layer = malloc((size_t)L * E * d * sizeof(float));
@@ -725,7 +754,7 @@ int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_param
     alpha = malloc((size_t)L * sizeof(float));
     ws.row = malloc((size_t)CODI_MAX(d, ff) * sizeof(float));
     ws.dense = malloc((size_t)d * ff * sizeof(float));
-    if (!buf || !s.feat || !s.dn || !s.clus || !s.xb || !s.x0 || !s.tg || !s.xtx || !s.xtt || !s.x0tt ||
+    if (!buf || !s.feat || !s.dn || !s.imp || !s.clus || !s.xb || !s.x0 || !s.tg || !s.xtx || !s.gram || !s.xtt || !s.x0tt ||
         !s.r_layer || !s.r_dec || !s.acc || !perm || !alpha || !ws.row || !ws.dense)
         FAIL(CODI_ENOMEM, "out of memory for the calibration statistics");
     /* column norms of ffn_down */
@@ -750,26 +779,68 @@ int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_param
     s.phase = 1;
     if ((rc = run_pass(ctx, &s, ctoks, nc, chunk, bos, buf, err, errlen)))
         goto done;
-    for (int l = 0; l < L; l++) {
-        int32_t *cl = s.clus + (size_t)l * ff;
-        if ((rc = balanced_kmeans(s.feat + (size_t)l * ff * s.nf, ff, s.nf, E, p->seed + (uint32_t)l, cl)))
+    {
+        const int nr = ff - s.S;
+        float *Fs = malloc((size_t)nr * s.nf * sizeof(float));
+        int32_t *sub = malloc((size_t)ff * sizeof(int32_t)), *asg = malloc((size_t)ff * sizeof(int32_t));
+        int32_t *order = malloc((size_t)ff * sizeof(int32_t));
+        if (!Fs || !sub || !asg || !order) {
+            free(Fs), free(sub), free(asg), free(order);
             FAIL(CODI_ENOMEM, "out of memory clustering");
-        int32_t *pl = perm + (size_t)l * ff;
-        int n = 0;
-        for (int e = 0; e < E; e++)
+        }
+        for (int l = 0; l < L && !rc; l++) {
+            int32_t *cl = s.clus + (size_t)l * ff;
+            const double *imp = s.imp + (size_t)l * ff;
+            /* shared: the S neurons of largest mean |h_j| ||down_j|| */
             for (int j = 0; j < ff; j++)
-                if (cl[j] == e)
+                order[j] = j, cl[j] = 0;
+            for (int k = 0; k < s.S; k++) { /* partial selection sort: S is small */
+                int best = k;
+                for (int j = k + 1; j < ff; j++)
+                    if (imp[order[j]] > imp[order[best]])
+                        best = j;
+                const int32_t t = order[k];
+                order[k] = order[best];
+                order[best] = t;
+                cl[order[k]] = -1;
+            }
+            int n = 0;
+            for (int j = 0; j < ff; j++)
+                if (cl[j] >= 0) {
+                    memcpy(Fs + (size_t)n * s.nf, s.feat + ((size_t)l * ff + j) * s.nf, (size_t)s.nf * sizeof(float));
+                    sub[n++] = j;
+                }
+            if (balanced_kmeans(Fs, nr, s.nf, E, p->seed + (uint32_t)l, asg)) {
+                rc = codi_errorf(err, errlen, CODI_ENOMEM, "out of memory clustering");
+                break;
+            }
+            for (int i = 0; i < nr; i++)
+                cl[sub[i]] = asg[i];
+            int32_t *pl = perm + (size_t)l * ff;
+            n = 0;
+            for (int j = 0; j < ff; j++)
+                if (cl[j] < 0)
                     pl[n++] = j;
-        if (n != ff)
-            FAIL(CODI_EINVAL, "internal: clustering of layer %d is not a partition", l);
-        for (int e = 0; e < E; e++) /* balanced: every cluster n_ff/E */
-            for (int i = 0; i < s.fe; i++)
-                if (cl[pl[e * s.fe + i]] != e)
-                    FAIL(CODI_EINVAL, "internal: cluster %d of layer %d is not %d wide", e, l, s.fe);
+            for (int e = 0; e < E; e++)
+                for (int j = 0; j < ff; j++)
+                    if (cl[j] == e)
+                        pl[n++] = j;
+            if (n != ff)
+                rc = codi_errorf(err, errlen, CODI_EINVAL, "internal: clustering of layer %d is not a partition", l);
+            for (int e = 0; e < E && !rc; e++) /* balanced: every cluster fr wide */
+                for (int i = 0; i < s.fr; i++)
+                    if (cl[pl[s.S + e * s.fr + i]] != e)
+                        rc = codi_errorf(err, errlen, CODI_EINVAL, "internal: cluster %d of layer %d is not %d wide",
+                                         e, l, s.fr);
+        }
+        free(Fs), free(sub), free(asg), free(order);
+        if (rc)
+            goto done;
     }
     free(s.feat);
     s.feat = NULL;
-    say(p, "clustered %d layers into %d experts of %d neurons (balanced k-means)", L, E, s.fe);
+    say(p, "clustered %d layers into %d experts of %d neurons (balanced k-means)%s", L, E, s.fr,
+        s.S ? ", plus the shared neurons in every expert" : "");
 
     /* pass 2: router fit */
     say(p, "pass 2/3: router fit (%s)", s.decoupled ? "decoupled: every router reads layer 0's FFN input"
@@ -854,6 +925,7 @@ int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_param
         rc = rc ? rc : codi_gguf_w_u32(w, KEY("codi.router_source_layer"), 0);
     rc = rc ? rc : codi_gguf_w_u32(w, "codi.moefy.dense_feed_forward_length", (uint32_t)ff);
     rc = rc ? rc : codi_gguf_w_f32(w, "codi.moefy.expert_down_scale", (float)K);
+    rc = rc ? rc : codi_gguf_w_u32(w, "codi.moefy.shared_neurons", (uint32_t)s.S);
     rc = rc ? rc : codi_gguf_w_str(w, "codi.moefy.router", s.decoupled ? "decoupled" : "layer");
     rc = rc ? rc : codi_gguf_w_u32(w, "codi.moefy.calib_tokens", (uint32_t)rows_c);
 #undef KEY
@@ -928,7 +1000,7 @@ done:
     free(buf);
     free(ctoks);
     free(etoks);
-    free(s.feat), free(s.dn), free(s.clus), free(s.xb), free(s.x0), free(s.tg), free(s.xtx);
+    free(s.feat), free(s.dn), free(s.imp), free(s.clus), free(s.xb), free(s.x0), free(s.tg), free(s.xtx), free(s.gram);
     free(s.xtt), free(s.x0tt), free(s.r_layer), free(s.r_dec), free(s.acc), free(s.spread);
     codi_context_free(ctx);
     codi_model_free(m);
