@@ -291,6 +291,9 @@ typedef struct codi_moefy_params {
     const char *eval_text;   /* router accuracy measured here; NULL: on calib_text */
     size_t eval_len;
     int32_t max_tokens;      /* calibration tokens used (0: 8192) */
+    float active_frac;       /* clustering features: per token, the share of
+                                neurons carrying the most output count as
+                                active (co-activation, 0: 0.1); >= 1: raw |h| */
     int expert_type;         /* -1: gate/up rows copied in the source type,
                                 down Q8_0; else an enum codi_type id
                                 (F32, F16, Q8_0) for all three */

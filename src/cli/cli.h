@@ -58,6 +58,7 @@ typedef struct cli_opts {
     /* moefy */
     int32_t mf_experts, mf_top_k, mf_max_tokens, mf_shared; /* 0: not given */
     const char *mf_calib, *mf_eval, *mf_router;
+    float mf_active;
     int64_t expert_budget;    /* bytes, 0: none */
     double expert_budget_pct; /* > 0: share of the experts */
 } cli_opts;

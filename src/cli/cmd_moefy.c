@@ -39,6 +39,7 @@ int cmd_moefy(const cli_opts *o) {
     p.n_threads = o->n_threads;
     p.max_tokens = o->mf_max_tokens;
     p.n_shared = o->mf_shared;
+    p.active_frac = o->mf_active;
     p.progress = line;
     if (o->mf_router) {
         if (!strcmp(o->mf_router, "layer"))

@@ -21,7 +21,7 @@ typedef enum {
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
-    O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS, O_MFSHARED,
+    O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS, O_MFSHARED, O_MFACTIVE,
 } opt_id;
 
 typedef struct {
@@ -79,6 +79,7 @@ static const opt_def OPTS[] = {
     {O_MFEVAL, NULL, "--eval", "FILE", CMD_MOEFY, "text the router accuracy is measured on (default: the calibration text)"},
     {O_MFROUTER, NULL, "--router", "KIND", CMD_MOEFY, "layer (default: each layer's FFN input) or decoupled (all read layer 0's)"},
     {O_MFSHARED, NULL, "--shared", "N", CMD_MOEFY, "the N most active neurons of each FFN go into every expert, counted once (default 0)"},
+    {O_MFACTIVE, NULL, "--active-frac", "F", CMD_MOEFY, "clustering: the share F of neurons counted active per token (default 0.1; 1 = cluster raw |activations|)"},
     {O_MFTOKENS, NULL, "--calib-tokens", "N", CMD_MOEFY, "calibration tokens used at most (default 8192)"},
     {O_HOST, NULL, "--host", "ADDR", CMD_SERVE, "IPv4 address to listen on (default 127.0.0.1)"},
     {O_PORT, NULL, "--port", "N", CMD_SERVE, "TCP port (default 8080; 0 = any free port)"},
@@ -245,6 +246,7 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         case O_MFTOPK: rc = parse_i32(name, val, 0, 1 << 20, &o->mf_top_k); break;
         case O_MFTOKENS: rc = parse_i32(name, val, 64, 1 << 24, &o->mf_max_tokens); break;
         case O_MFSHARED: rc = parse_i32(name, val, 0, 1 << 24, &o->mf_shared); break;
+        case O_MFACTIVE: rc = parse_f32(name, val, 0.001f, 1.0f, &o->mf_active); break;
         case O_MFCALIB: o->mf_calib = val; break;
         case O_MFEVAL: o->mf_eval = val; break;
         case O_MFROUTER: o->mf_router = val; break;

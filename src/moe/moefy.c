@@ -80,6 +80,8 @@ typedef struct mstate {
     int64_t n_rows;   /* rows seen in the phase */
     /* phase 1 */
     int32_t nf, stride;
+    float act_frac;   /* co-activation features: share of neurons active per token; >= 1: raw |h| */
+    float *tmp;       /* [ff] */
     float *feat;      /* [L][ff][nf] */
     float *dn;        /* [L][ff] column norms of ffn_down */
     double *imp;      /* [L][ff] sum over tokens of |h_j| ||down_j|| */
@@ -166,6 +168,35 @@ static void scores(const float *r, const float *x, int E, int d, float *out) {
     }
 }
 
+/* the k-th largest of v[0..n) (v is reordered) */
+static float kth_largest(float *v, int n, int k) {
+    int lo = 0, hi = n - 1;
+    const int want = k - 1;
+    while (lo < hi) {
+        const float piv = v[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > piv)
+                i++;
+            while (v[j] < piv)
+                j--;
+            if (i <= j) {
+                const float t = v[i];
+                v[i] = v[j];
+                v[j] = t;
+                i++, j--;
+            }
+        }
+        if (want <= j)
+            hi = j;
+        else if (want >= i)
+            lo = i;
+        else
+            break;
+    }
+    return v[want];
+}
+
 static void observe(void *user, const codi_weight *w, const float *x, int B, int64_t n_in) {
     mstate *s = user;
     int kind = 0;
@@ -191,8 +222,19 @@ static void observe(void *user, const codi_weight *w, const float *x, int B, int
                 continue;
             const int64_t col = g / s->stride;
             const float *h = x + (size_t)b * ff;
+            if (s->act_frac >= 1.0f) { /* raw magnitudes */
+                for (int j = 0; j < ff; j++)
+                    F[(size_t)j * s->nf + col] = fabsf(h[j]);
+                continue;
+            }
+            /* co-activation: 1 for the act_frac of neurons that carry the
+             * most output (|h_j| ||down_j||) on this token, else 0 */
             for (int j = 0; j < ff; j++)
-                F[(size_t)j * s->nf + col] = fabsf(h[j]);
+                s->tmp[j] = fabsf(h[j]) * dn[j];
+            const int kth = CODI_MAX(1, (int)(s->act_frac * ff));
+            const float thr = kth_largest(s->tmp, ff, kth);
+            for (int j = 0; j < ff; j++)
+                F[(size_t)j * s->nf + col] = fabsf(h[j]) * dn[j] >= thr ? 1.0f : 0.0f;
         }
         return;
     }
@@ -739,6 +781,8 @@ int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_param
     s.feat = calloc((size_t)L * ff * s.nf, sizeof(float));
     s.dn = malloc((size_t)L * ff * sizeof(float));
     s.imp = calloc((size_t)L * ff, sizeof(double));
+    s.tmp = malloc((size_t)ff * sizeof(float));
+    s.act_frac = p->active_frac > 0.0f ? p->active_frac : 0.1f;
     s.clus = malloc((size_t)L * ff * sizeof(int32_t));
     s.xb = malloc((size_t)chunk * d * sizeof(float));
     s.x0 = malloc((size_t)chunk * d * sizeof(float));
@@ -754,7 +798,7 @@ int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_param
     alpha = malloc((size_t)L * sizeof(float));
     ws.row = malloc((size_t)CODI_MAX(d, ff) * sizeof(float));
     ws.dense = malloc((size_t)d * ff * sizeof(float));
-    if (!buf || !s.feat || !s.dn || !s.imp || !s.clus || !s.xb || !s.x0 || !s.tg || !s.xtx || !s.gram || !s.xtt || !s.x0tt ||
+    if (!buf || !s.feat || !s.dn || !s.imp || !s.tmp || !s.clus || !s.xb || !s.x0 || !s.tg || !s.xtx || !s.gram || !s.xtt || !s.x0tt ||
         !s.r_layer || !s.r_dec || !s.acc || !perm || !alpha || !ws.row || !ws.dense)
         FAIL(CODI_ENOMEM, "out of memory for the calibration statistics");
     /* column norms of ffn_down */
@@ -1000,7 +1044,7 @@ done:
     free(buf);
     free(ctoks);
     free(etoks);
-    free(s.feat), free(s.dn), free(s.imp), free(s.clus), free(s.xb), free(s.x0), free(s.tg), free(s.xtx), free(s.gram);
+    free(s.feat), free(s.dn), free(s.imp), free(s.tmp), free(s.clus), free(s.xb), free(s.x0), free(s.tg), free(s.xtx), free(s.gram);
     free(s.xtt), free(s.x0tt), free(s.r_layer), free(s.r_dec), free(s.acc), free(s.spread);
     codi_context_free(ctx);
     codi_model_free(m);
