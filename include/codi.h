@@ -258,6 +258,61 @@ int32_t codi_kv_seq_len(const codi_context *ctx, int32_t seq);
 /* Forget cached tokens of sequence seq from position pos on. */
 void codi_kv_seq_truncate(codi_context *ctx, int32_t seq, int32_t pos);
 
+/* ------------------------------------------------------------- moefy */
+
+/* codi moefy (Read-ME, issue 5 section 3): a dense llama-family model's
+ * FFNs split into n_expert experts of n_ff / n_expert neurons grouped by
+ * their activations on a calibration text (balanced k-means), with a
+ * linear router per layer fitted by ridge least squares; written as a
+ * Mixtral-style MoE GGUF. docs/moefy.md has the format and the scaling. */
+enum codi_moefy_router {
+    CODI_MOEFY_ROUTER_LAYER = 0,     /* layer l's router reads layer l's FFN input */
+    CODI_MOEFY_ROUTER_DECOUPLED = 1, /* every router reads layer 0's FFN input */
+};
+
+typedef struct codi_moefy_layer_stats {
+    float match_oracle;     /* |top-K of the written router & oracle top-K| / K */
+    float match_layer;      /* per-layer router's top-K vs the oracle's */
+    float match_decoupled;  /* decoupled router's top-K vs the oracle's */
+    float dec_vs_layer;     /* decoupled vs per-layer router top-K overlap / K */
+    float mass_layer;       /* share of the oracle's score mass in the per-layer router's top-K */
+    float mass_decoupled;   /*   ... in the decoupled router's top-K */
+    float mass_oracle;      /* share in the oracle top-K (the upper bound) */
+} codi_moefy_layer_stats;
+
+typedef struct codi_moefy_params {
+    int32_t n_expert;        /* E: divides n_ff */
+    int32_t n_expert_used;   /* K: 1..E */
+    int32_t n_shared;        /* S neurons (the most active) copied into every
+                                expert, counted once (0: none); E divides n_ff - S */
+    int router;              /* enum codi_moefy_router */
+    const char *calib_text;  /* NULL: a built-in text */
+    size_t calib_len;
+    const char *eval_text;   /* router accuracy measured here; NULL: on calib_text */
+    size_t eval_len;
+    int32_t max_tokens;      /* calibration tokens used (0: 8192) */
+    float active_frac;       /* clustering features: per token, the share of
+                                neurons carrying the most output count as
+                                active (co-activation, 0: 0.1); >= 1: raw |h| */
+    int expert_type;         /* -1: gate/up rows copied in the source type,
+                                down Q8_0; else an enum codi_type id
+                                (F32, F16, Q8_0) for all three */
+    int32_t n_threads;       /* 0: all cores */
+    uint32_t seed;           /* k-means seed */
+    void (*progress)(void *user, const char *line); /* status lines, or NULL */
+    void *progress_user;
+    /* optional outputs */
+    int32_t *perm;           /* [n_layer * n_ff]: layer l's shared neurons
+                                perm[l*n_ff + 0..S), then expert e's own
+                                perm[l*n_ff + S + e*(n_ff-S)/E ...] */
+    codi_moefy_layer_stats *stats; /* [n_layer] */
+} codi_moefy_params;
+
+codi_moefy_params codi_moefy_default_params(void);
+/* Writes out_path.tmp, then renames it to out_path. */
+int codi_moefy(const char *in_path, const char *out_path, const codi_moefy_params *params,
+               char *err, size_t errlen);
+
 /* ------------------------------------------------------ file inspection */
 
 /* A GGUF file opened for inspection only (any architecture). */

@@ -293,4 +293,28 @@ expect_error "nest a missing file" "cannot open|no such file" "$CODI" nest "$TMP
 expect_error "--expert-budget below one layer's experts" "below one layer's 2 active experts: the minimum is [0-9]+ bytes" \
     "$CODI" run -m "$MX" -p hi -n 1 --moe-mode ondemand --expert-budget 1K "${T[@]}"
 
+# codi moefy (issue 5 section 3): argument errors, before anything is written
+MF_OUT=$TMP/moefy-out.gguf
+: >"$TMP/empty.txt"
+expect_error "moefy without OUT" "moefy needs an input and an output file" "$CODI" moefy "$M" --experts 8 --top-k 2
+expect_error "moefy without --experts" "needs --experts" "$CODI" moefy "$M" "$MF_OUT" --top-k 2
+expect_error "moefy --top-k > E" "--top-k must be between 1 and the 8 experts, got 9" \
+    "$CODI" moefy "$M" "$MF_OUT" --experts 8 --top-k 9
+expect_error "moefy --experts 1" "--experts must be between 2 and 256" "$CODI" moefy "$M" "$MF_OUT" --experts 1 --top-k 1
+expect_error "moefy E not dividing n_ff" "--experts 7 does not divide the FFN width 1536" \
+    "$CODI" moefy "$M" "$MF_OUT" --experts 7 --top-k 2 "${T[@]}"
+expect_error "moefy --router unknown" "--router expects layer or decoupled" \
+    "$CODI" moefy "$M" "$MF_OUT" --experts 8 --top-k 2 --router lookahead
+expect_error "moefy --type unknown" "--type expects keep, q8_0, f16 or f32" \
+    "$CODI" moefy "$M" "$MF_OUT" --experts 8 --top-k 2 --type q4_0
+expect_error "moefy --calib missing" "cannot open.*nope" \
+    "$CODI" moefy "$M" "$MF_OUT" --experts 8 --top-k 2 --calib "$TMP/nope.txt"
+expect_error "moefy --calib empty" "calibration file .* is empty" \
+    "$CODI" moefy "$M" "$MF_OUT" --experts 8 --top-k 2 --calib "$TMP/empty.txt"
+expect_error "moefy non-llama arch" "supports dense llama-architecture models.*qwen2" \
+    "$CODI" moefy tests/fixtures/synthetic/qwen2-tiny.gguf "$MF_OUT" --experts 4 --top-k 2 "${T[@]}"
+expect_error "moefy an MoE model" "already a mixture of experts" \
+    "$CODI" moefy "$MX" "$MF_OUT" --experts 4 --top-k 2 "${T[@]}"
+if [ -e "$MF_OUT" ] || [ -e "$MF_OUT.tmp" ]; then ko "moefy refused runs leave no file" "$MF_OUT exists"; fi
+
 finish

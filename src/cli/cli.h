@@ -18,6 +18,7 @@ enum cli_cmd {
     CMD_SERVE = 1 << 7,
     CMD_QUANTIZE = 1 << 8,
     CMD_NEST = 1 << 12,
+    CMD_MOEFY = 1 << 14,
 };
 
 typedef struct cli_opts {
@@ -60,6 +61,10 @@ typedef struct cli_opts {
     /* MoE expert offloading */
     int32_t moe_mode, expert_policy, io_threads, expert_direct; /* direct -1: default */
     int32_t moe_lookahead, moe_bits;
+    /* moefy */
+    int32_t mf_experts, mf_top_k, mf_max_tokens, mf_shared; /* 0: not given */
+    const char *mf_calib, *mf_eval, *mf_router;
+    float mf_active;
     int64_t expert_budget;    /* bytes, 0: none */
     double expert_budget_pct; /* > 0: share of the experts */
 } cli_opts;
@@ -74,6 +79,7 @@ int cmd_ppl(const cli_opts *o);
 int cmd_bench(const cli_opts *o);
 int cmd_serve(const cli_opts *o);
 int cmd_nest(const cli_opts *o);
+int cmd_moefy(const cli_opts *o);
 
 /* Shared helpers (main.c). */
 int cli_load(const cli_opts *o, codi_model **m, codi_context **c);

@@ -22,6 +22,7 @@ typedef enum {
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
     O_QTYPE, O_CALIB, O_BITS, O_SPARSITY, O_GROUP,
+    O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS, O_MFSHARED, O_MFACTIVE,
 } opt_id;
 
 typedef struct {
@@ -49,7 +50,7 @@ static const opt_def OPTS[] = {
     {O_REPLAST, NULL, "--repeat-last-n", "N", GEN, "tokens the penalty looks back (default 64)"},
     {O_SEED, "-s", "--seed", "S", ALL_MODEL, "random seed (default 49361)"},
     {O_CTX, "-c", "--ctx-size", "N", ALL_MODEL, "context size in tokens (default: 4096 or the model's, smaller; ppl: 512)"},
-    {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE | CMD_QUANTIZE, "compute threads (default: all cores)"},
+    {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE | CMD_QUANTIZE | CMD_MOEFY, "compute threads (default: all cores)"},
     {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
     {O_UBATCH, NULL, "--ubatch", "N", EVAL, "the same: prompts are evaluated in chunks of N tokens, scratch memory bounded by N"},
     {O_KVTYPE, NULL, "--kv-type", "TYPE", KVOPT, "KV cache storage: f16 (default), q8 or q4"},
@@ -77,6 +78,15 @@ static const opt_def OPTS[] = {
     {O_CALIB, NULL, "--calib", "FILE", CMD_QUANTIZE, "calibration text: activation statistics weight the rounding"},
     {O_BITS, NULL, "--bits", "AVG", CMD_QUANTIZE, "average bits per weight, scales included, in [4, 8] (mix)"},
     {O_SPARSITY, NULL, "--sparsity", "S", CMD_QUANTIZE, "fraction of weight groups removed, in [0, 1) (gqsa)"},
+    {O_TYPE, NULL, "--type", "TYPE", CMD_MOEFY, "expert weights: keep (gate/up rows as in IN, down q8_0; default), q8_0, f16 or f32"},
+    {O_MFEXPERTS, NULL, "--experts", "E", CMD_MOEFY, "experts per layer (divides the FFN width)"},
+    {O_MFTOPK, NULL, "--top-k", "K", CMD_MOEFY, "experts used per token (1..E)"},
+    {O_MFCALIB, NULL, "--calib", "FILE", CMD_MOEFY, "calibration text (default: a short built-in text)"},
+    {O_MFEVAL, NULL, "--eval", "FILE", CMD_MOEFY, "text the router accuracy is measured on (default: the calibration text)"},
+    {O_MFROUTER, NULL, "--router", "KIND", CMD_MOEFY, "layer (default: each layer's FFN input) or decoupled (all read layer 0's)"},
+    {O_MFSHARED, NULL, "--shared", "N", CMD_MOEFY, "the N most active neurons of each FFN go into every expert, counted once (default 0)"},
+    {O_MFACTIVE, NULL, "--active-frac", "F", CMD_MOEFY, "clustering: the share F of neurons counted active per token (default 0.1; 1 = cluster raw |activations|)"},
+    {O_MFTOKENS, NULL, "--calib-tokens", "N", CMD_MOEFY, "calibration tokens used at most (default 8192)"},
     {O_HOST, NULL, "--host", "ADDR", CMD_SERVE, "IPv4 address to listen on (default 127.0.0.1)"},
     {O_PORT, NULL, "--port", "N", CMD_SERVE, "TCP port (default 8080; 0 = any free port)"},
     {O_PARALLEL, "-np", "--parallel", "N", CMD_SERVE, "slots: requests generated together (default 4)"},
@@ -103,6 +113,7 @@ static const struct {
     {"convert", CMD_CONVERT, "codi convert DIR OUT.gguf [--type f16|f32|q8_0]", "convert a Hugging Face model folder (safetensors) to GGUF"},
     {"nest", CMD_NEST, "codi nest IN.gguf OUT.gguf", "bit-nested experts of an MoE model: 4-bit high parts + 4-bit residuals (docs/moe.md)"},
     {"quantize", CMD_QUANTIZE, "codi quantize IN.gguf OUT.gguf --type TYPE [--calib TEXTFILE] [--bits AVG] [--sparsity S] [--group G]", "rewrite a model in codi's weight formats (docs/formats.md)"},
+    {"moefy", CMD_MOEFY, "codi moefy IN.gguf OUT.gguf --experts E --top-k K [--calib FILE] [--eval FILE] [--router layer|decoupled] [--shared N] [--type keep|q8_0|f16|f32]", "split a dense model's FFNs into a mixture of experts with fitted routers (Read-ME)"},
     {"serve", CMD_SERVE, "codi serve -m MODEL [--host ADDR] [--port N] [--parallel N] [--ctx-per-slot N] [--api-key KEY] [--queue N] [--timeout S] [--idle-timeout S]", "OpenAI-compatible HTTP server with continuous batching"},
 };
 #define N_CMDS (sizeof(CMDS) / sizeof(CMDS[0]))
@@ -191,12 +202,13 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
             return 0;
         }
         if (a[0] != '-' || a[1] == '\0') {
-            if ((o->cmd == CMD_INSPECT || o->cmd == CMD_CONVERT || o->cmd == CMD_NEST || o->cmd == CMD_QUANTIZE) &&
-                !o->positional) {
+            const bool two = o->cmd == CMD_CONVERT || o->cmd == CMD_NEST || o->cmd == CMD_QUANTIZE ||
+                             o->cmd == CMD_MOEFY; /* IN OUT */
+            if ((o->cmd == CMD_INSPECT || two) && !o->positional) {
                 o->positional = a;
                 continue;
             }
-            if ((o->cmd == CMD_CONVERT || o->cmd == CMD_NEST || o->cmd == CMD_QUANTIZE) && !o->positional2) {
+            if (two && !o->positional2) {
                 o->positional2 = a;
                 continue;
             }
@@ -260,6 +272,14 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
                 return 2;
             }
             break;
+        case O_MFEXPERTS: rc = parse_i32(name, val, 1, 1 << 20, &o->mf_experts); break;
+        case O_MFTOPK: rc = parse_i32(name, val, 0, 1 << 20, &o->mf_top_k); break;
+        case O_MFTOKENS: rc = parse_i32(name, val, 64, 1 << 24, &o->mf_max_tokens); break;
+        case O_MFSHARED: rc = parse_i32(name, val, 0, 1 << 24, &o->mf_shared); break;
+        case O_MFACTIVE: rc = parse_f32(name, val, 0.001f, 1.0f, &o->mf_active); break;
+        case O_MFCALIB: o->mf_calib = val; break;
+        case O_MFEVAL: o->mf_eval = val; break;
+        case O_MFROUTER: o->mf_router = val; break;
         case O_HOST: o->host = val; break;
         case O_APIKEY: o->api_key = val; break;
         case O_PORT: rc = parse_i32(name, val, 0, 65535, &o->port); break;
@@ -783,6 +803,7 @@ int main(int argc, char **argv) {
     case CMD_QUANTIZE: return cmd_quantize(&o);
     case CMD_SERVE: return cmd_serve(&o);
     case CMD_NEST: return cmd_nest(&o);
+    case CMD_MOEFY: return cmd_moefy(&o);
     }
     return 2;
 }
