@@ -22,7 +22,7 @@
 #include "moe/expert_store.h"
 #include "tensor/types.h"
 
-#define MAX_FUSED 3
+#define MAX_FUSED 16 /* weights one matmul() call runs together */
 #define ATT_G 3 /* query heads of one KV head that attention handles together */
 
 struct codi_context {
@@ -449,8 +449,10 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->k = xalloc_n(B * dkv * sizeof(float), sb);
     c->v = xalloc_n(B * dkv * sizeof(float), sb);
     c->att = xalloc_n(B * dq * sizeof(float), sb);
-    c->g = xalloc_n(B * ff * sizeof(float), sb);
-    c->u = xalloc_n(B * ff * sizeof(float), sb);
+    /* MoE decode runs a token's experts together: K rows of g/u/xq */
+    const size_t BK = CODI_MAX(B, (size_t)hp->n_expert_used);
+    c->g = xalloc_n(BK * ff * sizeof(float), sb);
+    c->u = xalloc_n(BK * ff * sizeof(float), sb);
     if (hp->n_expert > 0) {
         const size_t E = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
         c->rl = xalloc_n(B * E * sizeof(float), sb);
@@ -496,7 +498,7 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         }
     }
     c->xq_stride = (qrow + 63) & ~(size_t)63;
-    c->xq = xalloc_n(B * c->xq_stride, sb);
+    c->xq = xalloc_n(BK * c->xq_stride, sb);
     c->scores = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(float), sb);
     c->probs16 = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(uint16_t), sb);
     c->rope_theta = xaligned((size_t)hp->n_rot * sizeof(float));
@@ -776,6 +778,8 @@ typedef struct {
     codi_gemm_fn gemm[MAX_FUSED]; /* NULL: vec_dot per pair */
     const void *xq;         /* quantized activations, B rows */
     size_t xq_stride;
+    size_t x_off[MAX_FUSED];/* bytes added to xq for weight i (0, or its own
+                               row: matmul_each) */
     int B;
     int rows, cols;         /* chunk: rows of one weight x cols tokens */
     int rchunks[MAX_FUSED + 1]; /* prefix sums of row chunks per weight */
@@ -802,12 +806,13 @@ static void matmul_task(void *arg, int ith, int nth) {
         const int nr = (int)CODI_MIN((int64_t)j->rows, w->ne1 - r0);
         const int c0 = cc * j->cols, nc = CODI_MIN(j->cols, j->B - c0);
         if (w->perm) { /* a MixLLM matrix (quant/mix.h) */
-            codi_mix_chunk(w, r0, nr, (const uint8_t *)j->xq + (size_t)c0 * j->xq_stride, j->xq_stride, nc,
+            codi_mix_chunk(w, r0, nr, (const uint8_t *)j->xq + j->x_off[i] + (size_t)c0 * j->xq_stride,
+                           j->xq_stride, nc,
                            j->y[i] + (size_t)c0 * w->ne1, (size_t)w->ne1);
             continue;
         }
         const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
-        const uint8_t *xr = (const uint8_t *)j->xq + (size_t)c0 * j->xq_stride;
+        const uint8_t *xr = (const uint8_t *)j->xq + j->x_off[i] + (size_t)c0 * j->xq_stride;
         float *yr = j->y[i] + (size_t)c0 * w->ne1 + r0;
         /* Tiles of 3 tokens; 1-2 tokens left over go through vec_dot, which
          * is faster than a narrower tile (bench/gemm_bench.c, batch_decode.c) */
@@ -878,6 +883,43 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
         quant_job qj = {x, w[0]->ne0, B, c->xq, c->xq_stride, codi_kernel_from_float(vdt), 0};
         CODI_ASSERT(qj.q != NULL);
         codi_threadpool_run(c->pool, quant_task, &qj);
+        j.xq = c->xq;
+    }
+    codi_threadpool_run(c->pool, matmul_task, &j);
+}
+
+/* One token, n_w weights, each with its own input row: y_i = W_i x_i, x_i
+ * = x + i * n_in (the experts' down projections of a decode step in one
+ * pool run). All W_i share in-features and activation type; n_w <= the
+ * rows of xq. */
+static void matmul_each(codi_context *c, int n_w, const codi_weight *const *w, float *const *y,
+                        const float *x) {
+    const int vdt = codi_type_get(w[0]->type)->vec_dot_type;
+    const int64_t n = w[0]->ne0;
+    if (c->observer)
+        for (int i = 0; i < n_w; i++)
+            c->observer(c->observer_user, w[i], x + (size_t)i * (size_t)n, 1, n);
+    matmul_job j = {.n_w = n_w, .B = 1, .xq_stride = c->xq_stride, .rows = 32, .cols = 1};
+    j.rchunks[0] = 0;
+    for (int i = 0; i < n_w; i++) {
+        j.w[i] = w[i];
+        j.y[i] = y[i];
+        j.dot[i] = codi_kernel_vec_dot(w[i]->type);
+        j.gemm[i] = codi_kernel_gemm(w[i]->type);
+        CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt && w[i]->ne0 == n);
+        j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
+    }
+    j.n_chunks = j.rchunks[n_w];
+    atomic_init(&j.next, 0);
+    if (vdt == CODI_TYPE_F32) {
+        j.xq = x;
+        for (int i = 0; i < n_w; i++)
+            j.x_off[i] = (size_t)i * (size_t)n * sizeof(float);
+    } else {
+        for (int i = 0; i < n_w; i++) {
+            codi_kernel_from_float(vdt)(x + (size_t)i * (size_t)n, (uint8_t *)c->xq + (size_t)i * c->xq_stride, n);
+            j.x_off[i] = (size_t)i * c->xq_stride;
+        }
         j.xq = c->xq;
     }
     codi_threadpool_run(c->pool, matmul_task, &j);
@@ -1555,6 +1597,48 @@ static void expert_run(codi_context *c, const codi_weight w[3], const codi_weigh
     }
 }
 
+/* Decode (B = 1): n experts of the token at once -- gate and up of all of
+ * them in one matmul (they share the input row), the activations, every
+ * down projection in one matmul_each -- instead of three pool runs per
+ * expert. The same kernels on the same rows as expert_run, so the same
+ * numbers. rs[k]: expert k's entry in ex_row/ex_k/ex_w. false (nothing
+ * done) when the weights' activation types differ or n is out of range. */
+static bool experts_run_fused(codi_context *c, int n, const codi_weight (*w)[3], const int32_t *rs) {
+    if (n < 2 || 2 * n > MAX_FUSED)
+        return false;
+    const int vgu = codi_type_get(w[0][0].type)->vec_dot_type,
+              vd = codi_type_get(w[0][2].type)->vec_dot_type;
+    for (int k = 0; k < n; k++)
+        if (codi_type_get(w[k][0].type)->vec_dot_type != vgu ||
+            codi_type_get(w[k][1].type)->vec_dot_type != vgu ||
+            codi_type_get(w[k][2].type)->vec_dot_type != vd || w[k][0].perm || w[k][1].perm ||
+            w[k][2].perm)
+            return false;
+    const size_t d = (size_t)c->m->hp.n_embd, fe = (size_t)c->m->hp.n_ff_exp;
+    const codi_weight *ws[MAX_FUSED];
+    float *ys[MAX_FUSED];
+    for (int k = 0; k < n; k++) {
+        ws[2 * k] = &w[k][0];
+        ys[2 * k] = c->g + (size_t)k * fe;
+        ws[2 * k + 1] = &w[k][1];
+        ys[2 * k + 1] = c->u + (size_t)k * fe;
+    }
+    matmul(c, 2 * n, ws, ys, c->xn, 1);
+    act_rows(c, c->g, c->u, fe, n);
+    for (int k = 0; k < n; k++) {
+        ws[k] = &w[k][2];
+        ys[k] = c->acc + (size_t)c->ex_k[rs[k]] * d; /* row 0, choice ex_k */
+    }
+    matmul_each(c, n, ws, ys, c->g);
+    for (int k = 0; k < n; k++) {
+        float *a = ys[k];
+        const float wt = c->ex_w[rs[k]];
+        for (size_t i = 0; i < d; i++)
+            a[i] = wt * a[i];
+    }
+    return true;
+}
+
 /* Weight views of store parts. */
 static void parts_views(const codi_weight proto[3], const void *const *parts, codi_weight w[3]) {
     for (int i = 0; i < 3; i++) {
@@ -1635,6 +1719,18 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
         n_need += c->ex_start[e + 1] > c->ex_start[e];
     c->moe.expert_uses += (uint64_t)n_need;
     if (!c->store) {
+        if (B == 1 && !(hp->nested && c->moe_bits != 4)) { /* decode: all experts at once */
+            codi_weight fw[MAX_FUSED / 2][3];
+            int32_t rs[MAX_FUSED / 2];
+            int nf = 0;
+            for (int e = 0; e < E && nf < MAX_FUSED / 2; e++)
+                if (c->ex_start[e + 1] > c->ex_start[e]) {
+                    expert_views(L->exp, L->exp_stride, e, fw[nf]);
+                    rs[nf++] = c->ex_start[e];
+                }
+            if (nf == n_need && experts_run_fused(c, nf, fw, rs))
+                goto experts_done;
+        }
         for (int e = 0; e < E; e++) {
             const int32_t r0 = c->ex_start[e], n = c->ex_start[e + 1] - r0;
             if (n == 0)
@@ -1691,7 +1787,25 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
          * layers it is) */
         for (int dist = 1; dist <= c->moe_look && l + dist < hp->n_layer; dist++)
             moe_pregate(c, l + dist, dist, c->x, B, &room);
-        /* 3. run the pinned ones, then read and run the rest */
+        /* 3. run the pinned ones (a decode step: together), then read and
+         * run the rest */
+        if (B == 1 && n_pinned >= 2 && !(hp->nested && c->moe_bits != 4)) {
+            codi_weight fw[MAX_FUSED / 2][3];
+            int32_t rs[MAX_FUSED / 2];
+            int fe_[MAX_FUSED / 2];
+            int nf = 0;
+            for (int e = 0; e < E && nf < MAX_FUSED / 2; e++)
+                if (c->ex_need[e] == 2) {
+                    parts_views(L->exp, c->ex_parts + (size_t)e * 3, fw[nf]);
+                    rs[nf] = c->ex_start[e];
+                    fe_[nf++] = e;
+                }
+            if (nf == n_pinned && experts_run_fused(c, nf, fw, rs))
+                for (int k = 0; k < nf; k++) {
+                    codi_expert_store_release(c->store, l * c->sl_mul, fe_[k]);
+                    c->ex_need[fe_[k]] = 0; /* done */
+                }
+        }
         for (int pass = 2; pass >= 1; pass--)
             for (int e = 0; e < E; e++) {
                 if (c->ex_need[e] != pass)
@@ -1708,6 +1822,7 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
                 }
             }
     }
+experts_done:
     if (L->sh_gate.data) { /* shared expert, gated by sigmoid(sh_inp . x) */
         const size_t fs = (size_t)hp->n_ff_shexp;
         const codi_weight *ws[2] = {&L->sh_gate, &L->sh_up};
