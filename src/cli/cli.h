@@ -100,5 +100,14 @@ void cli_print_moe(const codi_context *c);
 /* A notice when expert offloading asked for O_DIRECT and fell back. */
 void cli_moe_notice(const codi_context *c, const codi_context_params *cp, const char *path);
 uint64_t cli_rss_bytes(bool peak); /* VmRSS or VmHWM; 0 when unknown */
+/* A progress bar on stderr for codi_progress_fn: user is a cli_bar whose
+ * label names the work ("converting"); last starts at -1. cli_bar_end
+ * finishes the line of a bar cut short by an error. */
+typedef struct {
+    const char *label;
+    int last;
+} cli_bar;
+void cli_bar_update(void *user, uint64_t done, uint64_t total);
+void cli_bar_end(const cli_bar *b);
 
 #endif

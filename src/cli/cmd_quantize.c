@@ -23,23 +23,6 @@ static void on_signal(int sig) {
     raise(sig);
 }
 
-static void bar(void *user, uint64_t done, uint64_t total) {
-    int *last = user;
-    const int pct = total ? (int)(done * 100 / total) : 100;
-    if (pct == *last)
-        return;
-    *last = pct;
-    char b[41];
-    const int fill = pct * 40 / 100;
-    for (int i = 0; i < 40; i++)
-        b[i] = i < fill ? '#' : '.';
-    b[40] = '\0';
-    fprintf(stderr, "\rquantizing [%s] %3d%%  %.1f / %.1f MB", b, pct, (double)done / 1e6, (double)total / 1e6);
-    if (done == total)
-        fprintf(stderr, "\n");
-    fflush(stderr);
-}
-
 int cmd_quantize(const cli_opts *o) {
     if (!o->positional || !o->positional2) {
         fprintf(stderr, "codi: quantize needs an input and an output file: codi quantize IN.gguf OUT.gguf --type TYPE\n");
@@ -113,9 +96,9 @@ int cmd_quantize(const cli_opts *o) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
-    int last = -1;
-    p.progress = bar;
-    p.progress_user = &last;
+    cli_bar bar = {"quantizing", -1};
+    p.progress = cli_bar_update;
+    p.progress_user = &bar;
     const double t0 = cli_now();
     double bpw = 0.0;
     codi_mix_report mix = {0};
@@ -134,8 +117,7 @@ int cmd_quantize(const cli_opts *o) {
     if (rc) {
         unlink(g_tmp);
         g_tmp[0] = '\0';
-        if (last >= 0 && last < 100)
-            fprintf(stderr, "\n");
+        cli_bar_end(&bar);
         fprintf(stderr, "codi: quantize: %s\n", err);
         return 1;
     }

@@ -493,6 +493,29 @@ int32_t *cli_tokenize(const codi_model *m, const char *text, size_t len,
     return toks;
 }
 
+void cli_bar_update(void *user, uint64_t done, uint64_t total) {
+    cli_bar *bar = user;
+    const int pct = total ? (int)(done * 100 / total) : 100;
+    if (pct == bar->last)
+        return;
+    bar->last = pct;
+    char b[41];
+    const int fill = pct * 40 / 100;
+    for (int i = 0; i < 40; i++)
+        b[i] = i < fill ? '#' : '.';
+    b[40] = '\0';
+    fprintf(stderr, "\r%s [%s] %3d%%  %.1f / %.1f MB", bar->label, b, pct, (double)done / 1e6,
+            (double)total / 1e6);
+    if (done == total)
+        fprintf(stderr, "\n");
+    fflush(stderr);
+}
+
+void cli_bar_end(const cli_bar *b) {
+    if (b->last >= 0 && b->last < 100)
+        fprintf(stderr, "\n");
+}
+
 /* VmRSS / VmHWM of this process in bytes (0 when /proc is unreadable). */
 uint64_t cli_rss_bytes(bool peak) {
     FILE *f = fopen("/proc/self/status", "r");
