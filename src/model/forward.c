@@ -1691,6 +1691,17 @@ static int expert_run_stored(codi_context *c, int l, int e, int32_t r0, int32_t 
     return expert_run_pinned(c, l, e, parts, r0, n, err, errlen);
 }
 
+/* After an error: give back the pins of step 1 that were not run yet, so a
+ * failed pass leaves the whole cache usable. */
+static int unpin_rest(codi_context *c, int l, int rc) {
+    for (int e = 0; e < c->m->hp.n_expert; e++)
+        if (c->ex_need[e] == 2) {
+            codi_expert_store_release(c->store, l * c->sl_mul, e);
+            c->ex_need[e] = 0;
+        }
+    return rc;
+}
+
 /* MoE FFN of layer l on the B normalised rows in c->xn; the result replaces
  * them. Each used expert runs once over the tokens routed to it. With an
  * expert store, resident experts run first (pinned before anything else
@@ -1770,8 +1781,10 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
             if (n_pinned < c->moe.cache_slots - 1 &&
                 codi_expert_store_resident(c->store, l * c->sl_mul, e)) {
                 int rc = codi_expert_store_acquire(c->store, l * c->sl_mul, e, parts, err, errlen);
-                if (rc)
-                    return rc;
+                if (rc) {
+                    c->ex_need[e] = 1;
+                    return unpin_rest(c, l, rc);
+                }
                 for (int i = 0; i < 3; i++)
                     c->ex_parts[(size_t)e * 3 + (size_t)i] = parts[i];
                 c->ex_need[e] = 2;
@@ -1811,15 +1824,15 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
                 if (c->ex_need[e] != pass)
                     continue;
                 const int32_t r0 = c->ex_start[e], n = c->ex_start[e + 1] - r0;
+                int rc;
                 if (pass == 2) {
-                    int rc = expert_run_pinned(c, l, e, c->ex_parts + (size_t)e * 3, r0, n, err, errlen);
-                    if (rc)
-                        return rc;
+                    c->ex_need[e] = 0; /* expert_run_pinned releases its pin */
+                    rc = expert_run_pinned(c, l, e, c->ex_parts + (size_t)e * 3, r0, n, err, errlen);
                 } else {
-                    int rc = expert_run_stored(c, l, e, r0, n, err, errlen);
-                    if (rc)
-                        return rc;
+                    rc = expert_run_stored(c, l, e, r0, n, err, errlen);
                 }
+                if (rc)
+                    return unpin_rest(c, l, rc);
             }
     }
 experts_done:
