@@ -13,10 +13,12 @@
 #include "kernels/avx2.h"
 #include "kernels/codi_avx2.h"
 #include "kernels/gemm.h"
+#include "kernels/repack.h"
 #include "tensor/quants.h"
 
 static codi_cpu_features g_features;
 static int g_use_avx2;
+static int g_no_repack;
 static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
 
 static void probe(void) {
@@ -31,6 +33,8 @@ static void probe(void) {
         g_features.f16c = (c >> 29) & 1;
     }
 #endif
+    const char *norep = getenv("CODI_NO_REPACK");
+    g_no_repack = norep && *norep && strcmp(norep, "0") != 0;
     const char *force = getenv("CODI_FORCE_SCALAR");
     const int forced = force && *force && strcmp(force, "0") != 0;
 #if defined(CODI_HAVE_AVX2_KERNELS)
@@ -111,6 +115,21 @@ codi_gemm_fn codi_kernel_gemm(int type) {
         case CODI_TYPE_W4A8_32: return codi_gemm_w4a8_32_a8_avx2;
         case CODI_TYPE_W4A8_64: return codi_gemm_w4a8_64_a8_avx2;
         case CODI_TYPE_W4A8_128: return codi_gemm_w4a8_128_a8_avx2;
+        default: break;
+        }
+    }
+#endif
+    (void)type;
+    return NULL;
+}
+
+codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2() && !g_no_repack) {
+        switch (type) {
+        case CODI_TYPE_Q4_0: return codi_gemm_x8_q4_0_avx2;
+        case CODI_TYPE_Q4_1: return codi_gemm_x8_q4_1_avx2;
+        case CODI_TYPE_Q8_0: return codi_gemm_x8_q8_0_avx2;
         default: break;
         }
     }

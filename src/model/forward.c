@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "kernels/gemm.h"
+#include "kernels/repack.h"
 #include "quant/mix.h"
 #include "kernels/kernels.h"
 #include "kernels/kvcache.h"
@@ -776,6 +777,7 @@ typedef struct {
     float *y[MAX_FUSED];    /* y[i][b * ne1 + r] */
     codi_vec_dot_fn dot[MAX_FUSED];
     codi_gemm_fn gemm[MAX_FUSED]; /* NULL: vec_dot per pair */
+    codi_gemm_x8_fn x8[MAX_FUSED]; /* for w->x8, or NULL */
     const void *xq;         /* quantized activations, B rows */
     size_t xq_stride;
     size_t x_off[MAX_FUSED];/* bytes added to xq for weight i (0, or its own
@@ -802,8 +804,8 @@ static void matmul_task(void *arg, int ith, int nth) {
         while (rc >= j->rchunks[i + 1])
             i++;
         const codi_weight *w = j->w[i];
-        const int64_t r0 = (int64_t)(rc - j->rchunks[i]) * j->rows;
-        const int nr = (int)CODI_MIN((int64_t)j->rows, w->ne1 - r0);
+        int64_t r0 = (int64_t)(rc - j->rchunks[i]) * j->rows;
+        int nr = (int)CODI_MIN((int64_t)j->rows, w->ne1 - r0);
         const int c0 = cc * j->cols, nc = CODI_MIN(j->cols, j->B - c0);
         if (w->perm) { /* a MixLLM matrix (quant/mix.h) */
             codi_mix_chunk(w, r0, nr, (const uint8_t *)j->xq + j->x_off[i] + (size_t)c0 * j->xq_stride,
@@ -811,13 +813,24 @@ static void matmul_task(void *arg, int ith, int nth) {
                            j->y[i] + (size_t)c0 * w->ne1, (size_t)w->ne1);
             continue;
         }
-        const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
         const uint8_t *xr = (const uint8_t *)j->xq + j->x_off[i] + (size_t)c0 * j->xq_stride;
         float *yr = j->y[i] + (size_t)c0 * w->ne1 + r0;
+        const int64_t n = w->n_dot ? w->n_dot : w->ne0;
+        if (j->x8[i] && r0 < w->x8_rows) {
+            /* repacked rows (kernels/repack.h): chunks start on a group */
+            const int ng = (int)((CODI_MIN(r0 + nr, w->x8_rows) - r0) / CODI_X8_ROWS);
+            j->x8[i](n, ng, (const uint8_t *)w->x8 + (size_t)r0 * w->row_bytes, nc, xr,
+                     j->xq_stride, yr, (size_t)w->ne1);
+            if (ng * CODI_X8_ROWS == nr)
+                continue;
+            r0 += ng * CODI_X8_ROWS;
+            nr -= ng * CODI_X8_ROWS;
+            yr += ng * CODI_X8_ROWS;
+        }
+        const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
         /* Tiles of 3 tokens; 1-2 tokens left over go through vec_dot, which
          * is faster than a narrower tile (bench/gemm_bench.c, batch_decode.c) */
         const int nt = j->gemm[i] ? nc - nc % 3 : 0;
-        const int64_t n = w->n_dot ? w->n_dot : w->ne0;
         if (nt > 0)
             j->gemm[i](n, nr, nt, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
         if (nt < nc)
@@ -867,6 +880,7 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
         j.y[i] = y[i];
         j.dot[i] = codi_kernel_vec_dot(w[i]->type);
         j.gemm[i] = codi_kernel_gemm(w[i]->type);
+        j.x8[i] = w[i]->x8 ? codi_kernel_gemm_x8(w[i]->type) : NULL;
         CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt);
         j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
     }
@@ -906,6 +920,7 @@ static void matmul_each(codi_context *c, int n_w, const codi_weight *const *w, f
         j.y[i] = y[i];
         j.dot[i] = codi_kernel_vec_dot(w[i]->type);
         j.gemm[i] = codi_kernel_gemm(w[i]->type);
+        j.x8[i] = w[i]->x8 ? codi_kernel_gemm_x8(w[i]->type) : NULL;
         CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt && w[i]->ne0 == n);
         j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
     }

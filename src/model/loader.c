@@ -5,7 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "chat_template.h"
+#include "kernels/repack.h"
 #include "common.h"
 #include "model/model.h"
 #include "tensor/types.h"
@@ -350,6 +354,8 @@ static int load_hparams(const codi_gguf *g, codi_hparams *hp, char *err,
     return 0;
 }
 
+static void x8_repack(codi_model *m);
+
 static int load_weights(codi_model *m, char *err, size_t errlen) {
     const codi_gguf *g = m->gguf;
     const codi_hparams *hp = &m->hp;
@@ -517,6 +523,7 @@ int codi_model_load(const char *path, const codi_model_params *params,
         goto fail_sub;
     if ((rc = load_weights(m, sub, sizeof(sub))))
         goto fail_sub;
+    x8_repack(m);
     {
         char *tmpl = NULL;
         if (codi_gguf_get_str(m->gguf, "tokenizer.chat_template", &tmpl) == 0)
@@ -548,6 +555,76 @@ fail:
     return rc;
 }
 
+/* ---- x8 repacking (kernels/repack.h) ---- */
+
+/* Bytes the x8 copy of w needs (0: w stays as it is). */
+static size_t x8_size(const codi_weight *w) {
+    if (!w->data || w->perm || w->row_scale || w->n_dot || w->ne1 < CODI_X8_ROWS ||
+        !codi_kernel_gemm_x8(w->type) || w->row_bytes != codi_row_size(w->type, w->ne0))
+        return 0;
+    return (size_t)(w->ne1 / CODI_X8_ROWS) * CODI_X8_ROWS * w->row_bytes;
+}
+
+/* Visit every dense matrix the forward pass multiplies by (not the routed
+ * experts: the expert store reads and caches those in the file's layout). */
+static size_t x8_visit(codi_model *m, uint8_t *mem, bool drop) {
+    size_t total = 0;
+    codi_weight *ws[12];
+    for (int l = -1; l < m->hp.n_layer; l++) {
+        int n = 0;
+        if (l < 0) {
+            ws[n++] = &m->output;
+        } else {
+            codi_layer *L = &m->layers[l];
+            codi_weight *lw[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up,
+                                 &L->w_down, &L->sh_gate, &L->sh_up, &L->sh_down};
+            for (size_t i = 0; i < sizeof lw / sizeof lw[0]; i++)
+                ws[n++] = lw[i];
+        }
+        for (int i = 0; i < n; i++) {
+            codi_weight *w = ws[i];
+            const size_t bytes = x8_size(w);
+            if (!bytes)
+                continue;
+            if (mem) {
+                uint8_t *dst = mem + total;
+                const size_t gb = CODI_X8_ROWS * w->row_bytes;
+                for (int64_t g = 0; g < w->ne1 / CODI_X8_ROWS; g++)
+                    codi_x8_pack_group(w->type, w->ne0, (const uint8_t *)w->data + (size_t)g * gb,
+                                       w->row_bytes, dst + (size_t)g * gb);
+                w->x8 = dst;
+                w->x8_rows = w->ne1 / CODI_X8_ROWS * CODI_X8_ROWS;
+                if (drop) {
+                    /* The file's copy is no longer read on the hot path:
+                     * give its pages back (a later read maps them again
+                     * from the file). */
+                    const uintptr_t ps = (uintptr_t)sysconf(_SC_PAGESIZE);
+                    const uintptr_t a = ((uintptr_t)w->data + ps - 1) & ~(ps - 1);
+                    const uintptr_t b = ((uintptr_t)w->data + bytes) & ~(ps - 1);
+                    if (b > a)
+                        madvise((void *)a, b - a, MADV_DONTNEED);
+                }
+            }
+            total += (bytes + 63) & ~(size_t)63;
+        }
+    }
+    return total;
+}
+
+/* Repack the dense matrices that have an x8 kernel on this CPU. Out of
+ * memory is not an error: the weights then stay in the file's layout. */
+static void x8_repack(codi_model *m) {
+    const size_t bytes = x8_visit(m, NULL, false);
+    if (!bytes)
+        return;
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, bytes) != 0)
+        return;
+    m->x8_mem = mem;
+    m->x8_bytes = bytes;
+    x8_visit(m, mem, m->gguf->owns_map);
+}
+
 void codi_model_free(codi_model *m) {
     if (!m)
         return;
@@ -558,6 +635,7 @@ void codi_model_free(codi_model *m) {
     free(m->bos_text);
     free(m->eos_text);
     free(m->path);
+    free(m->x8_mem);
     free(m);
 }
 

@@ -85,6 +85,11 @@ typedef struct codi_weight {
     /* W4A8 (QoQ): per output row float scale applied after the integer
      * dot product (tensor <name>.wscale), or NULL. */
     const float *row_scale;
+    /* Rows 0..x8_rows-1 repacked into groups of 8 (kernels/repack.h) at
+     * load time, or NULL; matmul runs them with the x8 kernel and any
+     * rows past x8_rows from `data`. */
+    const void *x8;
+    int64_t x8_rows;
 } codi_weight;
 
 typedef struct codi_layer {
@@ -137,6 +142,8 @@ struct codi_model {
     uint64_t weight_bytes;
     uint64_t expert_bytes; /* of weight_bytes, the routed experts' share */
     char *path;           /* the file, for the expert store's own reads */
+    void *x8_mem;         /* the repacked weights (codi_weight.x8), or NULL */
+    size_t x8_bytes;
 };
 
 /* Calibration hook: when set, every matrix product y = W x calls

@@ -1,0 +1,64 @@
+/* x8 repacking (kernels/repack.h): plain C, run once at load time. */
+#include "kernels/repack.h"
+
+#include <string.h>
+
+#include "tensor/blocks.h"
+#include "tensor/types.h"
+
+bool codi_x8_has_layout(int type) {
+    return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q8_0;
+}
+
+/* Element j (< 32) of a legacy 4-bit block's nibbles. */
+static inline uint8_t nib(const uint8_t *qs, int j) {
+    return j < 16 ? (uint8_t)(qs[j] & 0x0F) : (uint8_t)(qs[j - 16] >> 4);
+}
+
+static void pack_nibbles(uint8_t *dst, const uint8_t *const qs[CODI_X8_ROWS]) {
+    for (int k = 0; k < 4; k++)
+        for (int r = 0; r < CODI_X8_ROWS; r++)
+            for (int t = 0; t < 4; t++)
+                dst[32 * k + 4 * r + t] =
+                    (uint8_t)(nib(qs[r], 8 * k + t) | nib(qs[r], 8 * k + 4 + t) << 4);
+}
+
+void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *dst) {
+    const uint8_t *s = src;
+    uint8_t *o = dst;
+    const int64_t nb = n / CODI_QK;
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *qs[CODI_X8_ROWS];
+        uint16_t d[CODI_X8_ROWS], m[CODI_X8_ROWS];
+        if (type == CODI_TYPE_Q4_0) {
+            for (int r = 0; r < CODI_X8_ROWS; r++) {
+                const codi_block_q4_0 *b = (const codi_block_q4_0 *)(s + (size_t)r * ldw) + i;
+                d[r] = b->d;
+                qs[r] = b->qs;
+            }
+            memcpy(o, d, sizeof d);
+            pack_nibbles(o + sizeof d, qs);
+            o += sizeof(codi_block_q4_0) * CODI_X8_ROWS;
+        } else if (type == CODI_TYPE_Q4_1) {
+            for (int r = 0; r < CODI_X8_ROWS; r++) {
+                const codi_block_q4_1 *b = (const codi_block_q4_1 *)(s + (size_t)r * ldw) + i;
+                d[r] = b->d;
+                m[r] = b->m;
+                qs[r] = b->qs;
+            }
+            memcpy(o, d, sizeof d);
+            memcpy(o + sizeof d, m, sizeof m);
+            pack_nibbles(o + sizeof d + sizeof m, qs);
+            o += sizeof(codi_block_q4_1) * CODI_X8_ROWS;
+        } else { /* Q8_0 */
+            for (int r = 0; r < CODI_X8_ROWS; r++) {
+                const codi_block_q8_0 *b = (const codi_block_q8_0 *)(s + (size_t)r * ldw) + i;
+                d[r] = b->d;
+                for (int k = 0; k < 8; k++)
+                    memcpy(o + sizeof d + 32 * k + 4 * r, b->qs + 4 * k, 4);
+            }
+            memcpy(o, d, sizeof d);
+            o += sizeof(codi_block_q8_0) * CODI_X8_ROWS;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+/* Weights repacked at load time into groups of 8 rows ("x8" layouts), so
+ * one pass over the weights gives 8 output rows in the 8 lanes of a vector:
+ * no horizontal sums, one scale conversion per 8 rows, and each activation
+ * byte quad loaded once for 8 rows (and, in prefill, each weight unpacked
+ * once for 4 tokens).
+ *
+ * A group holds rows 8g .. 8g+7 of a matrix of n in-features (n a multiple
+ * of 32); its blocks follow in order of the in-feature, each the 8 rows'
+ * block i side by side:
+ *
+ *   Q4_0x8 (144 bytes): uint16 d[8]; uint8 qs[128]
+ *   Q4_1x8 (160 bytes): uint16 d[8]; uint16 m[8]; uint8 qs[128]
+ *   Q8_0x8 (272 bytes): uint16 d[8]; int8 qs[256]
+ *
+ * d and m of row r are those of the row's own block. 4-bit quants: byte
+ * 32 k + 4 r + t (k < 4, t < 4) holds element 8 k + t of row r in its low
+ * nibble and element 8 k + 4 + t in its high nibble. 8-bit: byte
+ * 32 k + 4 r + t (k < 8) holds element 4 k + t of row r. So the low (high)
+ * nibbles of 32 bytes, or 32 bytes of Q8_0x8, are 4 elements of each of 8
+ * rows: one maddubs against 4 activation bytes broadcast gives each row's
+ * partial sum in its own 32-bit lane.
+ *
+ * A group is exactly as large as the 8 rows it came from. The layout is an
+ * in-memory one: files keep llama.cpp's. */
+#ifndef CODI_KERNELS_REPACK_H
+#define CODI_KERNELS_REPACK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CODI_X8_ROWS 8
+
+/* Q4_0, Q4_1 and Q8_0 have an x8 layout. */
+bool codi_x8_has_layout(int type);
+
+/* Repack rows [0, 8) of src (n in-features, rows ldw bytes apart) into one
+ * group at dst (8 * codi_row_size(type, n) bytes). */
+void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *dst);
+
+/* y[c * ldy + 8 g + r] = dot(row 8 g + r, activation row c) for g < ng,
+ * r < 8, c < nc, over ng consecutive groups at w; x holds nc activation
+ * rows of the type's vec_dot_type, ldx bytes apart. Equal, within float
+ * rounding, to the type's reference vec_dot on the original rows. */
+typedef void (*codi_gemm_x8_fn)(int64_t n, int ng, const void *w, int nc, const void *x,
+                                size_t ldx, float *y, size_t ldy);
+
+/* The x8 kernel for `type` on this CPU, or NULL (no layout, or no kernel
+ * for this CPU: then weights stay as they are). CODI_NO_REPACK=1 in the
+ * environment turns repacking off (for A/B measurements). */
+codi_gemm_x8_fn codi_kernel_gemm_x8(int type);
+
+#if defined(__x86_64__) || defined(__i386__)
+void codi_gemm_x8_q4_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
+void codi_gemm_x8_q4_1_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
+void codi_gemm_x8_q8_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
+#endif
+
+#endif
