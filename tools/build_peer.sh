@@ -3,7 +3,7 @@
 #
 # Produces (all under bench/.peer/, git-ignored):
 #   bench/.peer/venv/   Python venv with llama-cpp-python==0.3.36 (built from
-#                       source with CMAKE_ARGS="-DGGML_NATIVE=ON"), numpy, gguf.
+#                       source for PEER_ISA, below), numpy, gguf.
 #                       Used by tools/make_reference.py and the benchmarks.
 #   bench/.peer/bin/    llama.cpp's own tools, built from the very llama.cpp
 #                       that llama-cpp-python 0.3.36 vendors (sdist
@@ -16,7 +16,13 @@
 #   --venv-only   only create/refresh the venv
 #   --tools-only  only build the llama.cpp tools
 #   --force       rebuild even if the results already exist
-# Env: JOBS (default 2) parallel compile jobs; PYTHON (default python3).
+# Env: JOBS (default 2) parallel compile jobs; PYTHON (default python3);
+#      PEER_ISA (default avx2): the instruction set llama.cpp is built for.
+#      "avx2" = AVX2+FMA+F16C, no AVX-512/AMX: the machine the speed issue
+#      names (2 cores, AVX2+FMA) and what codi's kernels use, whatever
+#      the host; "native" = -DGGML_NATIVE=ON (everything the host has; on a
+#      host that lists AMX without granting its tile state, llama.cpp's
+#      AMX path crashes in ggml_backend_amx_mul_mat).
 #
 # Requirements (Debian 12): apt-get install python3 python3-venv python3-pip \
 #   build-essential cmake git   (ninja-build optional)
@@ -34,6 +40,14 @@ BUILD="$PEER/build"
 PY="${PYTHON:-python3}"
 JOBS="${JOBS:-2}"
 VERSION=0.3.36
+PEER_ISA="${PEER_ISA:-avx2}"
+case "$PEER_ISA" in
+    avx2) ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+                     -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF
+                     -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF) ;;
+    native) ISA_FLAGS=(-DGGML_NATIVE=ON) ;;
+    *) echo "build_peer.sh: PEER_ISA must be avx2 or native" >&2; exit 2 ;;
+esac
 TOOLS=(llama-bench llama-perplexity llama-quantize llama-cli llama-server)
 
 do_venv=1; do_tools=1; force=0
@@ -61,7 +75,7 @@ build_venv() {
     log "creating venv $VENV"
     "$PY" -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
     log "pip install llama-cpp-python==$VERSION numpy gguf (compiles llama.cpp; slow)"
-    CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
+    CMAKE_ARGS="${ISA_FLAGS[*]}" CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
         "$VENV/bin/python" -m pip install --no-cache-dir --verbose \
         "llama-cpp-python==$VERSION" numpy gguf
     "$VENV/bin/python" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
@@ -70,6 +84,7 @@ build_venv() {
 build_tools() {
     local have=1 t
     for t in "${TOOLS[@]}"; do [ -x "$BIN/$t" ] || have=0; done
+    [ "$(cat "$BIN/.isa" 2>/dev/null)" = "$PEER_ISA" ] || have=0
     if [ "$force" = 0 ] && [ "$have" = 1 ]; then
         log "tools already in $BIN: ${TOOLS[*]}"
         return
@@ -93,10 +108,10 @@ build_tools() {
 
     local gen=()
     command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
-    log "configuring llama.cpp (GGML_NATIVE=ON, static) in $BUILD"
+    log "configuring llama.cpp (PEER_ISA=$PEER_ISA, static) in $BUILD"
     cmake -S "$srcdir/vendor/llama.cpp" -B "$BUILD" "${gen[@]}" \
         -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON \
+        "${ISA_FLAGS[@]}" \
         -DLLAMA_CURL=OFF \
         -DLLAMA_OPENSSL=OFF \
         -DBUILD_SHARED_LIBS=OFF \
@@ -112,7 +127,8 @@ build_tools() {
         [ -x "$BUILD/bin/$t" ] || die "$BUILD/bin/$t was not built"
         cp -f "$BUILD/bin/$t" "$BIN/$t"
     done
-    log "tools installed in $BIN"
+    echo "$PEER_ISA" > "$BIN/.isa"
+    log "tools installed in $BIN (PEER_ISA=$PEER_ISA)"
 }
 
 [ "$do_venv" = 1 ] && build_venv
