@@ -31,6 +31,7 @@ __attribute__((always_inline)) static inline void q4_1_tile(int64_t nb, const ui
                                                             float *const *yr) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
@@ -38,12 +39,15 @@ __attribute__((always_inline)) static inline void q4_1_tile(int64_t nb, const ui
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
         __m256i s[TILE];
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++)
             s[t] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 8")
         for (int k = 0; k < 4; k++) {
             const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 32 + 32 * k));
             const __m256i lo = _mm256_and_si256(p, m4);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+            _Pragma("GCC unroll 8")
             for (int t = 0; t < T; t++) {
                 const int8_t *q = ((const codi_block_q8_1 *)xr[t])[i].qs + 8 * k;
                 /* 8 maddubs of q <= 15 against |y| <= 128 stay below 2^15 */
@@ -51,6 +55,7 @@ __attribute__((always_inline)) static inline void q4_1_tile(int64_t nb, const ui
                 s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(hi, bcast4(q + 4)));
             }
         }
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const codi_block_q8_1 *yb = (const codi_block_q8_1 *)xr[t] + i;
             const __m256 sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[t], ones));
@@ -58,6 +63,7 @@ __attribute__((always_inline)) static inline void q4_1_tile(int64_t nb, const ui
             acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(fp16(yb->s)), acc[t]);
         }
     }
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(yr[t], acc[t]);
 }
@@ -69,28 +75,34 @@ __attribute__((always_inline)) static inline void q8_0_tile(int64_t nb, const ui
                                                             float *const *yr) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         __m256i s[TILE];
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++)
             s[t] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 8")
         for (int k = 0; k < 8; k++) {
             const __m256i w = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * k));
             const __m256i aw = _mm256_sign_epi8(w, w);
+            _Pragma("GCC unroll 8")
             for (int t = 0; t < T; t++) {
                 const __m256i y = bcast4(((const codi_block_q8_0 *)xr[t])[i].qs + 4 * k);
                 /* one maddubs pair reaches 2 * 128 * 127: widen each */
                 s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(y, w)), ones));
             }
         }
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const float dy = fp16(((const codi_block_q8_0 *)xr[t])[i].d);
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy)), _mm256_cvtepi32_ps(s[t]), acc[t]);
         }
     }
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(yr[t], acc[t]);
 }
@@ -107,29 +119,35 @@ __attribute__((always_inline)) static inline void q4_0_tile(int64_t nb, const ui
                                                             float *const *yr, int first) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_0) * CODI_X8_ROWS);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         __m256i s[TILE];
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++)
             s[t] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 8")
         for (int k = 0; k < 4; k++) {
             const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * k));
             const __m256i lo = _mm256_and_si256(p, m4);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+            _Pragma("GCC unroll 8")
             for (int t = 0; t < T; t++) {
                 const int8_t *q = ((const codi_block_q8_0 *)xr[t])[i].qs + 8 * k;
                 s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(lo, bcast4(q)));
                 s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(hi, bcast4(q + 4)));
             }
         }
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const __m256i si = _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(s8[t][i]));
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy[t][i])), _mm256_cvtepi32_ps(si), acc[t]);
         }
     }
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(yr[t], acc[t]);
 }
