@@ -49,10 +49,27 @@ static double run(int type, int64_t n, int64_t rows, const void *w, const void *
     return (double)rows * (double)rb / t[reps / 2] * 1e-9;
 }
 
+/* Prefill tile: ns per token per block of 8 rows (32 in-features), nc
+ * tokens, weights L2-resident. */
+static double run_gemm(int type, int64_t n, int64_t rows, const void *w, const void *xq, size_t ldx,
+                       int nc, float *y) {
+    codi_gemm_x8_fn g = codi_kernel_gemm_x8(type);
+    double t[31];
+    for (int r = 0; r < 31; r++) {
+        const double t0 = now();
+        for (int k = 0; k < 20; k++)
+            g(n, (int)(rows / CODI_X8_ROWS), w, nc, xq, ldx, y, (size_t)rows);
+        t[r] = (now() - t0) / 20;
+    }
+    qsort(t, 31, sizeof t[0], cmp_d);
+    return t[15] * 1e9 / ((double)nc * (double)(rows / CODI_X8_ROWS) * (double)(n / 32));
+}
+
 int main(int argc, char **argv) {
     const double mib = argc > 1 ? atof(argv[1]) : 256.0;
     const int types[] = {CODI_TYPE_Q4_0, CODI_TYPE_Q4_1, CODI_TYPE_Q8_0};
     const int64_t n = 2048;
+    double gemm_ns[3] = {0};
     printf("| type | size | vec_dot GB/s | x8 GB/s | x8 / vec_dot |\n|---|---|---:|---:|---:|\n");
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         const int type = types[k];
@@ -83,6 +100,17 @@ int main(int argc, char **argv) {
             const double a = run(type, n, rows, w, xq, y, 0, reps);
             const double b = run(type, n, rows, wp, xq, y, 1, reps);
             printf("| %s | %.0f MiB | %.1f | %.1f | %.2f |\n", t->name, sizes[s], a, b, b / a);
+            if (s == 0) {
+                enum { NC = 16 };
+                const size_t ldx = codi_row_size(t->vec_dot_type, n);
+                uint8_t *xs = malloc(NC * ldx);
+                float *ys = malloc((size_t)rows * NC * sizeof *ys);
+                for (int c = 0; c < NC; c++)
+                    memcpy(xs + (size_t)c * ldx, xq, ldx);
+                gemm_ns[k] = run_gemm(type, n, rows, wp, xs, ldx, NC, ys);
+                free(xs);
+                free(ys);
+            }
             free(w);
             free(wp);
             free(y);
@@ -90,5 +118,8 @@ int main(int argc, char **argv) {
         free(xf);
         free(xq);
     }
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
+        printf("%s prefill tile: %.2f ns per token per 8-row block\n", codi_type_get(types[k])->name,
+               gemm_ns[k]);
     return 0;
 }
