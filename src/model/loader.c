@@ -611,11 +611,34 @@ static size_t x8_visit(codi_model *m, uint8_t *mem, bool drop) {
     return total;
 }
 
+/* Memory the x8 copy may take: MemAvailable less 512 MiB (half the
+ * physical memory when /proc/meminfo cannot be read). A model larger than
+ * that keeps the file's layout and runs from the page cache as before
+ * rather than being copied into memory the machine does not have. */
+static size_t x8_room(void) {
+    unsigned long long kb = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[128];
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+                break;
+        fclose(f);
+    }
+    const unsigned long long reserve = 512ull << 20;
+    unsigned long long avail = kb << 10;
+    if (!kb) {
+        const long pages = sysconf(_SC_PHYS_PAGES), ps = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && ps > 0 ? (unsigned long long)pages * (unsigned long long)ps / 2 : 0;
+    }
+    return avail > reserve ? (size_t)(avail - reserve) : 0;
+}
+
 /* Repack the dense matrices that have an x8 kernel on this CPU. Out of
  * memory is not an error: the weights then stay in the file's layout. */
 static void x8_repack(codi_model *m) {
     const size_t bytes = x8_visit(m, NULL, false);
-    if (!bytes)
+    if (!bytes || bytes > x8_room())
         return;
     /* 2 MiB aligned and marked for transparent huge pages before the
      * first write: a single thread then streams the weights at ~13 GB/s
