@@ -14,6 +14,7 @@
 #include "kernels/codi_avx2.h"
 #include "kernels/gemm.h"
 #include "kernels/repack.h"
+#include "kernels/softmax.h"
 #include "tensor/quants.h"
 
 static codi_cpu_features g_features;
@@ -241,6 +242,33 @@ void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps) 
 }
 
 void codi_softmax_inplace(float *x, int n) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_softmax_inplace_avx2(x, n);
+        return;
+    }
+#endif
+    codi_softmax_inplace_ref(x, n);
+}
+
+void codi_swiglu(float *g, const float *u, int n) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_swiglu_avx2(g, u, n);
+        return;
+    }
+#endif
+    codi_swiglu_ref(g, u, n);
+}
+
+void codi_swiglu_ref(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) {
+        const float gv = g[i];
+        g[i] = gv / (1.0f + expf(-gv)) * u[i];
+    }
+}
+
+void codi_softmax_inplace_ref(float *x, int n) {
     float mx = x[0];
     for (int i = 1; i < n; i++)
         mx = x[i] > mx ? x[i] : mx;

@@ -48,5 +48,7 @@ void codi_attn_scores_f16_ref(const float *q, int G, int hd, const uint16_t *kT,
 /* Small fused float ops (scalar here; vectorised by the compiler). */
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void codi_softmax_inplace(float *x, int n);
+/* g = silu(g) * u over n floats (kernels/softmax.h) */
+void codi_swiglu(float *g, const float *u, int n);
 
 #endif

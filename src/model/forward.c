@@ -1427,10 +1427,7 @@ static void act_row(const codi_hparams *hp, float *g, const float *u, size_t wid
         for (size_t i = 0; i < width; i++)
             g[i] = gelu_ggml(g[i]) * u[i];
     } else {
-        for (size_t i = 0; i < width; i++) {
-            const float gv = g[i];
-            g[i] = gv / (1.0f + expf(-gv)) * u[i];
-        }
+        codi_swiglu(g, u, (int)width);
     }
 }
 
