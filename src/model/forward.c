@@ -1257,9 +1257,15 @@ static void row_qkv(const rows_job *j, int b) {
     uint16_t *kd = (uint16_t *)kv_at(c, c->kc, seq, j->layer) + slot;
     uint16_t *vd = (uint16_t *)kv_at(c, c->vc, seq, j->layer) + slot;
     const size_t ld = c->kv_row / 2;
-    for (size_t i = 0; i < dkv; i++) {
-        kd[i * ld] = codi_fp32_to_fp16(k[i]);
-        vd[i * ld] = codi_fp32_to_fp16(v[i]);
+    uint16_t h[2][512]; /* F16C rows, then one column store per channel */
+    for (size_t i0 = 0; i0 < dkv; i0 += 512) {
+        const size_t m = CODI_MIN((size_t)512, dkv - i0);
+        codi_fp32_to_fp16_row(k + i0, h[0], (int64_t)m);
+        codi_fp32_to_fp16_row(v + i0, h[1], (int64_t)m);
+        for (size_t i = 0; i < m; i++) {
+            kd[(i0 + i) * ld] = h[0][i];
+            vd[(i0 + i) * ld] = h[1][i];
+        }
     }
 }
 
