@@ -306,7 +306,7 @@ __attribute__((always_inline)) static inline void values_group(const float *p, s
         hi = CODI_MAX(hi, n[j]);
     }
     __m256 part[4][2][4];
-    _Pragma("GCC unroll 4")
+    _Pragma("GCC unroll 1")
     for (int k = 0; k < 4; k++) {
         __m256 a[4][2];
         _Pragma("GCC unroll 4")

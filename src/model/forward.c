@@ -1142,8 +1142,11 @@ static void attn_tile_f16(codi_context *c, int layer, int ith, int b0, int T, in
         n_max = CODI_MAX(n_max, n_kv);
         const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
         float *qr = q32 + (size_t)r * G * hd;
-        for (int i = 0; i < G * hd; i++)
-            qr[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qb[i]));
+        for (int g = 0; g < G; g++) { /* the rows convert as the scalars do */
+            uint16_t q16[1024];
+            codi_fp32_to_fp16_row(qb + (size_t)g * hd, q16, hd);
+            codi_fp16_to_fp32_row(q16, qr + (size_t)g * hd, hd);
+        }
         for (int g = 0; g < G; g++) {
             n[r * G + g] = n_kv;
             o[r * G + g] = c->att + (size_t)b * dq + (size_t)(h0 + g) * hd;
