@@ -417,9 +417,9 @@ static void test_attn_scores_tile(void **state) {
  * each output bit-equal to codi_dot_f16_multi of its V row and fp16
  * weights (the dispatched kernels: AVX2, or both references under
  * CODI_FORCE_SCALAR), the reference bit-equal to the F16 reference dot,
- * and AVX2 within rounding of the reference. Row counts 1..13 (groups of
- * 4), head dims 64 and 5 (odd: single V rows), key counts that fall in
- * the same or different 32-key blocks, and 0. */
+ * and AVX2 within rounding of the reference. Row counts 1..13, head dims
+ * 64 and 5..7 (every remainder of the groups of V rows), key counts that
+ * fall in the same or different 32-key blocks, and 0. */
 static void test_attn_values(void **state) {
     (void)state;
     rng_seed(16);
@@ -433,9 +433,9 @@ static void test_attn_values(void **state) {
             p16[j][t] = codi_fp32_to_fp16((float)rnd_unit());
             p[j * LDV + t] = codi_fp16_to_fp32(p16[j][t]);
         }
-    const int hds[2] = {64, 5};
+    const int hds[4] = {64, 5, 6, 7};
     const int base[6] = {0, 1, 31, 63, 120, 190};
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < 4; h++)
         for (int m = 1; m <= M; m++)
             for (int bi = 0; bi < 6; bi++)
                 for (int step = 0; step < 3; step++) {

@@ -285,14 +285,14 @@ void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT
     }
 }
 
-/* Outputs of NJ <= 4 weight rows p[j] (n[j] keys) against NI <= 2 V rows,
+/* Outputs of NJ <= 4 weight rows p[j] (n[j] keys) against NI <= 4 V rows,
  * each computed as dot_f16_m computes it. Accumulator k of the 32-key
  * blocks (lanes 8k..8k+7) sees the same products in the same order as
- * there, only the four accumulators are built one after another, so 8 of
- * them and the 4 weight vectors fit in registers and each V vector is
- * converted once for all NJ rows. Then the same reduction, and each row's
- * tail (its keys past its last whole block) summed in double in key
- * order: the NJ x NI tails side by side, independent chains. */
+ * there, only the four accumulators are built one after another, so NJ x NI
+ * of them fit in registers and each V vector is converted once for all NJ
+ * rows. Then the same reduction, and each row's tail (its keys past its
+ * last whole block) summed in double in key order: the NJ x NI tails side
+ * by side, independent chains. */
 __attribute__((always_inline)) static inline void values_group(const float *p, size_t ldp, const int *n,
                                                               const uint16_t *vT, size_t ldv,
                                                               float *const *o, int i0, const int NJ,
@@ -305,13 +305,13 @@ __attribute__((always_inline)) static inline void values_group(const float *p, s
         lo = CODI_MIN(lo, nb[j] * 32);
         hi = CODI_MAX(hi, n[j]);
     }
-    __m256 part[4][2][4];
+    __m256 part[4][4][4];
     _Pragma("GCC unroll 1")
     for (int k = 0; k < 4; k++) {
-        __m256 a[4][2];
+        __m256 a[4][4];
         _Pragma("GCC unroll 4")
         for (int j = 0; j < NJ; j++)
-            _Pragma("GCC unroll 2")
+            _Pragma("GCC unroll 4")
             for (int i = 0; i < NI; i++)
                 a[j][i] = _mm256_setzero_ps();
         for (int b = 0; b < nbmin; b++) {
@@ -320,7 +320,7 @@ __attribute__((always_inline)) static inline void values_group(const float *p, s
             _Pragma("GCC unroll 4")
             for (int j = 0; j < NJ; j++)
                 pv[j] = _mm256_loadu_ps(p + (size_t)j * ldp + t);
-            _Pragma("GCC unroll 2")
+            _Pragma("GCC unroll 4")
             for (int i = 0; i < NI; i++) {
                 const __m256 v = load_f16x8(vT + (size_t)i * ldv + t);
                 _Pragma("GCC unroll 4")
@@ -334,62 +334,68 @@ __attribute__((always_inline)) static inline void values_group(const float *p, s
             for (int b = nbmin; b < nb[j]; b++) {
                 const size_t t = (size_t)b * 32 + 8 * (size_t)k;
                 const __m256 pv = _mm256_loadu_ps(p + (size_t)j * ldp + t);
-                _Pragma("GCC unroll 2")
+                _Pragma("GCC unroll 4")
                 for (int i = 0; i < NI; i++)
                     a[j][i] = _mm256_fmadd_ps(load_f16x8(vT + (size_t)i * ldv + t), pv, a[j][i]);
             }
         _Pragma("GCC unroll 4")
         for (int j = 0; j < NJ; j++)
-            _Pragma("GCC unroll 2")
+            _Pragma("GCC unroll 4")
             for (int i = 0; i < NI; i++)
                 part[j][i][k] = a[j][i];
     }
-    double sum[4][2];
+    double sum[4][4];
     _Pragma("GCC unroll 4")
     for (int j = 0; j < NJ; j++)
-        _Pragma("GCC unroll 2")
+        _Pragma("GCC unroll 4")
         for (int i = 0; i < NI; i++)
             sum[j][i] = reduce_f32x8x4(part[j][i][0], part[j][i][1], part[j][i][2], part[j][i][3]);
     for (int t = lo; t < hi; t++) {
-        float v[2];
-        _Pragma("GCC unroll 2")
+        float v[4];
+        _Pragma("GCC unroll 4")
         for (int i = 0; i < NI; i++)
             v[i] = fp16(vT[(size_t)i * ldv + t]);
         _Pragma("GCC unroll 4")
         for (int j = 0; j < NJ; j++)
             if (t >= nb[j] * 32 && t < n[j]) {
                 const float pt = p[(size_t)j * ldp + t];
-                _Pragma("GCC unroll 2")
+                _Pragma("GCC unroll 4")
                 for (int i = 0; i < NI; i++)
                     sum[j][i] += (double)(v[i] * pt);
             }
     }
     _Pragma("GCC unroll 4")
     for (int j = 0; j < NJ; j++)
-        _Pragma("GCC unroll 2")
+        _Pragma("GCC unroll 4")
         for (int i = 0; i < NI; i++)
             o[j][i0 + i] = (float)sum[j][i];
 }
 
+/* 2 weight rows x 4 V rows per group: 8 accumulators, 2 weight vectors
+ * and a V vector in registers, 6 loads per 8 FMAs. On the causal sweep of
+ * a 512-token prefill (one KV head, tiles of 4 tokens x 3 heads) 1.30 ms,
+ * against 1.44 for 4 x 2 and 1.6 for 3 x 4 (spills). */
+enum { VAL_J = 2, VAL_I = 4 };
+
 void codi_attn_values_f16_avx2(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT,
                                size_t ldv, int hd, float *const *o) {
-    for (int j0 = 0; j0 < m; j0 += 4) {
-        const int NJ = CODI_MIN(4, m - j0);
+    for (int j0 = 0; j0 < m; j0 += VAL_J) {
+        const int NJ = CODI_MIN(VAL_J, m - j0);
         const float *pj = p + (size_t)j0 * ldp;
         const int *nj = n + j0;
         float *const *oj = o + j0;
-        for (int i0 = 0; i0 < hd; i0 += 2) {
+        for (int i0 = 0; i0 < hd; i0 += VAL_I) {
             const uint16_t *vi = vT + (size_t)i0 * ldv;
-            switch (NJ * 2 + CODI_MIN(2, hd - i0) - 3) { /* (NJ, NI) */
-            case 7: values_group(pj, ldp, nj, vi, ldv, oj, i0, 4, 2); break;
-            case 6: values_group(pj, ldp, nj, vi, ldv, oj, i0, 4, 1); break;
-            case 5: values_group(pj, ldp, nj, vi, ldv, oj, i0, 3, 2); break;
-            case 4: values_group(pj, ldp, nj, vi, ldv, oj, i0, 3, 1); break;
-            case 3: values_group(pj, ldp, nj, vi, ldv, oj, i0, 2, 2); break;
-            case 2: values_group(pj, ldp, nj, vi, ldv, oj, i0, 2, 1); break;
-            case 1: values_group(pj, ldp, nj, vi, ldv, oj, i0, 1, 2); break;
-            default: values_group(pj, ldp, nj, vi, ldv, oj, i0, 1, 1); break;
+            const int NI = CODI_MIN(VAL_I, hd - i0);
+#define VG(a, b)                                                                 \
+    case (a - 1) * 4 + b - 1:                                                    \
+        values_group(pj, ldp, nj, vi, ldv, oj, i0, a, b);                        \
+        break;
+            switch ((NJ - 1) * 4 + NI - 1) {
+                VG(1, 1) VG(1, 2) VG(1, 3) VG(1, 4)
+                VG(2, 1) VG(2, 2) VG(2, 3) VG(2, 4)
             }
+#undef VG
         }
     }
 }
