@@ -355,12 +355,12 @@ static void test_dot_f16_multi(void **state) {
 }
 
 /* Attention scores over a transposed fp16 K cache, against the scalar
- * reference: every query count 1..7 (tiles of 3), key counts around the
+ * reference: every query count 1..13 (groups of 3, or 6 past 3), key counts around the
  * 16- and 8-key steps, head dims 64 and 40, a row stride wider than n. */
 static void test_attn_scores(void **state) {
     (void)state;
     rng_seed(14);
-    enum { HD = 64, LDK = 80, G = 7 };
+    enum { HD = 64, LDK = 80, G = 13 };
     uint16_t kT[HD * LDK];
     float q[G * HD], got[G * LDK], want[G * LDK];
     for (int i = 0; i < HD * LDK; i++)
@@ -386,6 +386,86 @@ static void test_attn_scores(void **state) {
                         assert_true(fabs((double)got[j * LDK + t] - want[j * LDK + t]) <= 1e-6 * mag + 1e-30);
                     }
             }
+}
+
+/* Scores of many query rows at once (a tile of tokens, groups of 6) are
+ * bit-equal to each row alone with fewer keys: a score depends only on
+ * its query and key, which the tiled prefill attention relies on. */
+static void test_attn_scores_tile(void **state) {
+    (void)state;
+    rng_seed(15);
+    enum { HD = 64, LDK = 100, G = 13 };
+    uint16_t kT[HD * LDK];
+    float q[G * HD], all[G * LDK], one[LDK];
+    for (int i = 0; i < HD * LDK; i++)
+        kT[i] = codi_fp32_to_fp16(rnd_gauss());
+    for (int i = 0; i < G * HD; i++)
+        q[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(rnd_gauss()));
+    for (int g = 1; g <= G; g++) {
+        const int n = LDK - g;
+        codi_attn_scores_f16(q, g, HD, kT, LDK, n, all, LDK, 0.125f);
+        for (int j = 0; j < g; j++) {
+            const int nj = n - (j * 7) % 40; /* a causal row sees fewer keys */
+            codi_attn_scores_f16(q + j * HD, 1, HD, kT, LDK, nj, one, LDK, 0.125f);
+            for (int t = 0; t < nj; t++)
+                assert_int_equal(f2u(all[j * LDK + t]), f2u(one[t]));
+        }
+    }
+}
+
+/* Attention outputs of a tile of weight rows with their own key counts:
+ * each output bit-equal to codi_dot_f16_multi of its V row and fp16
+ * weights (the dispatched kernels: AVX2, or both references under
+ * CODI_FORCE_SCALAR), the reference bit-equal to the F16 reference dot,
+ * and AVX2 within rounding of the reference. Row counts 1..13, head dims
+ * 64 and 5..7 (every remainder of the groups of V rows), key counts that
+ * fall in the same or different 32-key blocks, and 0. */
+static void test_attn_values(void **state) {
+    (void)state;
+    rng_seed(16);
+    enum { HD = 64, LDV = 200, M = 13 };
+    static uint16_t vT[HD * LDV], p16[M][LDV];
+    static float p[M * LDV];
+    for (int i = 0; i < HD * LDV; i++)
+        vT[i] = codi_fp32_to_fp16(rnd_gauss());
+    for (int j = 0; j < M; j++)
+        for (int t = 0; t < LDV; t++) {
+            p16[j][t] = codi_fp32_to_fp16((float)rnd_unit());
+            p[j * LDV + t] = codi_fp16_to_fp32(p16[j][t]);
+        }
+    const int hds[4] = {64, 5, 6, 7};
+    const int base[6] = {0, 1, 31, 63, 120, 190};
+    for (int h = 0; h < 4; h++)
+        for (int m = 1; m <= M; m++)
+            for (int bi = 0; bi < 6; bi++)
+                for (int step = 0; step < 3; step++) {
+                    int n[M];
+                    for (int j = 0; j < m; j++) {
+                        n[j] = base[bi] + (step == 0 ? j : step == 1 ? (j * 11) % 45 : 0);
+                        n[j] = n[j] < LDV ? n[j] : LDV;
+                    }
+                    float got[M][HD], ref[M][HD];
+                    float *po[M], *pr[M];
+                    for (int j = 0; j < m; j++) {
+                        po[j] = got[j];
+                        pr[j] = ref[j];
+                    }
+                    codi_attn_values_f16(p, LDV, n, m, vT, LDV, hds[h], po);
+                    codi_attn_values_f16_ref(p, LDV, n, m, vT, LDV, hds[h], pr);
+                    for (int j = 0; j < m; j++)
+                        for (int i = 0; i < hds[h]; i++) {
+                            const uint16_t *yj = p16[j];
+                            float want, want_ref;
+                            codi_dot_f16_multi(n[j], &want, vT + i * LDV, &yj, 1);
+                            codi_vec_dot_f16_ref(n[j], &want_ref, vT + i * LDV, p16[j]);
+                            assert_int_equal(f2u(got[j][i]), f2u(want));
+                            assert_int_equal(f2u(ref[j][i]), f2u(want_ref));
+                            double mag = 0.0;
+                            for (int t = 0; t < n[j]; t++)
+                                mag += fabs(p[j * LDV + t] * codi_fp16_to_fp32(vT[i * LDV + t]));
+                            assert_true(fabs((double)got[j][i] - ref[j][i]) <= 1e-6 * mag + 1e-30);
+                        }
+                }
 }
 
 /* ---- activation quantizers ---- */
@@ -810,6 +890,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fp16_row_tails),
         cmocka_unit_test(test_dot_f16_multi),
         cmocka_unit_test(test_attn_scores),
+        cmocka_unit_test(test_attn_scores_tile),
+        cmocka_unit_test(test_attn_values),
         cmocka_unit_test(test_quantize_bytes),
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_quantized_rows),

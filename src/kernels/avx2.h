@@ -67,6 +67,11 @@ void codi_dot_f16_multi_avx2(int64_t n, float *s, const uint16_t *x, const uint1
 void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
                                float *s, size_t lds, float scale);
 
+/* See codi_attn_values_f16 (kernels.h): each output bit-equal to
+ * codi_dot_f16_multi_avx2 of its V row and its weights rounded to fp16. */
+void codi_attn_values_f16_avx2(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT,
+                               size_t ldv, int hd, float *const *o);
+
 #endif
 
 #endif

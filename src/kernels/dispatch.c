@@ -232,6 +232,30 @@ void codi_attn_scores_f16(const float *q, int G, int hd, const uint16_t *kT, siz
     codi_attn_scores_f16_ref(q, G, hd, kT, ldk, n, s, lds, scale);
 }
 
+/* The F16 vec_dot reference (quant_float.c) with y = fp16(p): the
+ * conversion back is exact, so p is used as it is. */
+void codi_attn_values_f16_ref(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT,
+                              size_t ldv, int hd, float *const *o) {
+    for (int j = 0; j < m; j++)
+        for (int i = 0; i < hd; i++) {
+            double sum = 0.0;
+            for (int t = 0; t < n[j]; t++)
+                sum += (double)(codi_fp16_to_fp32(vT[(size_t)i * ldv + t]) * p[(size_t)j * ldp + t]);
+            o[j][i] = (float)sum;
+        }
+}
+
+void codi_attn_values_f16(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT, size_t ldv,
+                          int hd, float *const *o) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_attn_values_f16_avx2(p, ldp, n, m, vT, ldv, hd, o);
+        return;
+    }
+#endif
+    codi_attn_values_f16_ref(p, ldp, n, m, vT, ldv, hd, o);
+}
+
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     double ss = 0.0; /* llama.cpp accumulates in ggml_float (double) */
     for (int i = 0; i < n; i++)

@@ -39,11 +39,25 @@ void codi_dot_f16_multi(int64_t n, float *s, const uint16_t *x, const uint16_t *
 
 /* Attention scores of G query rows q[G][hd] (fp32, usually fp16-rounded)
  * against n keys of a transposed fp16 K cache kT[hd][ldk]:
- * s[g * lds + t] = scale * sum_i q[g][i] * kT[i][t], t < n. */
+ * s[g * lds + t] = scale * sum_i q[g][i] * kT[i][t], t < n. Any G; each
+ * score depends only on its query row and key (not on G or n), so a tile
+ * of several tokens' queries gets the scores each would get alone. */
 void codi_attn_scores_f16(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
                           float *s, size_t lds, float scale);
 void codi_attn_scores_f16_ref(const float *q, int G, int hd, const uint16_t *kT, size_t ldk, int n,
                               float *s, size_t lds, float scale);
+
+/* Attention outputs of m weight rows against a transposed fp16 V cache
+ * vT[hd][ldv]: o[j][i] = sum_{t < n[j]} p[j * ldp + t] * vT[i][t], i < hd.
+ * The weights are fp32 holding fp16 values (rounded by the caller); row j
+ * sums its own n[j] keys. Each output is bit-equal to
+ * codi_dot_f16_multi(n[j], ., vT + i * ldv, {fp16(p[j])}, 1), so a tile of
+ * query tokens (different n, causal) converts each V element once for all
+ * of them and still gets every token's per-token result. */
+void codi_attn_values_f16(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT, size_t ldv,
+                          int hd, float *const *o);
+void codi_attn_values_f16_ref(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT,
+                              size_t ldv, int hd, float *const *o);
 
 /* Small fused float ops (scalar here; vectorised by the compiler). */
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps);

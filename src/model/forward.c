@@ -25,6 +25,8 @@
 
 #define MAX_FUSED 16 /* weights one matmul() call runs together */
 #define ATT_G 3 /* query heads of one KV head that attention handles together */
+#define ATT_T 4 /* query tokens per attention work item in a prefill (fp16 KV) */
+#define ATT_TMAX 8 /* the most CODI_ATTN_TILE may ask for */
 
 struct codi_context {
     codi_model *m;
@@ -68,8 +70,13 @@ struct codi_context {
     float *x, *xn, *q, *k, *v, *att, *g, *u;
     void *xq;
     size_t xq_stride; /* bytes per token row in xq */
-    float *scores;    /* [n_threads][ATT_G][kv_cap] */
-    uint16_t *probs16;/* [n_threads][ATT_G][kv_cap] attention weights as fp16 */
+    int att_tile;     /* query tokens per attention item (fp16 KV, no
+                         budget; CODI_ATTN_TILE, 1 = one token per item) */
+    int32_t *tile_b0; /* [n_batch + 1] first row of each tile of the pass */
+    int n_tiles;
+    float *qt;        /* [n_threads][att_tile * ATT_G][head_dim] fp16-rounded queries */
+    float *scores;    /* [n_threads][att_tile * ATT_G][kv_cap] */
+    uint16_t *probs16;/* [n_threads][att_tile * ATT_G][kv_cap] attention weights as fp16 */
     float *rope_theta;/* [2][n_rot/2] per-pair frequency: global layers,
                          then sliding-window layers (own rope base) */
     /* MoE scratch (n_expert > 0) */
@@ -500,8 +507,18 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     }
     c->xq_stride = (qrow + 63) & ~(size_t)63;
     c->xq = xalloc_n(BK * c->xq_stride, sb);
-    c->scores = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(float), sb);
-    c->probs16 = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(uint16_t), sb);
+    /* Prefill attention in tiles of query tokens (attn_tile); the tiles
+     * give the per-token results bit for bit, CODI_ATTN_TILE=1 turns them
+     * off (tests compare the two). */
+    c->att_tile = c->kv_bits == 16 && c->kv_budget == 0 ? ATT_T : 1;
+    const char *tile_env = getenv("CODI_ATTN_TILE");
+    if (c->att_tile > 1 && tile_env && *tile_env)
+        c->att_tile = CODI_MAX(1, CODI_MIN(atoi(tile_env), ATT_TMAX));
+    const size_t att_rows = (size_t)c->att_tile * ATT_G;
+    c->tile_b0 = calloc(B + 1, sizeof(int32_t));
+    c->qt = xalloc_n((size_t)p.n_threads * att_rows * (size_t)hp->head_dim * sizeof(float), sb);
+    c->scores = xalloc_n((size_t)p.n_threads * att_rows * cap * sizeof(float), sb);
+    c->probs16 = xalloc_n((size_t)p.n_threads * att_rows * cap * sizeof(uint16_t), sb);
     c->rope_theta = xaligned((size_t)hp->n_rot * sizeof(float));
     c->logits_cap = 1;
     c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
@@ -519,6 +536,7 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     c->pool = codi_threadpool_create(p.n_threads);
     if (!ok || !c->x || !c->xn || !c->q || !c->k || !c->v ||
         !c->att || !c->g || !c->u || !c->xq || !c->scores || !c->probs16 || !c->rope_theta ||
+        !c->tile_b0 || !c->qt ||
         !c->logits || !c->n_past || !c->seq_first || !c->seq_cnt || !c->seq_last || !c->row_pos ||
         !c->row_seq || !c->row_slot || !c->row_rank || !c->out_idx || !c->logit_row || !c->pool) {
         codi_context_free(c);
@@ -588,6 +606,8 @@ void codi_context_free(codi_context *c) {
     free(c->u);
     free(c->xq);
     free(c->scores);
+    free(c->qt);
+    free(c->tile_b0);
     free(c->probs16);
     free(c->rope_theta);
     free(c->logits);
@@ -1013,98 +1033,183 @@ static void rope_qk(const codi_context *c, const codi_layer *L, float *q, float 
     rope_apply(hp, k, hp->n_head_kv, cs, sn);
 }
 
+/* Attention of one token b, query heads h0..h0+G of KV head kh (G <=
+ * ATT_G), on thread ith: scores, softmax, weights times V. */
+static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h0, int G) {
+    const codi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, nh = hp->n_head;
+    const size_t dq = (size_t)nh * hd, cap = (size_t)c->kv_cap;
+    /* Gemma 3 scales the queries before attention (forward_batch). */
+    const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
+    const bool swa = c->m->layers[layer].swa && hp->n_swa > 0;
+    const bool budget = c->kv_budget > 0;
+    const bool track = budget && c->kv_policy != CODI_KV_WINDOW;
+    const int bits = c->kv_bits, gs = c->kv_gs, hpg = hd / gs; /* groups per head */
+    float *scb = c->scores + (size_t)ith * c->att_tile * ATT_G * cap;
+    uint16_t *pb = c->probs16 + (size_t)ith * c->att_tile * ATT_G * cap;
+    const int seq = c->row_seq[b], pos = c->row_pos[b];
+    /* Causal: slots 0..row_slot (without a budget slot = position; with
+     * one, kept slots all precede this pass and the pass's tokens are
+     * appended in order). Sliding window: keys at pos - t >= n_swa are
+     * masked (llama.cpp's LLAMA_SWA_TYPE_STANDARD). */
+    const int n_kv = c->row_slot[b] + 1;
+    const int t0 = swa && !budget ? CODI_MAX(0, n_kv - hp->n_swa) : 0, n = n_kv - t0;
+    const uint8_t *kl = kv_at(c, c->kc, seq, layer) + (size_t)kh * hd * c->kv_row;
+    const uint8_t *vl = kv_at(c, c->vc, seq, layer) + (size_t)kh * hd * c->kv_row;
+    const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
+    float *o = c->att + (size_t)b * dq + (size_t)h0 * hd;
+    if (bits == 16) {
+        /* llama.cpp (flash attention off) multiplies the fp16 cache with
+         * fp16-rounded queries and fp16-rounded attention weights; round
+         * the same way. */
+        float q32[ATT_G * 1024];
+        for (int i = 0; i < G * hd; i++)
+            q32[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qb[i]));
+        codi_attn_scores_f16(q32, G, hd, (const uint16_t *)kl + t0, cap, n, scb, cap, scale);
+    } else {
+        codi_attn_scores_kvq(bits, qb, G, hd, gs, kl, c->kv_row,
+                             sc_at(c, c->ksc, seq, layer) + (size_t)kh * hpg * cap,
+                             sc_at(c, c->kmn, seq, layer) + (size_t)kh * hpg * cap, cap, t0, n,
+                             scb, cap, scale);
+    }
+    if (swa && budget) {
+        const int32_t *sp = c->slot_pos + sl_index(c, seq, layer);
+        for (int t = 0; t < n; t++)
+            if (pos - sp[t] >= hp->n_swa)
+                for (int g = 0; g < G; g++)
+                    scb[(size_t)g * cap + t] = -INFINITY;
+    }
+    for (int g = 0; g < G; g++)
+        codi_softmax_inplace(scb + (size_t)g * cap, n);
+    if (track) {
+        /* importance: this query's attention, discounted (ALISA) by
+         * how many queries of the pass come after it */
+        float wq = 1.0f;
+        if (c->kv_decay != 1.0f)
+            wq = powf(c->kv_decay, (float)(c->seq_last[seq] - pos));
+        float *acc = c->imp_th + ((size_t)ith * c->n_seq + (size_t)seq) * cap + t0;
+        for (int g = 0; g < G; g++) {
+            const float *pg = scb + (size_t)g * cap;
+            for (int t = 0; t < n; t++)
+                acc[t] += wq * pg[t];
+        }
+    }
+    if (bits == 16) {
+        const uint16_t *pp[ATT_G];
+        for (int g = 0; g < G; g++) {
+            pp[g] = pb + (size_t)g * cap;
+            codi_fp32_to_fp16_row(scb + (size_t)g * cap, pb + (size_t)g * cap, n);
+        }
+        /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
+         * the transposed V rows, in llama.cpp's order. */
+        for (int i = 0; i < hd; i++) {
+            float sv[ATT_G];
+            codi_dot_f16_multi(n, sv, (const uint16_t *)(vl + (size_t)i * c->kv_row) + t0, pp, G);
+            for (int g = 0; g < G; g++)
+                o[(size_t)g * hd + i] = sv[g];
+        }
+    } else {
+        float ob[ATT_G * 1024];
+        codi_attn_values_kvq(bits, scb, cap, G, hd, gs, vl, c->kv_row,
+                             sc_at(c, c->vsc, seq, layer) + (size_t)kh * hpg * cap,
+                             sc_at(c, c->vmn, seq, layer) + (size_t)kh * hpg * cap, cap, t0, n, ob,
+                             c->vtmp + (size_t)ith * ATT_G * cap);
+        memcpy(o, ob, (size_t)G * hd * sizeof(float));
+    }
+}
+
+/* Attention of the T tokens b0..b0+T of one sequence (a prefill tile, fp16
+ * KV, no budget, no sliding window in reach), query heads h0..h0+G of KV
+ * head kh: every K and V element is converted once for the T * G query
+ * rows instead of once per token. The results are attn_token's bit for
+ * bit: a score depends only on its query and key (codi_attn_scores_f16),
+ * each row's softmax and fp16 rounding run over its own n keys, and
+ * codi_attn_values_f16 sums each row's own n keys as codi_dot_f16_multi
+ * does. Causality by lengths: row r reads keys 0..row_slot[b0 + r] only. */
+static void attn_tile_f16(codi_context *c, int layer, int ith, int b0, int T, int kh, int h0, int G) {
+    const codi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, nh = hp->n_head, M = T * G;
+    const size_t dq = (size_t)nh * hd, cap = (size_t)c->kv_cap, rows = (size_t)c->att_tile * ATT_G;
+    const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
+    float *scb = c->scores + (size_t)ith * rows * cap;
+    uint16_t *pb = c->probs16 + (size_t)ith * rows * cap;
+    float *q32 = c->qt + (size_t)ith * rows * hd;
+    int n[ATT_TMAX * ATT_G], n_max = 0;
+    float *o[ATT_TMAX * ATT_G];
+    const int seq = c->row_seq[b0];
+    for (int r = 0; r < T; r++) {
+        const int b = b0 + r, n_kv = c->row_slot[b] + 1;
+        n_max = CODI_MAX(n_max, n_kv);
+        const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
+        float *qr = q32 + (size_t)r * G * hd;
+        for (int g = 0; g < G; g++) { /* the rows convert as the scalars do */
+            uint16_t q16[1024];
+            codi_fp32_to_fp16_row(qb + (size_t)g * hd, q16, hd);
+            codi_fp16_to_fp32_row(q16, qr + (size_t)g * hd, hd);
+        }
+        for (int g = 0; g < G; g++) {
+            n[r * G + g] = n_kv;
+            o[r * G + g] = c->att + (size_t)b * dq + (size_t)(h0 + g) * hd;
+        }
+    }
+    const uint8_t *kl = kv_at(c, c->kc, seq, layer) + (size_t)kh * hd * c->kv_row;
+    const uint8_t *vl = kv_at(c, c->vc, seq, layer) + (size_t)kh * hd * c->kv_row;
+    /* scores of every row up to the longest; the shorter rows' extra
+     * scores are never read */
+    codi_attn_scores_f16(q32, M, hd, (const uint16_t *)kl, cap, n_max, scb, cap, scale);
+    for (int j = 0; j < M; j++) {
+        float *sj = scb + (size_t)j * cap;
+        codi_softmax_inplace(sj, n[j]);
+        /* fp16 weights as attn_token rounds them, kept as floats */
+        codi_fp32_to_fp16_row(sj, pb + (size_t)j * cap, n[j]);
+        codi_fp16_to_fp32_row(pb + (size_t)j * cap, sj, n[j]);
+    }
+    codi_attn_values_f16(scb, cap, n, M, (const uint16_t *)vl, c->kv_row / sizeof(uint16_t), hd, o);
+}
+
 static void attn_task(void *arg, int ith, int nth) {
     (void)nth;
     attn_job *j = arg;
     codi_context *c = j->c;
     const codi_hparams *hp = &c->m->hp;
-    const int hd = hp->head_dim, nh = hp->n_head, gqa = hp->n_head / hp->n_head_kv;
-    const size_t dq = (size_t)nh * hd, cap = (size_t)c->kv_cap;
-    /* Gemma 3 scales the queries before attention (forward_batch). */
-    const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
+    const int gqa = hp->n_head / hp->n_head_kv;
     const bool swa = c->m->layers[j->layer].swa && hp->n_swa > 0;
-    const bool budget = c->kv_budget > 0;
-    const bool track = budget && c->kv_policy != CODI_KV_WINDOW;
-    const int bits = c->kv_bits, gs = c->kv_gs, hpg = hd / gs; /* groups per head */
-    float *scb = c->scores + (size_t)ith * ATT_G * cap;
-    uint16_t *pb = c->probs16 + (size_t)ith * ATT_G * cap;
-    /* Work item: one token and up to ATT_G query heads sharing a KV head,
-     * so each K and V row is loaded and converted once for all of them. */
-    const int ng = (gqa + ATT_G - 1) / ATT_G, per_tok = hp->n_head_kv * ng;
-    const int total = j->B * per_tok;
+    /* Work item: a tile of tokens (attn_tiles; one token in decode or
+     * without tiles) and up to ATT_G query heads sharing a KV head, so
+     * each K and V row is loaded and converted once for all of them. */
+    const int ng = (gqa + ATT_G - 1) / ATT_G, per_tile = hp->n_head_kv * ng;
+    const int total = c->n_tiles * per_tile;
     for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
-        const int b = w / per_tok, kh = (w % per_tok) / ng;
+        const int ti = w / per_tile, kh = (w % per_tile) / ng;
         const int h0 = kh * gqa + (w % ng) * ATT_G, G = CODI_MIN(ATT_G, kh * gqa + gqa - h0);
-        const int seq = c->row_seq[b], pos = c->row_pos[b];
-        /* Causal: slots 0..row_slot (without a budget slot = position; with
-         * one, kept slots all precede this pass and the pass's tokens are
-         * appended in order). Sliding window: keys at pos - t >= n_swa are
-         * masked (llama.cpp's LLAMA_SWA_TYPE_STANDARD). */
-        const int n_kv = c->row_slot[b] + 1;
-        const int t0 = swa && !budget ? CODI_MAX(0, n_kv - hp->n_swa) : 0, n = n_kv - t0;
-        const uint8_t *kl = kv_at(c, c->kc, seq, j->layer) + (size_t)kh * hd * c->kv_row;
-        const uint8_t *vl = kv_at(c, c->vc, seq, j->layer) + (size_t)kh * hd * c->kv_row;
-        const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
-        float *o = c->att + (size_t)b * dq + (size_t)h0 * hd;
-        if (bits == 16) {
-            /* llama.cpp (flash attention off) multiplies the fp16 cache with
-             * fp16-rounded queries and fp16-rounded attention weights; round
-             * the same way. */
-            float q32[ATT_G * 1024];
-            for (int i = 0; i < G * hd; i++)
-                q32[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qb[i]));
-            codi_attn_scores_f16(q32, G, hd, (const uint16_t *)kl + t0, cap, n, scb, cap, scale);
-        } else {
-            codi_attn_scores_kvq(bits, qb, G, hd, gs, kl, c->kv_row,
-                                 sc_at(c, c->ksc, seq, j->layer) + (size_t)kh * hpg * cap,
-                                 sc_at(c, c->kmn, seq, j->layer) + (size_t)kh * hpg * cap, cap, t0, n,
-                                 scb, cap, scale);
-        }
-        if (swa && budget) {
-            const int32_t *sp = c->slot_pos + sl_index(c, seq, j->layer);
-            for (int t = 0; t < n; t++)
-                if (pos - sp[t] >= hp->n_swa)
-                    for (int g = 0; g < G; g++)
-                        scb[(size_t)g * cap + t] = -INFINITY;
-        }
-        for (int g = 0; g < G; g++)
-            codi_softmax_inplace(scb + (size_t)g * cap, n);
-        if (track) {
-            /* importance: this query's attention, discounted (ALISA) by
-             * how many queries of the pass come after it */
-            float wq = 1.0f;
-            if (c->kv_decay != 1.0f)
-                wq = powf(c->kv_decay, (float)(c->seq_last[seq] - pos));
-            float *acc = c->imp_th + ((size_t)ith * c->n_seq + (size_t)seq) * cap + t0;
-            for (int g = 0; g < G; g++) {
-                const float *pg = scb + (size_t)g * cap;
-                for (int t = 0; t < n; t++)
-                    acc[t] += wq * pg[t];
-            }
-        }
-        if (bits == 16) {
-            const uint16_t *pp[ATT_G];
-            for (int g = 0; g < G; g++) {
-                pp[g] = pb + (size_t)g * cap;
-                codi_fp32_to_fp16_row(scb + (size_t)g * cap, pb + (size_t)g * cap, n);
-            }
-            /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
-             * the transposed V rows, in llama.cpp's order. */
-            for (int i = 0; i < hd; i++) {
-                float sv[ATT_G];
-                codi_dot_f16_multi(n, sv, (const uint16_t *)(vl + (size_t)i * c->kv_row) + t0, pp, G);
-                for (int g = 0; g < G; g++)
-                    o[(size_t)g * hd + i] = sv[g];
-            }
-        } else {
-            float ob[ATT_G * 1024];
-            codi_attn_values_kvq(bits, scb, cap, G, hd, gs, vl, c->kv_row,
-                                 sc_at(c, c->vsc, seq, j->layer) + (size_t)kh * hpg * cap,
-                                 sc_at(c, c->vmn, seq, j->layer) + (size_t)kh * hpg * cap, cap, t0, n, ob,
-                                 c->vtmp + (size_t)ith * ATT_G * cap);
-            memcpy(o, ob, (size_t)G * hd * sizeof(float));
-        }
+        const int b0 = c->tile_b0[ti], T = c->tile_b0[ti + 1] - b0;
+        /* a sliding window that cuts keys off gives rows different first
+         * keys: then token by token */
+        bool tile = T > 1;
+        for (int r = 0; tile && swa && r < T; r++)
+            tile = c->row_slot[b0 + r] + 1 <= hp->n_swa;
+        if (tile)
+            attn_tile_f16(c, j->layer, ith, b0, T, kh, h0, G);
+        else
+            for (int r = 0; r < T; r++)
+                attn_token(c, j->layer, ith, b0 + r, kh, h0, G);
     }
+}
+
+/* Tiles of the pass for attn_task: runs of up to att_tile consecutive
+ * rows of one sequence (tiles only where attn_tile_f16 applies: fp16 KV
+ * without a budget; att_tile is 1 otherwise). */
+static void attn_tiles(codi_context *c, int B) {
+    int n = 0;
+    for (int b = 0; b < B; n++) {
+        c->tile_b0[n] = b;
+        int e = b + 1;
+        while (e < B && e - b < c->att_tile && c->row_seq[e] == c->row_seq[b])
+            e++;
+        b = e;
+    }
+    c->tile_b0[n] = B;
+    c->n_tiles = n;
 }
 
 /* ------------------------------------------------------------ forward */
@@ -1925,6 +2030,7 @@ static int forward_batch(codi_context *c, const int32_t *tokens, int B,
     const codi_hparams *hp = &m->hp;
     const int d = hp->n_embd;
     for_rows(c, 0, B, tokens, row_embed);
+    attn_tiles(c, B);
     c->moe.tokens += (uint64_t)B;
     if (c->store && c->moe_look > 0) {
         /* layer 0 has no earlier layer to pre-gate it: its own router on
