@@ -905,8 +905,12 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
     matmul_job j = {.n_w = n_w, .B = B, .xq_stride = c->xq_stride};
     /* Decode (one token): chunks of 32 rows; prefill: 16 rows x 64 tokens,
      * so a chunk's weights and activations stay in L1/L2. */
-    j.rows = B == 1 ? decode_rows_per_chunk(c, n_w, w) : 16;
-    j.cols = B == 1 ? 1 : 64;
+    /* Batched decode (a few sequences, one token each) streams the weights
+     * like single decode, all tokens in one chunk; prefill uses 16 x 64
+     * blocks. */
+    const bool stream = B <= 8;
+    j.rows = stream ? decode_rows_per_chunk(c, n_w, w) : 16;
+    j.cols = stream ? B : 64;
     j.rchunks[0] = 0;
     for (int i = 0; i < n_w; i++) {
         j.w[i] = w[i];
