@@ -13,6 +13,7 @@
 
 #include "kernels/repack.h"
 #include "tensor/blocks.h"
+#include "tensor/types.h"
 
 enum { TILE = 4 };
 
@@ -193,10 +194,15 @@ static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, float *dy, int32_t *
     default: { enum { T = 4 }; BODY; } break;                                                    \
     }
 
-void codi_gemm_x8_q4_1_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                            float *y, size_t ldy) {
+/* Q4_1 and Q8_0: every group against tiles of up to 4 tokens (kind is a
+ * constant once inlined, so each entry point keeps only its own tile). */
+__attribute__((always_inline)) static inline void x8_drive(int kind, int64_t n, int ng,
+                                                           const void *w, int nc, const void *x,
+                                                           size_t ldx, float *y, size_t ldy) {
     const int64_t nb = n / CODI_QK;
-    const size_t gbytes = (size_t)nb * sizeof(codi_block_q4_1) * CODI_X8_ROWS;
+    const size_t bbytes = (kind == CODI_TYPE_Q4_1 ? sizeof(codi_block_q4_1) : sizeof(codi_block_q8_0)) *
+                          CODI_X8_ROWS;
+    const size_t gbytes = (size_t)nb * bbytes;
     for (int c0 = 0; c0 < nc; c0 += TILE) {
         const int tn = nc - c0 < TILE ? nc - c0 : TILE;
         const uint8_t *xr[TILE];
@@ -207,28 +213,22 @@ void codi_gemm_x8_q4_1_avx2(int64_t n, int ng, const void *w, int nc, const void
                 yr[t] = y + (size_t)(c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
             }
             const uint8_t *wg = (const uint8_t *)w + (size_t)g * gbytes;
-            X8_TOKENS(tn, q4_1_tile(nb, wg, T, xr, yr))
+            if (kind == CODI_TYPE_Q4_1)
+                X8_TOKENS(tn, q4_1_tile(nb, wg, T, xr, yr))
+            else
+                X8_TOKENS(tn, q8_0_tile(nb, wg, T, xr, yr))
         }
     }
 }
 
+void codi_gemm_x8_q4_1_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy) {
+    x8_drive(CODI_TYPE_Q4_1, n, ng, w, nc, x, ldx, y, ldy);
+}
+
 void codi_gemm_x8_q8_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy) {
-    const int64_t nb = n / CODI_QK;
-    const size_t gbytes = (size_t)nb * sizeof(codi_block_q8_0) * CODI_X8_ROWS;
-    for (int c0 = 0; c0 < nc; c0 += TILE) {
-        const int tn = nc - c0 < TILE ? nc - c0 : TILE;
-        const uint8_t *xr[TILE];
-        float *yr[TILE];
-        for (int g = 0; g < ng; g++) {
-            for (int t = 0; t < tn; t++) {
-                xr[t] = (const uint8_t *)x + (size_t)(c0 + t) * ldx;
-                yr[t] = y + (size_t)(c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
-            }
-            const uint8_t *wg = (const uint8_t *)w + (size_t)g * gbytes;
-            X8_TOKENS(tn, q8_0_tile(nb, wg, T, xr, yr))
-        }
-    }
+    x8_drive(CODI_TYPE_Q8_0, n, ng, w, nc, x, ldx, y, ldy);
 }
 
 void codi_gemm_x8_q4_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,

@@ -880,6 +880,23 @@ static void quant_task(void *arg, int ith, int nth) {
         j->q(j->x + (size_t)b * j->n, (uint8_t *)j->xq + (size_t)b * j->xq_stride, j->n);
 }
 
+/* The weights of a matmul job (j->rows set): kernels per weight and the
+ * prefix sums of their row chunks. All share activation type vdt and n_in
+ * in-features. */
+static void job_weights(matmul_job *j, int n_w, const codi_weight *const *w, float *const *y,
+                        int vdt, int64_t n_in) {
+    j->rchunks[0] = 0;
+    for (int i = 0; i < n_w; i++) {
+        j->w[i] = w[i];
+        j->y[i] = y[i];
+        j->dot[i] = codi_kernel_vec_dot(w[i]->type);
+        j->gemm[i] = codi_kernel_gemm(w[i]->type);
+        j->x8[i] = w[i]->x8 ? codi_kernel_gemm_x8(w[i]->type) : NULL;
+        CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt && w[i]->ne0 == n_in);
+        j->rchunks[i + 1] = j->rchunks[i] + (int)((w[i]->ne1 + j->rows - 1) / j->rows);
+    }
+}
+
 /* Decode chunks: about two per thread of the largest matrix, a multiple of
  * 8 rows between 32 and 1024. Each thread then streams long contiguous row
  * ranges, which the hardware prefetcher follows: on llama1b Q4_0, 32-row
@@ -903,24 +920,13 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
         for (int i = 0; i < n_w; i++)
             c->observer(c->observer_user, w[i], x, B, w[0]->ne0);
     matmul_job j = {.n_w = n_w, .B = B, .xq_stride = c->xq_stride};
-    /* Decode (one token): chunks of 32 rows; prefill: 16 rows x 64 tokens,
-     * so a chunk's weights and activations stay in L1/L2. */
-    /* Batched decode (a few sequences, one token each) streams the weights
-     * like single decode, all tokens in one chunk; prefill uses 16 x 64
-     * blocks. */
+    /* Decode and batched decode (up to 8 sequences, one token each) stream
+     * the weights in long row chunks with all tokens in each; prefill uses
+     * 16 rows x 64 tokens, so a chunk stays in L1/L2. */
     const bool stream = B <= 8;
     j.rows = stream ? decode_rows_per_chunk(c, n_w, w) : 16;
     j.cols = stream ? B : 64;
-    j.rchunks[0] = 0;
-    for (int i = 0; i < n_w; i++) {
-        j.w[i] = w[i];
-        j.y[i] = y[i];
-        j.dot[i] = codi_kernel_vec_dot(w[i]->type);
-        j.gemm[i] = codi_kernel_gemm(w[i]->type);
-        j.x8[i] = w[i]->x8 ? codi_kernel_gemm_x8(w[i]->type) : NULL;
-        CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt);
-        j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
-    }
+    job_weights(&j, n_w, w, y, vdt, w[0]->ne0);
     j.n_chunks = j.rchunks[n_w] * ((B + j.cols - 1) / j.cols);
     atomic_init(&j.next, 0);
     if (vdt == CODI_TYPE_F32) {
@@ -952,16 +958,7 @@ static void matmul_each(codi_context *c, int n_w, const codi_weight *const *w, f
             c->observer(c->observer_user, w[i], x + (size_t)i * (size_t)n, 1, n);
     matmul_job j = {.n_w = n_w, .B = 1, .xq_stride = c->xq_stride, .cols = 1};
     j.rows = decode_rows_per_chunk(c, n_w, w);
-    j.rchunks[0] = 0;
-    for (int i = 0; i < n_w; i++) {
-        j.w[i] = w[i];
-        j.y[i] = y[i];
-        j.dot[i] = codi_kernel_vec_dot(w[i]->type);
-        j.gemm[i] = codi_kernel_gemm(w[i]->type);
-        j.x8[i] = w[i]->x8 ? codi_kernel_gemm_x8(w[i]->type) : NULL;
-        CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt && w[i]->ne0 == n);
-        j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
-    }
+    job_weights(&j, n_w, w, y, vdt, n);
     j.n_chunks = j.rchunks[n_w];
     atomic_init(&j.next, 0);
     if (vdt == CODI_TYPE_F32) {
