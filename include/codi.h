@@ -96,7 +96,8 @@ typedef struct codi_context_params {
     /* KV cache storage and budget (docs/kv-cache.md). */
     int32_t kv_type;   /* enum codi_kv_type */
     int32_t kv_smooth; /* key smoothing of q8/q4 keys: -1 = default (on
-                          for q4), 0 = off, 1 = on */
+                          for q4 keys grouped per token), 0 = off, 1 = on */
+    int32_t kv_keys;   /* enum codi_kv_keys: how q8/q4 keys are grouped */
     const char *kv_calib; /* text whose keys set the smoothing scales;
                              NULL = a built-in English paragraph */
     int32_t kv_budget; /* most tokens each sequence keeps per layer; 0 = no
@@ -180,6 +181,14 @@ enum codi_kv_type {
     CODI_KV_F16 = 0, /* fp16, as llama.cpp */
     CODI_KV_Q8 = 1,  /* 8-bit codes, fp16 scale + min per 32 channels */
     CODI_KV_Q4 = 2,  /* 4-bit codes, fp16 scale + min per 32 channels */
+};
+
+/* Quantization groups of q8/q4 keys (docs/kv-cache.md). DEFAULT: per
+ * channel for q4 without a token budget, per token otherwise. */
+enum codi_kv_keys {
+    CODI_KV_KEYS_DEFAULT = 0,
+    CODI_KV_KEYS_TOKEN = 1,   /* each token's channels in groups of 32 */
+    CODI_KV_KEYS_CHANNEL = 2, /* each channel's keys in groups of 16 tokens (KIVI) */
 };
 
 enum codi_kv_policy {

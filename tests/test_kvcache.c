@@ -2,13 +2,20 @@
  *   - q8/q4 group quantization round trip within half a step;
  *   - the dispatched (AVX2) attention kernels of the q8/q4 cache against
  *     their scalar references;
- *   - q8 logits close to f16's, q4 with key smoothing closer than without;
+ *   - the per-channel key kernel (KIVI groups of 16 slots) against its
+ *     reference;
+ *   - q8 logits close to f16's; q4 keys grouped per token: smoothing
+ *     closer than without; q4 keys grouped per channel (the default)
+ *     closer than both;
+ *   - per-channel keys: truncating into a quantized group and decoding
+ *     again stays close to never truncating; token-by-token decoding
+ *     matches one pass;
  *   - budget bookkeeping: never more than the budget after a pass, sinks
  *     and the recent window kept, positions distinct and correct, the
  *     window policy keeps exactly sinks + window; a budget that evicts
  *     nothing changes no logit; truncation drops later positions;
  *   - prefill in chunks of 7 tokens gives the logits of one 512-token pass
- *     (within float tolerance);
+ *     (within float tolerance), for f16, q8 and q4;
  *   - impossible settings are refused with a clear error.
  * Uses the default model (tools/fetch_models.sh). CODI_TEST_QUICK=1
  * (sanitizer builds) uses shorter texts. */
@@ -176,6 +183,57 @@ static void test_kernels_vs_ref(void **state) {
         }
 }
 
+/* Per-channel keys: codi_attn_scores_kvc against its reference. */
+static void test_kvc_kernel_vs_ref(void **state) {
+    (void)state;
+    enum { CAP = 200, NGC = (CAP + CODI_KVC_G - 1) / CODI_KVC_G };
+    const int hds[] = {64, 128, 48};
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (int hi = 0; hi < 3; hi++) {
+            const int hd = hds[hi];
+            const size_t ld = codi_kvq_row_bytes(bits, NGC * CODI_KVC_G);
+            uint8_t *kT = calloc((size_t)hd * ld, 1);
+            uint16_t *ks = malloc((size_t)hd * NGC * 2), *km = malloc((size_t)hd * NGC * 2);
+            for (int i = 0; i < hd; i++)
+                for (int j = 0; j < NGC; j++) {
+                    float x[CODI_KVC_G];
+                    uint8_t codes[CODI_KVC_G];
+                    /* channel i: its own range and offset (outlier channels) */
+                    const float amp = i % 7 == 0 ? 20.0f : 1.0f, off = (float)(i % 5) - 2.0f;
+                    for (int u = 0; u < CODI_KVC_G; u++)
+                        x[u] = off + amp * frand();
+                    codi_kvq_quantize_group(bits, x, CODI_KVC_G, codes, &ks[i * NGC + j], &km[i * NGC + j]);
+                    for (int u = 0; u < CODI_KVC_G; u++)
+                        codi_kvq_set(bits, kT + (size_t)i * ld, (size_t)(j * CODI_KVC_G + u), codes[u]);
+                }
+            float q[3 * 128];
+            for (int i = 0; i < 3 * hd; i++)
+                q[i] = frand();
+            const int t0s[] = {0, 1, 5, 16, 17};
+            const int ns[] = {0, 1, 7, 15, 16, 31, 150};
+            for (int G = 1; G <= 3; G++)
+                for (int a = 0; a < 5; a++)
+                    for (int b = 0; b < 7; b++) {
+                        const int t0 = t0s[a], n = ns[b];
+                        float got[3 * CAP], want[3 * CAP];
+                        for (int i = 0; i < 3 * CAP; i++)
+                            got[i] = want[i] = 1234.5f; /* slots past n must stay untouched */
+                        codi_attn_scores_kvc(bits, q, G, hd, kT, ld, ks, km, NGC, t0, n, got, CAP, 0.125f);
+                        codi_attn_scores_kvc_ref(bits, q, G, hd, kT, ld, ks, km, NGC, t0, n, want, CAP, 0.125f);
+                        for (int g = 0; g < G; g++)
+                            for (int t = 0; t < n + 2 && t < CAP; t++) {
+                                const float w = want[g * CAP + t], d = fabsf(got[g * CAP + t] - w);
+                                if (d > 1e-4f * (1.0f + fabsf(w)) * sqrtf((float)hd))
+                                    fail_msg("kvc bits %d hd %d G %d t0 %d n %d: [%d][%d] %g vs %g", bits, hd, G,
+                                             t0, n, g, t, got[g * CAP + t], w);
+                            }
+                    }
+            free(kT);
+            free(ks);
+            free(km);
+        }
+}
+
 /* ---------------------------------------------------------------- quality */
 
 /* Log-softmax of n_vocab logits into out. */
@@ -237,25 +295,29 @@ static void test_quantized_cache_quality(void **state) {
     p.kv_type = CODI_KV_Q8;
     float *q8 = all_logits(p, n);
     p.kv_type = CODI_KV_Q4;
-    float *q4 = all_logits(p, n);
+    float *q4c = all_logits(p, n); /* default: keys per channel */
+    p.kv_keys = CODI_KV_KEYS_TOKEN;
+    float *q4 = all_logits(p, n); /* per token, smoothed (default there) */
     p.kv_smooth = 0;
     float *q4raw = all_logits(p, n);
-    double t8, t4, t4r;
+    double t8, t4, t4r, t4c;
     const double k8 = mean_kl(f16, q8, 1, n, &t8), k4 = mean_kl(f16, q4, 1, n, &t4),
-                 k4r = mean_kl(f16, q4raw, 1, n, &t4r);
-    printf("mean KL vs f16 cache over %d positions: q8 %.5f (top-1 %.1f%%), q4 smoothed %.5f (%.1f%%), "
-           "q4 unsmoothed %.5f (%.1f%%)\n",
-           n - 1, k8, 100 * t8, k4, 100 * t4, k4r, 100 * t4r);
+                 k4r = mean_kl(f16, q4raw, 1, n, &t4r), k4c = mean_kl(f16, q4c, 1, n, &t4c);
+    printf("mean KL vs f16 cache over %d positions: q8 %.5f (top-1 %.1f%%), q4 per token smoothed %.5f (%.1f%%), "
+           "unsmoothed %.5f (%.1f%%), q4 per channel %.5f (%.1f%%)\n",
+           n - 1, k8, 100 * t8, k4, 100 * t4, k4r, 100 * t4r, k4c, 100 * t4c);
     /* bounds at about twice what was measured (release: q8 0.0063, 96%;
-     * q4 0.053 smoothed, 0.23 unsmoothed over 300 positions) */
+     * q4 per token 0.053 smoothed, 0.23 unsmoothed over 300 positions) */
     assert_true(k8 < 0.015);
     assert_true(t8 > 0.90);
     assert_true(k4 < 0.12);
     assert_true(k4 < 0.5 * k4r); /* smoothing helps, clearly */
+    assert_true(k4c < k4);       /* per-channel keys help more */
     free(f16);
     free(q8);
     free(q4);
     free(q4raw);
+    free(q4c);
 }
 
 /* ---------------------------------------------------------------- budget */
@@ -385,8 +447,8 @@ static void test_budget_quality(void **state) {
 static void test_chunked_prefill(void **state) {
     (void)state;
     const int n = g_quick ? 120 : 300;
-    const int types[] = {CODI_KV_F16, CODI_KV_Q8};
-    for (int ti = 0; ti < 2; ti++) {
+    const int types[] = {CODI_KV_F16, CODI_KV_Q8, CODI_KV_Q4};
+    for (int ti = 0; ti < 3; ti++) {
         codi_context_params p = base_params();
         p.kv_type = types[ti];
         p.n_batch = 512;
@@ -412,6 +474,88 @@ static void test_chunked_prefill(void **state) {
         free(one);
         free(chunked);
     }
+}
+
+/* Per-channel keys: decoding token by token gives one pass's logits; a
+ * truncation at a group boundary, or inside the open group (its exact keys
+ * are kept), and a second decode of the same tokens give them again; a
+ * truncation into a group already quantized sends its kept keys back to
+ * the open group decoded from their codes, so they are quantized twice:
+ * the result stays as close to the f16 cache as one pass is. */
+static double max_diff(const float *a, const float *b, int rows, int *same) {
+    const int nv = codi_model_n_vocab(g_model);
+    double md = 0.0;
+    *same = 0;
+    for (int i = 0; i < rows; i++) {
+        int ta = 0, tb = 0;
+        for (int v = 0; v < nv; v++) {
+            const size_t o = (size_t)i * nv + (size_t)v;
+            md = fmax(md, fabs((double)a[o] - (double)b[o]));
+            ta = a[o] > a[(size_t)i * nv + ta] ? v : ta;
+            tb = b[o] > b[(size_t)i * nv + tb] ? v : tb;
+        }
+        *same += ta == tb;
+    }
+    return md;
+}
+
+/* Truncate c to cut, decode tokens cut..n-1 again; their logits in out. */
+static void redo_from(codi_context *c, int cut, int n, float *out) {
+    char err[512];
+    const int nv = codi_model_n_vocab(g_model);
+    codi_kv_truncate(c, cut);
+    assert_int_equal(codi_kv_seq_len(c, 0), cut);
+    assert_int_equal(codi_decode(c, g_toks + cut, n - cut, cut, true, err, sizeof(err)), 0);
+    for (int i = cut; i < n; i++)
+        memcpy(out + (size_t)(i - cut) * nv, codi_get_logits(c, i - cut), (size_t)nv * sizeof(float));
+}
+
+static void test_kch_decode_and_truncate(void **state) {
+    (void)state;
+    const int n = g_quick ? 80 : 160, nv = codi_model_n_vocab(g_model);
+    char err[512];
+    codi_context_params p = base_params();
+    float *f16 = all_logits(p, n);
+    p.kv_type = CODI_KV_Q4;
+    p.kv_keys = CODI_KV_KEYS_CHANNEL;
+    float *one = all_logits(p, n);
+    float *got = malloc((size_t)n * nv * sizeof(float));
+    codi_context *c = make_ctx(p);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(codi_decode(c, g_toks + i, 1, i, false, err, sizeof(err)), 0);
+        memcpy(got + (size_t)i * nv, codi_get_logits(c, -1), (size_t)nv * sizeof(float));
+    }
+    int same;
+    double md = max_diff(got, one, n, &same);
+    printf("per-channel keys: token by token vs one pass: max |logit diff| %.5f\n", md);
+    assert_true(md < 1e-3);
+    /* at a group boundary: exact */
+    redo_from(c, 48, n, got);
+    md = max_diff(got, one + (size_t)48 * nv, n - 48, &same);
+    printf("per-channel keys: truncated to 48 and decoded again: max |logit diff| %.5f\n", md);
+    assert_true(md < 1e-3);
+    /* into quantized group 2 (slots 32..47): as good as one pass */
+    redo_from(c, 37, n, got);
+    double t_one, t_got;
+    const double kl_one = mean_kl(f16 + (size_t)37 * nv, one + (size_t)37 * nv, 0, n - 37, &t_one);
+    const double kl_got = mean_kl(f16 + (size_t)37 * nv, got, 0, n - 37, &t_got);
+    md = max_diff(got, one + (size_t)37 * nv, n - 37, &same);
+    printf("per-channel keys: truncated to 37 and decoded again: KL vs f16 %.5f (one pass %.5f), "
+           "top-1 vs one pass %d/%d\n", kl_got, kl_one, same, n - 37);
+    assert_true(kl_got < 1.5 * kl_one + 1e-3);
+    assert_true(same >= (n - 37) * 9 / 10);
+    codi_context_free(c);
+    /* inside the open group: 155 tokens leave 144..154 open; back to 150 */
+    c = make_ctx(p);
+    assert_int_equal(codi_decode(c, g_toks, n - 5, 0, false, err, sizeof(err)), 0);
+    redo_from(c, n - 10, n, got);
+    md = max_diff(got, one + (size_t)(n - 10) * nv, 10, &same);
+    printf("per-channel keys: truncated inside the open group and decoded again: max |logit diff| %.5f\n", md);
+    assert_true(md < 1e-3);
+    codi_context_free(c);
+    free(got);
+    free(one);
+    free(f16);
 }
 
 /* ---------------------------------------------------------------- errors */
@@ -447,7 +591,17 @@ static void test_bad_settings(void **state) {
     p.kv_smooth = 1;
     expect_refused(p, "smoothing");
     p = base_params();
+    p.kv_keys = 7;
+    expect_refused(p, "unknown key grouping");
+    p = base_params();
+    p.kv_keys = CODI_KV_KEYS_CHANNEL;
+    expect_refused(p, "applies to q8/q4");
     p.kv_type = CODI_KV_Q4;
+    p.kv_budget = 256;
+    expect_refused(p, "without a token budget");
+    p = base_params();
+    p.kv_type = CODI_KV_Q4;
+    p.kv_keys = CODI_KV_KEYS_TOKEN;
     p.kv_calib = "hi";
     expect_refused(p, "calibration text has");
     /* a budget of at least the context is simply no budget */
@@ -464,11 +618,13 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantize_group),
         cmocka_unit_test(test_kernels_vs_ref),
+        cmocka_unit_test(test_kvc_kernel_vs_ref),
         cmocka_unit_test(test_quantized_cache_quality),
         cmocka_unit_test(test_budget_bookkeeping),
         cmocka_unit_test(test_budget_without_eviction),
         cmocka_unit_test(test_budget_quality),
         cmocka_unit_test(test_chunked_prefill),
+        cmocka_unit_test(test_kch_decode_and_truncate),
         cmocka_unit_test(test_bad_settings),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -55,7 +55,7 @@ typedef struct cli_opts {
     int32_t timeout; /* seconds; -1: default, 0: none */
     int32_t idle_timeout; /* seconds; 0: default */
     /* KV cache (run, chat, ppl, bench) */
-    int32_t kv_type, kv_policy, kv_budget, kv_window, kv_sinks, kv_smooth;
+    int32_t kv_type, kv_policy, kv_budget, kv_window, kv_sinks, kv_smooth, kv_keys;
     double kv_budget_pct; /* --kv-budget P%: > 0 */
     const char *kv_calib;
     /* MoE expert offloading */

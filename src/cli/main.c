@@ -19,7 +19,7 @@ typedef enum {
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
-    O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVCALIB,
+    O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVKEYS, O_KVCALIB,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
     O_QTYPE, O_CALIB, O_BITS, O_SPARSITY, O_GROUP,
     O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS, O_MFSHARED, O_MFACTIVE,
@@ -58,7 +58,8 @@ static const opt_def OPTS[] = {
     {O_KVPOLICY, NULL, "--kv-policy", "NAME", KVOPT, "which tokens a budget keeps: alisa (default), window or h2o"},
     {O_KVWINDOW, NULL, "--kv-window", "N", KVOPT, "recent tokens a budget always keeps (default: half the budget)"},
     {O_KVSINKS, NULL, "--kv-sinks", "N", KVOPT, "first tokens a budget always keeps (default 4)"},
-    {O_KVSMOOTH, NULL, "--kv-smooth", "on|off", KVOPT, "key smoothing for q8/q4 keys (default: on for q4)"},
+    {O_KVSMOOTH, NULL, "--kv-smooth", "on|off", KVOPT, "key smoothing for q8/q4 keys (default: on for q4 keys grouped per token)"},
+    {O_KVKEYS, NULL, "--kv-keys", "channel|token", KVOPT, "q8/q4 key groups: per channel over 16 tokens or per token over 32 channels (default: channel for q4 without --kv-budget)"},
     {O_KVCALIB, NULL, "--kv-calib", "FILE", KVOPT, "text that sets the key smoothing scales (default: built in)"},
     {O_MOEMODE, NULL, "--moe-mode", "MODE", KVOPT, "MoE experts: resident (default), ondemand, prefetch or lookahead (docs/moe.md)"},
     {O_MOELOOK, NULL, "--moe-lookahead", "N", KVOPT, "layers ahead the lookahead mode prefetches (default 3, at most 4)"},
@@ -313,6 +314,13 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
                 return 2;
             }
             o->kv_smooth = !strcmp(val, "on");
+            break;
+        case O_KVKEYS:
+            if (strcmp(val, "channel") && strcmp(val, "token")) {
+                fprintf(stderr, "codi: %s expects channel or token, got '%s'\n", name, val);
+                return 2;
+            }
+            o->kv_keys = !strcmp(val, "channel") ? CODI_KV_KEYS_CHANNEL : CODI_KV_KEYS_TOKEN;
             break;
         case O_KVBUDGET: {
             const size_t L = strlen(val);
@@ -590,6 +598,7 @@ int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, co
     cp.kv_window = o->kv_window;
     cp.kv_sinks = o->kv_sinks;
     cp.kv_smooth = o->kv_smooth;
+    cp.kv_keys = o->kv_keys;
     cp.kv_budget = o->kv_budget;
     cp.moe_mode = o->moe_mode < 0 ? CODI_MOE_RESIDENT : o->moe_mode;
     cp.expert_budget = o->expert_budget;

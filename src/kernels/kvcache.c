@@ -17,6 +17,9 @@ void codi_attn_values_kvq_avx2(int bits, const float *p, size_t ldp, int G, int 
                                const uint8_t *vT, size_t ldv, const uint16_t *vs,
                                const uint16_t *vm, size_t ldsc, int t0, int n, float *o,
                                float *tmp);
+void codi_attn_scores_kvc_avx2(int bits, const float *q, int G, int hd, const uint8_t *kT,
+                               size_t ldk, const uint16_t *ks, const uint16_t *km, size_t ldsc,
+                               int t0, int n, float *s, size_t lds, float scale);
 #endif
 
 static int kvq_use_avx2(void) {
@@ -108,4 +111,33 @@ void codi_attn_values_kvq(int bits, const float *p, size_t ldp, int G, int hd, i
 #endif
     (void)tmp;
     codi_attn_values_kvq_ref(bits, p, ldp, G, hd, gs, vT, ldv, vs, vm, ldsc, t0, n, o);
+}
+
+void codi_attn_scores_kvc_ref(int bits, const float *q, int G, int hd, const uint8_t *kT,
+                              size_t ldk, const uint16_t *ks, const uint16_t *km, size_t ldsc,
+                              int t0, int n, float *s, size_t lds, float scale) {
+    for (int g = 0; g < G; g++)
+        for (int t = 0; t < n; t++) {
+            const size_t a = (size_t)t0 + (size_t)t, j = a / CODI_KVC_G;
+            float acc = 0.0f;
+            for (int i = 0; i < hd; i++) {
+                const float k = codi_fp16_to_fp32(ks[(size_t)i * ldsc + j]) *
+                                    (float)codi_kvq_get(bits, kT + (size_t)i * ldk, a) +
+                                codi_fp16_to_fp32(km[(size_t)i * ldsc + j]);
+                acc += q[(size_t)g * hd + i] * k;
+            }
+            s[(size_t)g * lds + t] = acc * scale;
+        }
+}
+
+void codi_attn_scores_kvc(int bits, const float *q, int G, int hd, const uint8_t *kT, size_t ldk,
+                          const uint16_t *ks, const uint16_t *km, size_t ldsc, int t0, int n,
+                          float *s, size_t lds, float scale) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (kvq_use_avx2()) {
+        codi_attn_scores_kvc_avx2(bits, q, G, hd, kT, ldk, ks, km, ldsc, t0, n, s, lds, scale);
+        return;
+    }
+#endif
+    codi_attn_scores_kvc_ref(bits, q, G, hd, kT, ldk, ks, km, ldsc, t0, n, s, lds, scale);
 }

@@ -63,4 +63,19 @@ void codi_attn_values_kvq_ref(int bits, const float *p, size_t ldp, int G, int h
                               const uint8_t *vT, size_t ldv, const uint16_t *vs,
                               const uint16_t *vm, size_t ldsc, int t0, int n, float *o);
 
+/* Keys quantized per channel (--kv-keys channel, KIVI): codes laid out as
+ * above, but every channel row i has its own fp16 scale and minimum per
+ * group of CODI_KVC_G consecutive slots, ks[i * ldsc + slot / CODI_KVC_G]
+ * (and km alike): a channel's outliers set only that channel's step.
+ *   s[g * lds + t] = scale * sum_i q[g][i] * (ks[i][j] * code_i(t0+t) + km[i][j]),
+ * j = (t0 + t) / CODI_KVC_G, for t < n; every group these slots touch must
+ * hold codes for all its CODI_KVC_G slots. G <= 3. */
+#define CODI_KVC_G 16
+void codi_attn_scores_kvc(int bits, const float *q, int G, int hd, const uint8_t *kT, size_t ldk,
+                          const uint16_t *ks, const uint16_t *km, size_t ldsc, int t0, int n,
+                          float *s, size_t lds, float scale);
+void codi_attn_scores_kvc_ref(int bits, const float *q, int G, int hd, const uint8_t *kT,
+                              size_t ldk, const uint16_t *ks, const uint16_t *km, size_t ldsc,
+                              int t0, int n, float *s, size_t lds, float scale);
+
 #endif

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "common.h"
 #include "kernels/kvcache.h"
 #include "tensor/types.h"
 
@@ -187,6 +188,64 @@ void codi_attn_values_kvq_avx2(int bits, const float *p, size_t ldp, int G, int 
         if (G == 3) VA(4, 3); else if (G == 2) VA(4, 2); else VA(4, 1);
     }
 #undef VA
+}
+
+/* Per-channel keys (codi_attn_scores_kvc): one group of CODI_KVC_G = 16
+ * slots at a time; per channel, its codes for the 16 slots are widened
+ * once, the query times the channel's scale multiplies them and the query
+ * times its minimum adds one constant per head. */
+__attribute__((always_inline)) static inline void scores_c(const float *q, int hd, const uint8_t *kT,
+                                                          size_t ldk, const uint16_t *ks,
+                                                          const uint16_t *km, size_t ldsc, int t0,
+                                                          int n, float *s, size_t lds, float scale,
+                                                          const int bits, const int G) {
+    if (n <= 0)
+        return;
+    const int j0 = t0 / CODI_KVC_G, j1 = (t0 + n - 1) / CODI_KVC_G;
+    for (int j = j0; j <= j1; j++) {
+        const size_t a = (size_t)j * CODI_KVC_G;
+        __m256 acc[3][2];
+        float bias[3];
+        for (int g = 0; g < G; g++) {
+            acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+            bias[g] = 0.0f;
+        }
+        for (int i = 0; i < hd; i++) {
+            const uint8_t *row = kT + (size_t)i * ldk;
+            const float sc = _cvtsh_ss(ks[(size_t)i * ldsc + (size_t)j]);
+            const float mn = _cvtsh_ss(km[(size_t)i * ldsc + (size_t)j]);
+            const __m256 c0 = codes8(row, a, bits), c1 = codes8(row, a + 8, bits);
+            for (int g = 0; g < G; g++) {
+                const float qi = q[(size_t)g * hd + i];
+                const __m256 w = _mm256_set1_ps(qi * sc);
+                acc[g][0] = _mm256_fmadd_ps(w, c0, acc[g][0]);
+                acc[g][1] = _mm256_fmadd_ps(w, c1, acc[g][1]);
+                bias[g] += qi * mn;
+            }
+        }
+        /* the slots of this group inside t0..t0+n-1 */
+        const int lo = CODI_MAX(t0, (int)a), hi = CODI_MIN(t0 + n, (int)a + CODI_KVC_G);
+        for (int g = 0; g < G; g++) {
+            float out[CODI_KVC_G];
+            const __m256 b = _mm256_set1_ps(bias[g]), vs = _mm256_set1_ps(scale);
+            _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_add_ps(acc[g][0], b), vs));
+            _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_add_ps(acc[g][1], b), vs));
+            memcpy(s + (size_t)g * lds + (size_t)(lo - t0), out + (lo - (int)a),
+                   (size_t)(hi - lo) * sizeof(float));
+        }
+    }
+}
+
+void codi_attn_scores_kvc_avx2(int bits, const float *q, int G, int hd, const uint8_t *kT,
+                               size_t ldk, const uint16_t *ks, const uint16_t *km, size_t ldsc,
+                               int t0, int n, float *s, size_t lds, float scale) {
+#define SC(B, GG) scores_c(q, hd, kT, ldk, ks, km, ldsc, t0, n, s, lds, scale, B, GG)
+    if (bits == 8) {
+        if (G == 3) SC(8, 3); else if (G == 2) SC(8, 2); else SC(8, 1);
+    } else {
+        if (G == 3) SC(4, 3); else if (G == 2) SC(4, 2); else SC(4, 1);
+    }
+#undef SC
 }
 
 #endif

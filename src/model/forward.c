@@ -47,6 +47,18 @@ struct codi_context {
     float *smooth;        /* [n_layer][kv_dim] key smoothing scales or NULL */
     float *kshift;        /* [n_layer][kv_dim] key centre subtracted (with smooth) */
     float *kstat;         /* [2][n_layer][kv_dim] K minima, maxima while calibrating */
+    /* Keys per channel (kv_kch, KIVI; kvcache.h codi_attn_scores_kvc):
+     * then ksc/kmn are [n_seq][n_layer][kv_dim][kv_ngc], one scale and
+     * minimum per channel and group of CODI_KVC_G slots. A group is
+     * quantized when its last slot is stored; until then its keys stay
+     * exact in kstage, and a query reads the groups that end inside its
+     * causal range from codes and the rest exactly. */
+    bool kv_kch;
+    int32_t kv_ngc;       /* groups of CODI_KVC_G slots per row */
+    float *kstage;        /* [n_seq][n_layer][kv_dim][CODI_KVC_G] open group */
+    int32_t *kch_done;    /* [n_seq][n_layer] groups quantized */
+    int32_t *pass_rows;   /* [n_batch] the pass's rows by sequence, in order */
+    int32_t *pass_off;    /* [n_seq + 1] each sequence's part of pass_rows */
     /* token budget (kv_budget > 0) */
     int32_t kv_budget, kv_window, kv_sinks, kv_policy;
     float kv_decay;       /* importance decay per query (ALISA), 1 (H2O) */
@@ -121,7 +133,7 @@ struct codi_context {
 
 codi_context_params codi_context_default_params(void) {
     codi_context_params p = {.n_ctx = 0, .n_batch = 512, .n_threads = 0, .n_seq = 1,
-                             .kv_type = CODI_KV_F16, .kv_smooth = -1, .kv_calib = NULL,
+                             .kv_type = CODI_KV_F16, .kv_smooth = -1, .kv_keys = CODI_KV_KEYS_DEFAULT, .kv_calib = NULL,
                              .kv_budget = 0, .kv_policy = CODI_KV_ALISA, .kv_window = 0,
                              .kv_sinks = -1, .moe_mode = CODI_MOE_RESIDENT, .expert_budget = 0,
                              .expert_budget_pct = 0.0f, .expert_policy = CODI_EXPERT_EVICT_NEXT,
@@ -372,6 +384,10 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         return codi_errorf(err, errlen, CODI_EINVAL, "kv_smooth must be -1, 0 or 1");
     if (p.kv_smooth == 1 && p.kv_type == CODI_KV_F16)
         return codi_errorf(err, errlen, CODI_EINVAL, "key smoothing applies to q8/q4 KV caches, not f16");
+    if (p.kv_keys < CODI_KV_KEYS_DEFAULT || p.kv_keys > CODI_KV_KEYS_CHANNEL)
+        return codi_errorf(err, errlen, CODI_EINVAL, "unknown key grouping %d (token or channel)", p.kv_keys);
+    if (p.kv_keys != CODI_KV_KEYS_DEFAULT && p.kv_type == CODI_KV_F16)
+        return codi_errorf(err, errlen, CODI_EINVAL, "key grouping (--kv-keys) applies to q8/q4 KV caches, not f16");
     const int32_t sinks = p.kv_sinks < 0 ? 4 : p.kv_sinks;
     int32_t window = p.kv_window;
     if (p.kv_budget >= p.n_ctx)
@@ -387,6 +403,10 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
                                p.kv_policy == CODI_KV_WINDOW ? "" : " (and room for important tokens)");
         if (window < 1)
             return codi_errorf(err, errlen, CODI_EINVAL, "KV budget %d leaves no recent window", p.kv_budget);
+        if (p.kv_keys == CODI_KV_KEYS_CHANNEL)
+            return codi_errorf(err, errlen, CODI_EINVAL,
+                               "per-channel keys (--kv-keys channel) need a KV cache without a token budget: "
+                               "evicting moves slots between their quantization groups");
     }
 
     codi_context *c = calloc(1, sizeof(*c));
@@ -423,15 +443,31 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         memset(c->kc, 0, kv_rows * c->kv_row);
         memset(c->vc, 0, kv_rows * c->kv_row);
     }
+    /* q4 keys default to per-channel groups (docs/kv-cache.md); a budget
+     * keeps them per token */
+    c->kv_kch = c->kv_bits < 16 && (p.kv_keys == CODI_KV_KEYS_CHANNEL ||
+                                    (p.kv_keys == CODI_KV_KEYS_DEFAULT && c->kv_bits == 4 &&
+                                     c->kv_budget == 0));
+    c->kv_ngc = (int32_t)((cap + CODI_KVC_G - 1) / CODI_KVC_G);
     if (c->kv_bits < 16) {
         const size_t nsc = NS * NL * ngrp * cap;
-        c->ksc = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
-        c->kmn = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
+        const size_t nsk = c->kv_kch ? NS * NL * dkv * (size_t)c->kv_ngc : nsc;
+        c->ksc = xalloc_n(nsk * sizeof(uint16_t), &c->kv_bytes);
+        c->kmn = xalloc_n(nsk * sizeof(uint16_t), &c->kv_bytes);
         c->vsc = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
         c->vmn = xalloc_n(nsc * sizeof(uint16_t), &c->kv_bytes);
         c->vtmp = xalloc_n((size_t)p.n_threads * ATT_G * cap * sizeof(float), &c->scratch_bytes);
         ok = ok && c->ksc && c->kmn && c->vsc && c->vmn && c->vtmp;
-        if (p.kv_smooth == 1 || (p.kv_smooth == -1 && p.kv_type == CODI_KV_Q4)) {
+        if (c->kv_kch) {
+            c->kstage = xalloc_n(NS * NL * dkv * CODI_KVC_G * sizeof(float), &c->kv_bytes);
+            c->kch_done = calloc(NS * NL, sizeof(int32_t));
+            c->pass_rows = calloc(B, sizeof(int32_t));
+            c->pass_off = calloc(NS + 1, sizeof(int32_t));
+            ok = ok && c->kstage && c->kch_done && c->pass_rows && c->pass_off;
+        }
+        /* smoothing by default for per-token q4 keys; per-channel groups
+         * give every channel its own scale already */
+        if (p.kv_smooth == 1 || (p.kv_smooth == -1 && p.kv_type == CODI_KV_Q4 && !c->kv_kch)) {
             c->smooth = xalloc_n(NL * dkv * sizeof(float), &c->kv_bytes);
             c->kshift = xalloc_n(NL * dkv * sizeof(float), &c->kv_bytes);
             ok = ok && c->smooth && c->kshift;
@@ -584,6 +620,10 @@ void codi_context_free(codi_context *c) {
     free(c->vmn);
     free(c->smooth);
     free(c->kshift);
+    free(c->kstage);
+    free(c->kch_done);
+    free(c->pass_rows);
+    free(c->pass_off);
     free(c->kstat);
     free(c->slot_pos);
     free(c->n_slots);
@@ -660,6 +700,47 @@ static uint16_t *sc_at(const codi_context *c, uint16_t *base, int seq, int layer
     return base + ((size_t)seq * hp->n_layer + (size_t)layer) * ngrp * (size_t)c->kv_cap;
 }
 
+/* Per-channel keys: scale (or minimum) row of channel 0 of one sequence
+ * and layer, and the open group's exact keys. */
+static uint16_t *kch_sc_at(const codi_context *c, uint16_t *base, int seq, int layer) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    return base + ((size_t)seq * hp->n_layer + (size_t)layer) * dkv * (size_t)c->kv_ngc;
+}
+
+static float *kch_stage_at(const codi_context *c, int seq, int layer) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    return c->kstage + ((size_t)seq * hp->n_layer + (size_t)layer) * dkv * CODI_KVC_G;
+}
+
+/* Per-channel keys: forget the groups of seq from the one holding pos on;
+ * the kept slots of that group go back to the exact open group (decoded
+ * from their codes when the group was complete). */
+static void kch_rewind(codi_context *c, int32_t seq, int32_t pos) {
+    if (!c->kv_kch)
+        return;
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    const int32_t j = pos / CODI_KVC_G;
+    for (int l = 0; l < hp->n_layer; l++) {
+        int32_t *done = &c->kch_done[(size_t)seq * hp->n_layer + (size_t)l];
+        if (*done <= j)
+            continue;
+        const uint8_t *kr = kv_at(c, c->kc, seq, l);
+        const uint16_t *ks = kch_sc_at(c, c->ksc, seq, l), *km = kch_sc_at(c, c->kmn, seq, l);
+        float *st = kch_stage_at(c, seq, l);
+        for (size_t i = 0; i < dkv; i++) {
+            const float sc = codi_fp16_to_fp32(ks[i * (size_t)c->kv_ngc + (size_t)j]);
+            const float mn = codi_fp16_to_fp32(km[i * (size_t)c->kv_ngc + (size_t)j]);
+            for (int32_t t = j * CODI_KVC_G; t < pos; t++)
+                st[i * CODI_KVC_G + (size_t)(t % CODI_KVC_G)] =
+                    sc * (float)codi_kvq_get(c->kv_bits, kr + i * c->kv_row, (size_t)t) + mn;
+        }
+        *done = j;
+    }
+}
+
 static size_t sl_index(const codi_context *c, int seq, int layer) {
     return ((size_t)seq * c->m->hp.n_layer + (size_t)layer) * (size_t)c->kv_cap;
 }
@@ -714,6 +795,7 @@ static void kv_compact(codi_context *c, int seq, int layer) {
 
 /* Budget mode: forget every slot of seq at position >= pos. */
 static void kv_drop_from(codi_context *c, int32_t seq, int32_t pos) {
+    kch_rewind(c, seq, pos);
     if (c->kv_budget <= 0)
         return;
     for (int l = 0; l < c->m->hp.n_layer; l++) {
@@ -1034,6 +1116,35 @@ static void rope_qk(const codi_context *c, const codi_layer *L, float *q, float 
     rope_apply(hp, k, hp->n_head_kv, cs, sn);
 }
 
+/* Per-channel keys: exact scores of slots t_lo..t_hi-1 of sequence seq
+ * (KV head kh), which lie in a group not complete at the query: keys of
+ * this pass come from its K rows, older ones from the open group. */
+static void kch_scores_open(const codi_context *c, int layer, int seq, int kh, const float *q, int G,
+                            int t_lo, int t_hi, float *s, size_t lds, float scale) {
+    const codi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim;
+    const size_t dkv = (size_t)hp->n_head_kv * hd;
+    const int32_t r0 = c->pass_off[seq];
+    const int32_t sf = c->pass_off[seq + 1] > r0 ? c->row_slot[c->pass_rows[r0]] : INT32_MAX;
+    const float *st = kch_stage_at(c, seq, layer) + (size_t)kh * hd * CODI_KVC_G;
+    for (int t = t_lo; t < t_hi; t++) {
+        const float *kp = NULL;
+        size_t step = CODI_KVC_G;
+        if (t >= sf) {
+            kp = c->k + (size_t)c->pass_rows[r0 + (t - sf)] * dkv + (size_t)kh * hd;
+            step = 1;
+        } else {
+            kp = st + (size_t)(t % CODI_KVC_G);
+        }
+        for (int g = 0; g < G; g++) {
+            float acc = 0.0f;
+            for (int i = 0; i < hd; i++)
+                acc += q[(size_t)g * hd + i] * kp[(size_t)i * step];
+            s[(size_t)g * lds + (size_t)(t - t_lo)] = acc * scale;
+        }
+    }
+}
+
 /* Attention of one token b, query heads h0..h0+G of KV head kh (G <=
  * ATT_G), on thread ith: scores, softmax, weights times V. */
 static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h0, int G) {
@@ -1067,6 +1178,15 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         for (int i = 0; i < G * hd; i++)
             q32[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qb[i]));
         codi_attn_scores_f16(q32, G, hd, (const uint16_t *)kl + t0, cap, n, scb, cap, scale);
+    } else if (c->kv_kch) {
+        /* groups that end inside the causal range from their codes, the
+         * rest (at most CODI_KVC_G - 1 slots) exactly */
+        const int full = n_kv / CODI_KVC_G * CODI_KVC_G, nq = CODI_MAX(0, full - t0);
+        const size_t hoff = (size_t)kh * hd * (size_t)c->kv_ngc;
+        codi_attn_scores_kvc(bits, qb, G, hd, kl, c->kv_row, kch_sc_at(c, c->ksc, seq, layer) + hoff,
+                             kch_sc_at(c, c->kmn, seq, layer) + hoff, (size_t)c->kv_ngc, t0, nq, scb,
+                             cap, scale);
+        kch_scores_open(c, layer, seq, kh, qb, G, t0 + nq, n_kv, scb + nq, cap, scale);
     } else {
         codi_attn_scores_kvq(bits, qb, G, hd, gs, kl, c->kv_row,
                              sc_at(c, c->ksc, seq, layer) + (size_t)kh * hpg * cap,
@@ -1395,7 +1515,7 @@ static void store_kv_quant(codi_context *c, int layer, int B) {
                 st[nk + i] = CODI_MAX(st[nk + i], k[i]);
             }
         }
-        for (int kv = 0; kv < 2; kv++) {
+        for (int kv = c->kv_kch ? 1 : 0; kv < 2; kv++) {
             uint8_t *base = kv_at(c, kv ? c->vc : c->kc, seq, layer);
             uint16_t *scr = sc_at(c, kv ? c->vsc : c->ksc, seq, layer);
             uint16_t *mnr = sc_at(c, kv ? c->vmn : c->kmn, seq, layer);
@@ -1406,6 +1526,74 @@ static void store_kv_quant(codi_context *c, int layer, int B) {
                 for (int i = 0; i < gs; i++)
                     codi_kvq_set(bits, base + ((size_t)g * gs + (size_t)i) * c->kv_row, slot, codes[i]);
             }
+        }
+    }
+}
+
+/* Per-channel keys: the pass's rows of each sequence in order (the rows
+ * of one sequence hold consecutive slots). */
+static void kch_pass_rows(codi_context *c, int B) {
+    int32_t *off = c->pass_off;
+    memset(off, 0, ((size_t)c->n_seq + 1) * sizeof(int32_t));
+    for (int b = 0; b < B; b++)
+        off[c->row_seq[b] + 1]++;
+    for (int s = 0; s < c->n_seq; s++)
+        off[s + 1] += off[s];
+    for (int b = 0; b < B; b++) /* rank = place among its sequence's rows */
+        c->pass_rows[off[c->row_seq[b]] + c->row_rank[b]] = b;
+}
+
+/* Per-channel keys, before a layer's attention: quantize every group of
+ * CODI_KVC_G slots whose last slot this pass stores, each channel on its
+ * own (scale and minimum of its 16 keys); keys of the pass come from its K
+ * rows, older ones of the group from the open group. */
+static void kch_quantize(codi_context *c, int layer) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, ngc = (size_t)c->kv_ngc;
+    for (int seq = 0; seq < c->n_seq; seq++) {
+        const int32_t r0 = c->pass_off[seq], m = c->pass_off[seq + 1] - r0;
+        if (m == 0)
+            continue;
+        const int32_t sf = c->row_slot[c->pass_rows[r0]], end = sf + m;
+        int32_t *done = &c->kch_done[(size_t)seq * hp->n_layer + (size_t)layer];
+        uint8_t *kr = kv_at(c, c->kc, seq, layer);
+        uint16_t *ks = kch_sc_at(c, c->ksc, seq, layer), *km = kch_sc_at(c, c->kmn, seq, layer);
+        const float *st = kch_stage_at(c, seq, layer);
+        for (int32_t j = sf / CODI_KVC_G; j < end / CODI_KVC_G; j++) {
+            for (size_t i = 0; i < dkv; i++) {
+                float x[CODI_KVC_G];
+                uint8_t codes[CODI_KVC_G];
+                for (int u = 0; u < CODI_KVC_G; u++) {
+                    const int32_t t = j * CODI_KVC_G + u;
+                    x[u] = t >= sf ? c->k[(size_t)c->pass_rows[r0 + (t - sf)] * dkv + i]
+                                   : st[i * CODI_KVC_G + (size_t)u];
+                }
+                codi_kvq_quantize_group(c->kv_bits, x, CODI_KVC_G, codes, &ks[i * ngc + (size_t)j],
+                                        &km[i * ngc + (size_t)j]);
+                for (int u = 0; u < CODI_KVC_G; u++)
+                    codi_kvq_set(c->kv_bits, kr + i * c->kv_row, (size_t)(j * CODI_KVC_G + u), codes[u]);
+            }
+        }
+        *done = CODI_MAX(*done, end / CODI_KVC_G);
+    }
+}
+
+/* Per-channel keys, after a layer's attention: the pass's keys of each
+ * sequence's open group into kstage (after, since the queries of the pass
+ * may still need the older keys of a group it completed). */
+static void kch_stage(codi_context *c, int layer) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    for (int seq = 0; seq < c->n_seq; seq++) {
+        const int32_t r0 = c->pass_off[seq], m = c->pass_off[seq + 1] - r0;
+        if (m == 0)
+            continue;
+        const int32_t sf = c->row_slot[c->pass_rows[r0]], end = sf + m;
+        float *st = kch_stage_at(c, seq, layer);
+        for (int32_t t = CODI_MAX(sf, end / CODI_KVC_G * CODI_KVC_G); t < end; t++) {
+            const float *k = c->k + (size_t)c->pass_rows[r0 + (t - sf)] * dkv;
+            for (size_t i = 0; i < dkv; i++)
+                st[i * CODI_KVC_G + (size_t)(t % CODI_KVC_G)] = k[i];
         }
     }
 }
@@ -2032,6 +2220,8 @@ static int forward_batch(codi_context *c, const int32_t *tokens, int B,
     const int d = hp->n_embd;
     for_rows(c, 0, B, tokens, row_embed);
     attn_tiles(c, B);
+    if (c->kv_kch)
+        kch_pass_rows(c, B);
     c->moe.tokens += (uint64_t)B;
     if (c->store && c->moe_look > 0) {
         /* layer 0 has no earlier layer to pre-gate it: its own router on
@@ -2049,8 +2239,12 @@ static int forward_batch(codi_context *c, const int32_t *tokens, int B,
         for_rows(c, l, B, tokens, row_qkv);
         if (c->kv_bits < 16)
             store_kv_quant(c, l, B);
+        if (c->kv_kch)
+            kch_quantize(c, l);
         attn_job aj = {c, l, B, 0};
         codi_threadpool_run(c->pool, attn_task, &aj);
+        if (c->kv_kch)
+            kch_stage(c, l);
         if (c->kv_budget > 0)
             kv_budget_step(c, l);
         matmul1(c, &L->wo, c->xn, c->att, B);

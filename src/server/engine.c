@@ -425,6 +425,7 @@ int srv_engine_create(codi_model *model, int32_t n_parallel, int32_t n_ctx,
     if (kv) {
         cp.kv_type = kv->kv_type;
         cp.kv_smooth = kv->kv_smooth;
+        cp.kv_keys = kv->kv_keys;
         cp.kv_calib = kv->kv_calib;
         cp.kv_budget = kv->kv_budget;
         cp.kv_policy = kv->kv_policy;
