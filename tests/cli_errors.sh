@@ -272,6 +272,9 @@ expect_error "--kv-budget 0%" "--kv-budget.*percentage" "$CODI" run -m "$M" -p h
 expect_error "--kv-budget smaller than the window" "budget 20 is too small.*window of 16" \
     "$CODI" run -m "$M" -p hi -n 1 --kv-budget 20 --kv-window 16 "${T[@]}"
 expect_error "--kv-smooth on with f16" "smoothing.*q8/q4" "$CODI" run -m "$M" -p hi -n 1 --kv-smooth on "${T[@]}"
+expect_error "--kv-keys unknown" "--kv-keys.*channel or token.*rows" "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-keys rows "${T[@]}"
+expect_error "--kv-keys channel with a budget" "per-channel keys.*without a token budget" \
+    "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-keys channel --kv-budget 64 "${T[@]}"
 expect_error "--kv-calib missing file" "cannot open.*nope" \
     "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-calib "$TMP/nope.txt" "${T[@]}"
 
