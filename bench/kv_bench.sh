@@ -2,12 +2,16 @@
 # kv_bench.sh - long context in little memory (issue 6): KV cache types,
 # token budgets and chunked prefill, measured with the codi CLI.
 #
-#   bench/kv_bench.sh [--model smollm2|gemma|all] [--quick] [--reps N]
-#                     [--windows-smollm2 N] [--windows-gemma N] [--out DIR]
+#   bench/kv_bench.sh [--model smollm2|gemma|all] [--quick] [--types-only] [--skip-types]
+#                     [--reps N] [--windows-smollm2 N] [--windows-gemma N]
+#                     [--out DIR]
 #
 #   --model     which model(s) (default all): SmolLM2-135M-Instruct Q4_1 at
 #               -c 4096, Gemma 3 270M Q4_K_M at -c 8192
 #   --quick     1 PPL window per model, 1 timing run, budgets at 25% only
+#   --types-only  only the PPL/KL rows of the KV types (no budgets, no
+#               decode or prefill sections)
+#   --skip-types  no PPL/KL rows of q8/q4 (f16 and budgets only)
 #   --reps N    runs per timing, the median is reported (default 3)
 #   --windows-* PPL windows (-c tokens each) per model (default 3 and 2)
 #   --out DIR   results folder (default bench/results/<UTC date>-kv)
@@ -16,7 +20,9 @@
 # For each model:
 #   1. ppl (second half of each window scored) and KL against the full f16
 #      cache (--kl-base from the f16 run, --kl for the others) for
-#      --kv-type f16, q8, q4, q4 --kv-smooth off, and --kv-budget 50/25/10%
+#      --kv-type f16, q8, q4 (keys per channel, the default), q4 with keys
+#      per token (--kv-keys token) with and without smoothing, and
+#      --kv-budget 50/25/10%
 #      under alisa, window and h2o (f16 cache). All with --ubatch 16, so that
 #      each scored token sees (close to) the budgeted cache.
 #   2. decode tokens/s at positions 4000..4063 (run -f PROMPT of ~4000
@@ -32,11 +38,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODELS=all QUICK=0 REPS=3 WIN_SMOL=3 WIN_GEMMA=2 OUT=""
+MODELS=all QUICK=0 REPS=3 WIN_SMOL=3 WIN_GEMMA=2 OUT="" TYPES_ONLY=0 SKIP_TYPES=0
 while (($#)); do
     case $1 in
     --model) MODELS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --types-only) TYPES_ONLY=1; shift ;;
+    --skip-types) SKIP_TYPES=1; shift ;;
     --reps) REPS=$2; shift 2 ;;
     --windows-smollm2) WIN_SMOL=$2; shift 2 ;;
     --windows-gemma) WIN_GEMMA=$2; shift 2 ;;
@@ -52,6 +60,7 @@ if ((QUICK)); then
 else
     BUDGETS=(50 25 10)
 fi
+((TYPES_ONLY)) && BUDGETS=()
 
 CODI=${CODI:-build/codi}
 TEXT=bench/data/licenses.txt
@@ -137,9 +146,12 @@ ppl_section() { # MODEL CTX WINDOWS
     echo "== $NAME: ppl and KL, -c $c, $w window(s), --ubatch 16" >&2
     ppl_run "$m" "$c" "$w" f16 --kv-type f16 --kl-base "$kl"
     echo "  (KL base file: $(du -m "$kl" | cut -f1) MiB)" >&2
-    ppl_run "$m" "$c" "$w" q8 --kv-type q8 --kl "$kl"
-    ppl_run "$m" "$c" "$w" q4 --kv-type q4 --kl "$kl"
-    ppl_run "$m" "$c" "$w" q4-nosmooth --kv-type q4 --kv-smooth off --kl "$kl"
+    if ((SKIP_TYPES == 0)); then
+        ppl_run "$m" "$c" "$w" q8 --kv-type q8 --kl "$kl"
+        ppl_run "$m" "$c" "$w" q4 --kv-type q4 --kl "$kl"
+        ppl_run "$m" "$c" "$w" q4-tok --kv-type q4 --kv-keys token --kl "$kl"
+        ppl_run "$m" "$c" "$w" q4-tok-nosmooth --kv-type q4 --kv-keys token --kv-smooth off --kl "$kl"
+    fi
     local b pol
     for b in "${BUDGETS[@]}"; do
         for pol in alisa window h2o; do
@@ -154,9 +166,12 @@ ppl_section() { # MODEL CTX WINDOWS
         echo "| KV cache | KV MiB | slots | PPL | vs f16 | KL mean | KL p99 | same top | peak RSS MiB |"
         echo "| -------- | -----: | ----: | --: | -----: | ------: | -----: | -------: | -----------: |"
         ppl_row "f16 (full)" f16 "$base"
-        ppl_row "q8" q8 "$base"
-        ppl_row "q4, smoothing on" q4 "$base"
-        ppl_row "q4, smoothing off" q4-nosmooth "$base"
+        if ((SKIP_TYPES == 0)); then
+            ppl_row "q8" q8 "$base"
+            ppl_row "q4, keys per channel (default)" q4 "$base"
+            ppl_row "q4, keys per token, smoothing on" q4-tok "$base"
+            ppl_row "q4, keys per token, smoothing off" q4-tok-nosmooth "$base"
+        fi
         for b in "${BUDGETS[@]}"; do
             for pol in alisa window h2o; do
                 ppl_row "f16, budget $b% ($((c * b / 100)) tokens), $pol" "b$b-$pol" "$base"
@@ -214,6 +229,7 @@ decode_section() {
     dec_run f16 "$p4000" --kv-type f16
     dec_run q8 "$p4000" --kv-type q8
     dec_run q4 "$p4000" --kv-type q4
+    dec_run q4-tok "$p4000" --kv-type q4 --kv-keys token
     for b in "${BUDGETS[@]}"; do
         dec_run "b$b-alisa" "$p4000" --kv-budget "$b%" --kv-policy alisa
     done
@@ -229,7 +245,8 @@ decode_section() {
         echo "| -------- | -----: | ----: | ---: | --------: | -------------------: | -------: | ---------: |"
         dec_row "f16 (full)" f16
         dec_row "q8" q8
-        dec_row "q4 (smoothing on)" q4
+        dec_row "q4 (keys per channel)" q4
+        dec_row "q4 (keys per token, smoothing on)" q4-tok
         for b in "${BUDGETS[@]}"; do
             dec_row "f16, budget $b% ($((DEC_CTX * b / 100))), alisa" "b$b-alisa"
         done
@@ -292,8 +309,10 @@ bench_model() { # name file ctx windows
     echo "## $NAME ($MODEL, $(ntok "$MODEL" "$TEXT") tokens of text)" >"$OUT/$NAME.md"
     echo >>"$OUT/$NAME.md"
     ppl_section "$MODEL" "$3" "$4"
-    decode_section
-    prefill_section
+    if ((TYPES_ONLY == 0)); then
+        decode_section
+        prefill_section
+    fi
     echo "($NAME: $(($(date +%s) - t)) s)" >>"$OUT/$NAME.md"
     echo >>"$OUT/$NAME.md"
 }
