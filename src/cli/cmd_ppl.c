@@ -145,50 +145,59 @@ int cmd_ppl(const cli_opts *o) {
     double kl_sum = 0.0;
     char err[512];
     double t0 = cli_now();
+    /* Each window goes in pieces of one batch (the passes a single call
+     * would make), so only one batch of logits is held at a time: a
+     * window of n_ctx tokens needs n_ctx * n_vocab floats otherwise
+     * (8.6 GB for Gemma 3 at 8192). */
+    const int32_t piece = o->n_batch > 0 ? o->n_batch : 512;
     for (int32_t ch = 0; ch < n_chunks; ch++) {
         const int32_t *w = toks + (size_t)ch * n_ctx;
-        if (codi_decode(c, w, n_ctx, 0, true, err, sizeof(err))) {
-            fprintf(stderr, "codi: %s\n", err);
-            goto done;
-        }
-        for (int32_t j = first; j < n_ctx - 1; j++) {
-            log_softmax(codi_get_logits(c, j), nv, lp);
-            nll -= lp[w[j + 1]];
-            count++;
-            if (o->kl_base) {
-                float mn = 0.0f;
-                for (int32_t i = 0; i < nv; i++)
-                    mn = lp[i] < mn ? lp[i] : mn;
-                mn = mn < -1e30f ? -1e30f : mn;
-                float scale = -mn / 65535.0f;
-                if (!(scale > 0.0f))
-                    scale = 1.0f;
-                for (int32_t i = 0; i < nv; i++) {
-                    float qv = (lp[i] - mn) / scale;
-                    qv = qv < 0.0f ? 0.0f : (qv > 65535.0f ? 65535.0f : qv);
-                    io.q[i] = (uint16_t)lrintf(qv);
+        for (int32_t p0 = 0; p0 < n_ctx; p0 += piece) {
+            const int32_t np = n_ctx - p0 < piece ? n_ctx - p0 : piece;
+            const bool scored = p0 + np > first;
+            if (codi_decode(c, w + p0, np, p0, scored, err, sizeof(err))) {
+                fprintf(stderr, "codi: %s\n", err);
+                goto done;
+            }
+            for (int32_t j = p0 > first ? p0 : first; scored && j < p0 + np && j < n_ctx - 1; j++) {
+                log_softmax(codi_get_logits(c, j - p0), nv, lp);
+                nll -= lp[w[j + 1]];
+                count++;
+                if (o->kl_base) {
+                    float mn = 0.0f;
+                    for (int32_t i = 0; i < nv; i++)
+                        mn = lp[i] < mn ? lp[i] : mn;
+                    mn = mn < -1e30f ? -1e30f : mn;
+                    float scale = -mn / 65535.0f;
+                    if (!(scale > 0.0f))
+                        scale = 1.0f;
+                    for (int32_t i = 0; i < nv; i++) {
+                        float qv = (lp[i] - mn) / scale;
+                        qv = qv < 0.0f ? 0.0f : (qv > 65535.0f ? 65535.0f : qv);
+                        io.q[i] = (uint16_t)lrintf(qv);
+                    }
+                    if (fwrite(&mn, 4, 1, io.f) != 1 || fwrite(&scale, 4, 1, io.f) != 1 ||
+                        fwrite(io.q, 2, (size_t)nv, io.f) != (size_t)nv) {
+                        fprintf(stderr, "codi: cannot write '%s'\n", io.path);
+                        goto done;
+                    }
+                } else if (o->kl) {
+                    if (kl_read_position(io.f, io.path, nv, io.q, blp, err, sizeof(err))) {
+                        fprintf(stderr, "codi: %s\n", err);
+                        goto done;
+                    }
+                    double kl = 0.0;
+                    for (int32_t i = 0; i < nv; i++) {
+                        const double pb = exp((double)blp[i]);
+                        kl += pb * ((double)blp[i] - lp[i]);
+                    }
+                    /* Quantized storage of the base can make a KL of ~0 come out
+                     * slightly negative: clamp per position. */
+                    kl = kl < 0.0 ? 0.0 : kl;
+                    kls[n_kl++] = kl;
+                    kl_sum += kl;
+                    same_top += argmax(blp, nv) == argmax(lp, nv);
                 }
-                if (fwrite(&mn, 4, 1, io.f) != 1 || fwrite(&scale, 4, 1, io.f) != 1 ||
-                    fwrite(io.q, 2, (size_t)nv, io.f) != (size_t)nv) {
-                    fprintf(stderr, "codi: cannot write '%s'\n", io.path);
-                    goto done;
-                }
-            } else if (o->kl) {
-                if (kl_read_position(io.f, io.path, nv, io.q, blp, err, sizeof(err))) {
-                    fprintf(stderr, "codi: %s\n", err);
-                    goto done;
-                }
-                double kl = 0.0;
-                for (int32_t i = 0; i < nv; i++) {
-                    const double pb = exp((double)blp[i]);
-                    kl += pb * ((double)blp[i] - lp[i]);
-                }
-                /* Quantized storage of the base can make a KL of ~0 come out
-                 * slightly negative: clamp per position. */
-                kl = kl < 0.0 ? 0.0 : kl;
-                kls[n_kl++] = kl;
-                kl_sum += kl;
-                same_top += argmax(blp, nv) == argmax(lp, nv);
             }
         }
         fprintf(stderr, "[%d]%.4f%s", ch + 1, exp(nll / (double)count), ch + 1 == n_chunks ? "\n" : ",");
