@@ -106,6 +106,10 @@ typedef struct codi_context_params {
     int32_t kv_window; /* recent tokens always kept; 0 = default: half the
                           budget (window policy: budget - sinks) */
     int32_t kv_sinks;  /* first tokens always kept; -1 = default (4) */
+    int32_t kv_recompute; /* with a budget: every kv_recompute tokens a
+                             sequence gains, rebuild its cache from its token
+                             ids with full attention, so evicted tokens that
+                             matter again come back; 0 = off */
     /* Mixture-of-experts models: where the experts' weights live
      * (docs/moe.md). Ignored for dense models. */
     int32_t moe_mode;       /* enum codi_moe_mode */
@@ -210,6 +214,12 @@ typedef struct codi_memory_info {
     int64_t kv_kept;        /* tokens cached now, summed over sequences
                                (the largest layer) */
     int64_t kv_evicted;     /* tokens evicted so far (per layer, mean) */
+    uint64_t recompute_bytes;  /* kv_recompute: token ids, one layer's hidden
+                                  states and K/V of the history, scratch */
+    int64_t recomputes;        /* caches rebuilt (sequences) */
+    int64_t recompute_restored;/* tokens back in the cache that were evicted
+                                  before (per layer, mean) */
+    double recompute_seconds;  /* time spent rebuilding */
 } codi_memory_info;
 
 codi_context_params codi_context_default_params(void);

@@ -275,6 +275,12 @@ expect_error "--kv-smooth on with f16" "smoothing.*q8/q4" "$CODI" run -m "$M" -p
 expect_error "--kv-keys unknown" "--kv-keys.*channel or token.*rows" "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-keys rows "${T[@]}"
 expect_error "--kv-keys channel with a budget" "per-channel keys.*without a token budget" \
     "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-keys channel --kv-budget 64 "${T[@]}"
+expect_error "--kv-recompute without a budget" "recompute.*needs a token budget" \
+    "$CODI" run -m "$M" -p hi -n 1 --kv-recompute 64 "${T[@]}"
+expect_error "--kv-recompute 0" "--kv-recompute.*integer.*'0'" \
+    "$CODI" run -m "$M" -p hi -n 1 --kv-budget 64 --kv-recompute 0 "${T[@]}"
+expect_error "--kv-recompute larger than the context" "recompute interval 1000 is larger than the context size 256" \
+    "$CODI" ppl -m "$M" -f tests/data/eval.txt -c 256 --kv-budget 64 --kv-recompute 1000 "${T[@]}"
 expect_error "--kv-calib missing file" "cannot open.*nope" \
     "$CODI" run -m "$M" -p hi -n 1 --kv-type q4 --kv-calib "$TMP/nope.txt" "${T[@]}"
 

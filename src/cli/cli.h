@@ -56,6 +56,7 @@ typedef struct cli_opts {
     int32_t idle_timeout; /* seconds; 0: default */
     /* KV cache (run, chat, ppl, bench) */
     int32_t kv_type, kv_policy, kv_budget, kv_window, kv_sinks, kv_smooth, kv_keys;
+    int32_t kv_recompute; /* --kv-recompute R: 0 = off */
     double kv_budget_pct; /* --kv-budget P%: > 0 */
     const char *kv_calib;
     /* MoE expert offloading */

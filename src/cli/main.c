@@ -20,6 +20,7 @@ typedef enum {
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
     O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVKEYS, O_KVCALIB,
+    O_KVRECOMPUTE,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
     O_QTYPE, O_CALIB, O_BITS, O_SPARSITY, O_GROUP,
     O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS, O_MFSHARED, O_MFACTIVE,
@@ -58,6 +59,7 @@ static const opt_def OPTS[] = {
     {O_KVPOLICY, NULL, "--kv-policy", "NAME", KVOPT, "which tokens a budget keeps: alisa (default), window or h2o"},
     {O_KVWINDOW, NULL, "--kv-window", "N", KVOPT, "recent tokens a budget always keeps (default: half the budget)"},
     {O_KVSINKS, NULL, "--kv-sinks", "N", KVOPT, "first tokens a budget always keeps (default 4)"},
+    {O_KVRECOMPUTE, NULL, "--kv-recompute", "R", KVOPT, "with --kv-budget: every R tokens rebuild the cache from the token ids with full attention, so evicted tokens that matter again come back (default off)"},
     {O_KVSMOOTH, NULL, "--kv-smooth", "on|off", KVOPT, "key smoothing for q8/q4 keys (default: on for q4 keys grouped per token)"},
     {O_KVKEYS, NULL, "--kv-keys", "channel|token", KVOPT, "q8/q4 key groups: per channel over 16 tokens or per token over 32 channels (default: channel for q4 without --kv-budget)"},
     {O_KVCALIB, NULL, "--kv-calib", "FILE", KVOPT, "text that sets the key smoothing scales (default: built in)"},
@@ -397,6 +399,7 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
         }
         case O_KVWINDOW: rc = parse_i32(name, val, 1, 1 << 20, &o->kv_window); break;
         case O_KVSINKS: rc = parse_i32(name, val, 0, 1 << 20, &o->kv_sinks); break;
+        case O_KVRECOMPUTE: rc = parse_i32(name, val, 1, 1 << 20, &o->kv_recompute); break;
         case O_KVCALIB: o->kv_calib = val; break;
         case O_NPROMPT: rc = cli_parse_list(name, val, o->bench_pp, &o->n_bench_pp); break;
         case O_NGEN: rc = cli_parse_list(name, val, o->bench_tg, &o->n_bench_tg); break;
@@ -600,6 +603,7 @@ int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, co
     cp.kv_smooth = o->kv_smooth;
     cp.kv_keys = o->kv_keys;
     cp.kv_budget = o->kv_budget;
+    cp.kv_recompute = o->kv_recompute;
     cp.moe_mode = o->moe_mode < 0 ? CODI_MOE_RESIDENT : o->moe_mode;
     cp.expert_budget = o->expert_budget;
     cp.expert_budget_pct = (float)o->expert_budget_pct;
@@ -638,6 +642,13 @@ void cli_print_memory(const codi_context *c, int kv_type) {
             names[kv_type >= 0 && kv_type <= 2 ? kv_type : 0], mi.kv_bytes / 1048576.0, mi.kv_slots,
             (long long)mi.kv_kept, (long long)mi.kv_evicted, mi.scratch_bytes / 1048576.0,
             mi.logits_bytes / 1048576.0);
+    if (mi.recompute_bytes > 0)
+        fprintf(stderr,
+                "recompute: %lld rebuilds in %.3f s (%.1f ms each), tokens restored %lld per layer; "
+                "scratch %.2f MiB\n",
+                (long long)mi.recomputes, mi.recompute_seconds,
+                mi.recomputes ? 1e3 * mi.recompute_seconds / (double)mi.recomputes : 0.0,
+                (long long)mi.recompute_restored, mi.recompute_bytes / 1048576.0);
     cli_print_moe(c);
 }
 

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -70,6 +71,25 @@ struct codi_context {
     uint8_t *ev_mark;     /* [kv_cap] */
     int64_t n_evicted;    /* slot entries evicted, all layers */
     float *vtmp;          /* [n_threads][ATT_G][kv_cap] q8/q4 V scratch */
+    /* Recomputation (kv_recompute > 0, kv_recompute_seq): every
+     * kv_recompute tokens a sequence gains, its budgeted cache is rebuilt
+     * from its token ids layer by layer with full causal attention; only
+     * one layer's K/V of the whole history exists at a time. */
+    int32_t kv_recompute;
+    int32_t *tok_hist;    /* [n_seq][n_ctx] token id at each position */
+    int32_t *rc_last;     /* [n_seq] cached length at the last rebuild */
+    float *rc_h;          /* [n_ctx][n_embd] hidden states of the history */
+    uint16_t *rc_k, *rc_v;/* [kv_dim][n_ctx] one layer's K (after RoPE)
+                             and V of every position, fp16, transposed */
+    float *rc_imp;        /* [n_threads][n_ctx] importance, per thread */
+    int32_t *rc_idx;      /* [n_ctx] selection scratch */
+    uint8_t *rc_mark;     /* [n_ctx] kept before (1) / after (2) a rebuild */
+    float *rc_sc;         /* [n_threads][ATT_T * ATT_G][n_ctx] scores */
+    uint16_t *rc_p16;     /* [n_threads][n_ctx] one row's fp16 weights */
+    float *rc_q;          /* [n_threads][ATT_T * ATT_G][head_dim] queries */
+    uint64_t rc_bytes;
+    int64_t rc_count, rc_restored; /* rebuilds; slots restored, all layers */
+    double rc_seconds;
     int32_t *row_slot, *row_rank; /* [n_batch] slot in the current layer,
                                      rank among its sequence's rows */
     int32_t *seq_cnt, *seq_last;  /* [n_seq] rows and last position per
@@ -135,7 +155,7 @@ codi_context_params codi_context_default_params(void) {
     codi_context_params p = {.n_ctx = 0, .n_batch = 512, .n_threads = 0, .n_seq = 1,
                              .kv_type = CODI_KV_F16, .kv_smooth = -1, .kv_keys = CODI_KV_KEYS_DEFAULT, .kv_calib = NULL,
                              .kv_budget = 0, .kv_policy = CODI_KV_ALISA, .kv_window = 0,
-                             .kv_sinks = -1, .moe_mode = CODI_MOE_RESIDENT, .expert_budget = 0,
+                             .kv_sinks = -1, .kv_recompute = 0, .moe_mode = CODI_MOE_RESIDENT, .expert_budget = 0,
                              .expert_budget_pct = 0.0f, .expert_policy = CODI_EXPERT_EVICT_NEXT,
                              .io_threads = 0, .expert_direct = -1, .moe_lookahead = 0, .moe_bits = 0};
     return p;
@@ -361,8 +381,9 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         return codi_errorf(err, errlen, CODI_EINVAL, "unknown KV cache type %d (f16, q8 or q4)", p.kv_type);
     if (p.kv_policy < CODI_KV_ALISA || p.kv_policy > CODI_KV_H2O)
         return codi_errorf(err, errlen, CODI_EINVAL, "unknown KV policy %d (alisa, window or h2o)", p.kv_policy);
-    if (p.kv_budget < 0 || p.kv_window < 0 || p.kv_sinks < -1)
-        return codi_errorf(err, errlen, CODI_EINVAL, "KV budget, window and sinks must not be negative");
+    if (p.kv_budget < 0 || p.kv_window < 0 || p.kv_sinks < -1 || p.kv_recompute < 0)
+        return codi_errorf(err, errlen, CODI_EINVAL,
+                           "KV budget, window, sinks and recompute interval must not be negative");
     if (p.moe_mode < CODI_MOE_RESIDENT || p.moe_mode > CODI_MOE_LOOKAHEAD)
         return codi_errorf(err, errlen, CODI_EINVAL,
                            "unknown MoE mode %d (resident, ondemand, prefetch or lookahead)", p.moe_mode);
@@ -407,6 +428,20 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
             return codi_errorf(err, errlen, CODI_EINVAL,
                                "per-channel keys (--kv-keys channel) need a KV cache without a token budget: "
                                "evicting moves slots between their quantization groups");
+    }
+    if (p.kv_recompute > 0) {
+        if (p.kv_budget == 0)
+            return codi_errorf(err, errlen, CODI_EINVAL,
+                               "KV recomputation (--kv-recompute) needs a token budget (--kv-budget) "
+                               "below the context size %d: without one nothing is evicted",
+                               p.n_ctx);
+        if (p.kv_recompute > p.n_ctx)
+            return codi_errorf(err, errlen, CODI_EINVAL,
+                               "KV recompute interval %d is larger than the context size %d",
+                               p.kv_recompute, p.n_ctx);
+        if (hp->n_expert > 0)
+            return codi_errorf(err, errlen, CODI_EINVAL,
+                               "KV recomputation (--kv-recompute) is not built for mixture-of-experts models");
     }
 
     codi_context *c = calloc(1, sizeof(*c));
@@ -484,6 +519,26 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_mark;
         if (c->imp_th)
             memset(c->imp_th, 0, (size_t)p.n_threads * NS * cap * sizeof(float));
+    }
+    if (p.kv_recompute > 0) {
+        const size_t N = (size_t)p.n_ctx, T = (size_t)p.n_threads, rows = (size_t)ATT_T * ATT_G;
+        uint64_t *rb = &c->rc_bytes;
+        c->kv_recompute = p.kv_recompute;
+        c->tok_hist = xalloc_n(NS * N * sizeof(int32_t), rb);
+        c->rc_last = xalloc_n(NS * sizeof(int32_t), rb);
+        c->rc_h = xalloc_n(N * d * sizeof(float), rb);
+        c->rc_k = xalloc_n(dkv * N * sizeof(uint16_t), rb);
+        c->rc_v = xalloc_n(dkv * N * sizeof(uint16_t), rb);
+        c->rc_imp = xalloc_n(T * N * sizeof(float), rb);
+        c->rc_idx = xalloc_n(N * sizeof(int32_t), rb);
+        c->rc_mark = xalloc_n(N, rb);
+        c->rc_sc = xalloc_n(T * rows * N * sizeof(float), rb);
+        c->rc_p16 = xalloc_n(T * N * sizeof(uint16_t), rb);
+        c->rc_q = xalloc_n(T * rows * (size_t)hp->head_dim * sizeof(float), rb);
+        ok = ok && c->tok_hist && c->rc_last && c->rc_h && c->rc_k && c->rc_v && c->rc_imp &&
+             c->rc_idx && c->rc_mark && c->rc_sc && c->rc_p16 && c->rc_q;
+        if (c->rc_last)
+            memset(c->rc_last, 0, NS * sizeof(int32_t));
     }
     uint64_t *sb = &c->scratch_bytes;
     size_t wide = CODI_MAX(CODI_MAX(d, dq), ff);
@@ -632,6 +687,17 @@ void codi_context_free(codi_context *c) {
     free(c->ev_idx);
     free(c->ev_mark);
     free(c->vtmp);
+    free(c->tok_hist);
+    free(c->rc_last);
+    free(c->rc_h);
+    free(c->rc_k);
+    free(c->rc_v);
+    free(c->rc_imp);
+    free(c->rc_idx);
+    free(c->rc_mark);
+    free(c->rc_sc);
+    free(c->rc_p16);
+    free(c->rc_q);
     free(c->row_slot);
     free(c->row_rank);
     free(c->seq_cnt);
@@ -796,6 +862,8 @@ static void kv_compact(codi_context *c, int seq, int layer) {
 /* Budget mode: forget every slot of seq at position >= pos. */
 static void kv_drop_from(codi_context *c, int32_t seq, int32_t pos) {
     kch_rewind(c, seq, pos);
+    if (c->rc_last) /* the next rebuild counts from the cut */
+        c->rc_last[seq] = CODI_MIN(c->rc_last[seq], pos);
     if (c->kv_budget <= 0)
         return;
     for (int l = 0; l < c->m->hp.n_layer; l++) {
@@ -869,6 +937,10 @@ void codi_context_memory(const codi_context *c, codi_memory_info *out) {
         out->kv_kept += mx;
     }
     out->kv_evicted = nl > 0 ? c->n_evicted / nl : 0;
+    out->recompute_bytes = c->rc_bytes;
+    out->recomputes = c->rc_count;
+    out->recompute_restored = nl > 0 ? c->rc_restored / nl : 0;
+    out->recompute_seconds = c->rc_seconds;
 }
 
 /* ------------------------------------------------------------ matmul */
@@ -1432,13 +1504,11 @@ static void row_embed(const rows_job *j, int b) {
     codi_rmsnorm(c->xn + (size_t)b * d, x, m->layers[0].attn_norm, d, hp->norm_eps);
 }
 
-/* Q/K/V bias, Q/K norms, RoPE, Gemma's query scale, K/V into the cache */
-static void row_qkv(const rows_job *j, int b) {
-    codi_context *c = j->c;
+/* Q/K/V bias, Q/K norms, RoPE at position p, Gemma's query scale: one
+ * token's q, k, v as attention and the cache take them */
+static void qkv_prep(const codi_context *c, const codi_layer *L, float *q, float *k, float *v, int p) {
     const codi_hparams *hp = &c->m->hp;
-    const codi_layer *L = &c->m->layers[j->layer];
     const size_t dq = (size_t)hp->n_head * hp->head_dim, dkv = (size_t)hp->n_head_kv * hp->head_dim;
-    float *q = c->q + (size_t)b * dq, *k = c->k + (size_t)b * dkv, *v = c->v + (size_t)b * dkv;
     add_bias(q, L->bq, 1, dq);
     add_bias(k, L->bk, 1, dkv);
     add_bias(v, L->bv, 1, dkv);
@@ -1449,11 +1519,20 @@ static void row_qkv(const rows_job *j, int b) {
         head_norm(q, L->attn_q_norm, 1, hp->n_head, hp);
         head_norm(k, L->attn_k_norm, 1, hp->n_head_kv, hp);
     }
-    const int p = c->row_pos[b], seq = c->row_seq[b];
     rope_qk(c, L, q, k, p);
     if (hp->arch_id == CODI_ARCH_GEMMA3)
         for (size_t i = 0; i < dq; i++)
             q[i] *= hp->attn_scale;
+}
+
+/* qkv_prep, then K/V into the cache */
+static void row_qkv(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dq = (size_t)hp->n_head * hp->head_dim, dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    float *q = c->q + (size_t)b * dq, *k = c->k + (size_t)b * dkv, *v = c->v + (size_t)b * dkv;
+    const int p = c->row_pos[b], seq = c->row_seq[b];
+    qkv_prep(c, &c->m->layers[j->layer], q, k, v, p);
     int32_t slot = p;
     if (c->kv_budget > 0) {
         slot = c->n_slots[(size_t)seq * hp->n_layer + (size_t)j->layer] + c->row_rank[b];
@@ -2276,6 +2355,288 @@ static int forward_batch(codi_context *c, const int32_t *tokens, int B,
     return 0;
 }
 
+/* ------------------------------------------------------------ recompute */
+
+/* Recomputation (kv_recompute): a sequence's budgeted cache rebuilt from
+ * its token ids. Layer by layer over the whole history (n tokens): the
+ * hidden states of all n tokens (rc_h) give layer l's K/V of every token
+ * (rc_k, rc_v), every token attends causally to all earlier ones (no
+ * eviction: the full-cache result), and the next hidden states follow;
+ * then the policy picks the tokens layer l keeps, with importance from
+ * that full attention (decayed as in normal operation), and their K/V go
+ * into the budgeted slots. Tokens evicted earlier that recent queries
+ * attend to again come back, and the kept K/V are the full-cache ones. */
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* embedding (scaled for Gemma) of a history token, into rc_h */
+static void row_rc_embed(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_model *m = c->m;
+    const int d = m->hp.n_embd;
+    float *x = c->x + (size_t)b * d;
+    codi_kernel_to_float(m->tok_embd.type)(
+        (const uint8_t *)m->tok_embd.data + (size_t)j->tokens[b] * m->tok_embd.row_bytes, x, d);
+    if (m->hp.embd_scale != 1.0f)
+        for (int i = 0; i < d; i++)
+            x[i] *= m->hp.embd_scale;
+}
+
+/* the layer's attention norm of a history token */
+static void row_rc_norm(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const int d = hp->n_embd;
+    codi_rmsnorm(c->xn + (size_t)b * d, c->x + (size_t)b * d, c->m->layers[j->layer].attn_norm, d,
+                 hp->norm_eps);
+}
+
+/* qkv_prep, then K/V as fp16 into column pos of rc_k / rc_v (what an f16
+ * cache stores) */
+static void row_rc_qkv(const rows_job *j, int b) {
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dq = (size_t)hp->n_head * hp->head_dim, dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    float *q = c->q + (size_t)b * dq, *k = c->k + (size_t)b * dkv, *v = c->v + (size_t)b * dkv;
+    const int p = c->row_pos[b];
+    qkv_prep(c, &c->m->layers[j->layer], q, k, v, p);
+    const size_t ld = (size_t)c->n_ctx;
+    uint16_t h[2][512];
+    for (size_t i0 = 0; i0 < dkv; i0 += 512) {
+        const size_t m = CODI_MIN((size_t)512, dkv - i0);
+        codi_fp32_to_fp16_row(k + i0, h[0], (int64_t)m);
+        codi_fp32_to_fp16_row(v + i0, h[1], (int64_t)m);
+        for (size_t i = 0; i < m; i++) {
+            c->rc_k[(i0 + i) * ld + (size_t)p] = h[0][i];
+            c->rc_v[(i0 + i) * ld + (size_t)p] = h[1][i];
+        }
+    }
+}
+
+typedef struct {
+    codi_context *c;
+    int layer, B;
+    int32_t last;    /* the history's last position */
+    atomic_int next; /* next work item (see threadpool.h) */
+} rc_attn_job;
+
+/* Full causal attention of the T history tokens b0..b0+T of the chunk
+ * (positions row_pos), query heads h0..h0+G of KV head kh, over rc_k /
+ * rc_v: the kernels and roundings of an f16 cache (attn_tile_f16), and
+ * each query's weights, decayed by its distance to the last position,
+ * added to the thread's importance row. T > 1 only when no row's sliding
+ * window cuts keys off. */
+static void rc_attn(codi_context *c, int layer, int ith, int32_t last, int b0, int T, int kh, int h0,
+                    int G) {
+    const codi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, M = T * G;
+    const size_t dq = (size_t)hp->n_head * hd, ld = (size_t)c->n_ctx, rows = (size_t)ATT_T * ATT_G;
+    const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
+    const bool swa = c->m->layers[layer].swa && hp->n_swa > 0;
+    float *scb = c->rc_sc + (size_t)ith * rows * ld;
+    uint16_t *pb = c->rc_p16 + (size_t)ith * ld;
+    float *q32 = c->rc_q + (size_t)ith * rows * hd;
+    float *imp = c->rc_imp + (size_t)ith * ld;
+    int n[ATT_T * ATT_G], n_max = 0;
+    float *o[ATT_T * ATT_G];
+    const int t0 = T == 1 && swa ? CODI_MAX(0, c->row_pos[b0] + 1 - hp->n_swa) : 0;
+    for (int r = 0; r < T; r++) {
+        const int b = b0 + r, n_kv = c->row_pos[b] + 1 - t0;
+        n_max = CODI_MAX(n_max, n_kv);
+        const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
+        float *qr = q32 + (size_t)r * G * hd;
+        for (int g = 0; g < G; g++) {
+            uint16_t q16[1024];
+            codi_fp32_to_fp16_row(qb + (size_t)g * hd, q16, hd);
+            codi_fp16_to_fp32_row(q16, qr + (size_t)g * hd, hd);
+            n[r * G + g] = n_kv;
+            o[r * G + g] = c->att + (size_t)b * dq + (size_t)(h0 + g) * hd;
+        }
+    }
+    const uint16_t *kl = c->rc_k + (size_t)kh * hd * ld + t0;
+    const uint16_t *vl = c->rc_v + (size_t)kh * hd * ld + t0;
+    codi_attn_scores_f16(q32, M, hd, kl, ld, n_max, scb, ld, scale);
+    for (int jr = 0; jr < M; jr++) {
+        float *sj = scb + (size_t)jr * ld;
+        codi_softmax_inplace(sj, n[jr]);
+        if (c->kv_policy != CODI_KV_WINDOW) {
+            const int32_t pos = c->row_pos[b0 + jr / G];
+            const float wq = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)(last - pos));
+            if (wq > 0.0f)
+                for (int t = 0; t < n[jr]; t++)
+                    imp[t0 + t] += wq * sj[t];
+        }
+        codi_fp32_to_fp16_row(sj, pb, n[jr]);
+        codi_fp16_to_fp32_row(pb, sj, n[jr]);
+    }
+    codi_attn_values_f16(scb, ld, n, M, vl, ld, hd, o);
+}
+
+static void rc_attn_task(void *arg, int ith, int nth) {
+    (void)nth;
+    rc_attn_job *j = arg;
+    codi_context *c = j->c;
+    const codi_hparams *hp = &c->m->hp;
+    const int gqa = hp->n_head / hp->n_head_kv;
+    const bool swa = c->m->layers[j->layer].swa && hp->n_swa > 0;
+    const int ng = (gqa + ATT_G - 1) / ATT_G, per_tile = hp->n_head_kv * ng;
+    const int total = (j->B + ATT_T - 1) / ATT_T * per_tile;
+    for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
+        const int ti = w / per_tile, kh = (w % per_tile) / ng;
+        const int h0 = kh * gqa + (w % ng) * ATT_G, G = CODI_MIN(ATT_G, kh * gqa + gqa - h0);
+        const int b0 = ti * ATT_T, T = CODI_MIN(ATT_T, j->B - b0);
+        const bool tile = !swa || c->row_pos[b0 + T - 1] + 1 <= hp->n_swa;
+        if (tile)
+            rc_attn(c, j->layer, ith, j->last, b0, T, kh, h0, G);
+        else
+            for (int r = 0; r < T; r++)
+                rc_attn(c, j->layer, ith, j->last, b0 + r, 1, kh, h0, G);
+    }
+}
+
+/* After layer l of a rebuild: the tokens it keeps (sinks, the recent
+ * window, the most important of the rest by the policy, up to the
+ * budget), with their K/V from rc_k / rc_v, into the slots in position
+ * order; importance in rc_imp row 0. */
+static void rc_store_layer(codi_context *c, int seq, int layer, int32_t n) {
+    const codi_hparams *hp = &c->m->hp;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, ld = (size_t)c->n_ctx;
+    const size_t cap = (size_t)c->kv_cap, si = sl_index(c, seq, layer);
+    int32_t *ns = &c->n_slots[(size_t)seq * hp->n_layer + (size_t)layer];
+    int32_t *sp = c->slot_pos + si;
+    float *key = c->rc_imp;
+    const bool track = c->kv_policy != CODI_KV_WINDOW;
+    uint8_t *mark = c->rc_mark;
+    memset(mark, 0, (size_t)n);
+    for (int32_t t = 0; t < *ns; t++)
+        if (sp[t] < n)
+            mark[sp[t]] = 1;
+    /* 2: kept after the rebuild */
+    const int32_t last = n - 1;
+    int32_t nc = 0, kept = 0;
+    for (int32_t p = 0; p < n; p++) {
+        if (n <= c->kv_budget || p < c->kv_sinks || p > last - c->kv_window) {
+            mark[p] |= 2;
+            kept++;
+        } else {
+            c->rc_idx[nc++] = p;
+        }
+    }
+    const int32_t room = CODI_MIN(n, c->kv_budget) - kept;
+    CODI_ASSERT(room >= 0 && room <= nc);
+    if (track) /* least important first (ties: older first), as kv_budget_step */
+        sort_by_key(c->rc_idx, nc, key);
+    /* window: rc_idx is in position order already, oldest first */
+    for (int32_t k = nc - room; k < nc; k++)
+        mark[c->rc_idx[k]] |= 2;
+    uint8_t *kb = kv_at(c, c->kc, seq, layer), *vb = kv_at(c, c->vc, seq, layer);
+    const int gs = c->kv_gs, ngrp = (int)(dkv / (size_t)gs), bits = c->kv_bits;
+    int32_t s = 0;
+    for (int32_t p = 0; p < n; p++) {
+        if (!(mark[p] & 2))
+            continue;
+        c->rc_restored += !(mark[p] & 1);
+        sp[s] = p;
+        c->imp[si + (size_t)s] = track ? key[p] : 0.0f;
+        if (bits == 16) {
+            for (size_t i = 0; i < dkv; i++) {
+                ((uint16_t *)(kb + i * c->kv_row))[s] = c->rc_k[i * ld + (size_t)p];
+                ((uint16_t *)(vb + i * c->kv_row))[s] = c->rc_v[i * ld + (size_t)p];
+            }
+        } else {
+            /* as store_kv_quant, from the fp16 values (their rounding is
+             * far below a q8 step) */
+            const float *lam = c->smooth ? c->smooth + (size_t)layer * dkv : NULL;
+            const float *mu = c->smooth ? c->kshift + (size_t)layer * dkv : NULL;
+            for (int kv = 0; kv < 2; kv++) {
+                uint8_t *base = kv ? vb : kb;
+                uint16_t *scr = sc_at(c, kv ? c->vsc : c->ksc, seq, layer);
+                uint16_t *mnr = sc_at(c, kv ? c->vmn : c->kmn, seq, layer);
+                const uint16_t *src = kv ? c->rc_v : c->rc_k;
+                for (int g = 0; g < ngrp; g++) {
+                    float x[1024];
+                    uint8_t codes[1024];
+                    for (int i = 0; i < gs; i++) {
+                        const size_t ch = (size_t)g * gs + (size_t)i;
+                        x[i] = codi_fp16_to_fp32(src[ch * ld + (size_t)p]);
+                        if (!kv && lam)
+                            x[i] = (x[i] - mu[ch]) / lam[ch];
+                    }
+                    codi_kvq_quantize_group(bits, x, gs, codes, &scr[(size_t)g * cap + (size_t)s],
+                                            &mnr[(size_t)g * cap + (size_t)s]);
+                    for (int i = 0; i < gs; i++)
+                        codi_kvq_set(bits, base + ((size_t)g * gs + (size_t)i) * c->kv_row, (size_t)s, codes[i]);
+                }
+            }
+        }
+        s++;
+    }
+    *ns = s;
+}
+
+/* Rebuild sequence seq's budgeted cache from its token ids (dense models;
+ * context_create refuses MoE). Scratch: the pass buffers, in chunks of
+ * n_batch tokens. */
+static void kv_recompute_seq(codi_context *c, int seq) {
+    const double t_start = now_seconds();
+    const codi_model *m = c->m;
+    const codi_hparams *hp = &m->hp;
+    const size_t d = (size_t)hp->n_embd, N = (size_t)c->n_ctx;
+    const int32_t n = c->n_past[seq];
+    const int32_t *toks = c->tok_hist + (size_t)seq * N;
+    for (int32_t c0 = 0; c0 < n; c0 += c->n_batch) {
+        const int B = (int)CODI_MIN(c->n_batch, n - c0);
+        for_rows(c, 0, B, toks + c0, row_rc_embed);
+        memcpy(c->rc_h + (size_t)c0 * d, c->x, (size_t)B * d * sizeof(float));
+    }
+    for (int l = 0; l < hp->n_layer; l++) {
+        const codi_layer *L = &m->layers[l];
+        const bool last_layer = l + 1 == hp->n_layer; /* its output is not needed */
+        memset(c->rc_imp, 0, (size_t)c->n_threads * N * sizeof(float));
+        for (int32_t c0 = 0; c0 < n; c0 += c->n_batch) {
+            const int B = (int)CODI_MIN(c->n_batch, n - c0);
+            float *h = c->rc_h + (size_t)c0 * d;
+            memcpy(c->x, h, (size_t)B * d * sizeof(float));
+            for (int b = 0; b < B; b++) {
+                c->row_pos[b] = c0 + b;
+                c->row_seq[b] = seq;
+            }
+            for_rows(c, l, B, NULL, row_rc_norm);
+            {
+                const codi_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+                float *ys[3] = {c->q, c->k, c->v};
+                matmul_mixed(c, 3, ws, ys, c->xn, B);
+            }
+            for_rows(c, l, B, NULL, row_rc_qkv);
+            rc_attn_job aj = {c, l, B, n - 1, 0};
+            codi_threadpool_run(c->pool, rc_attn_task, &aj);
+            if (last_layer)
+                continue;
+            matmul1(c, &L->wo, c->xn, c->att, B);
+            for_rows(c, l, B, NULL, row_attn_out);
+            const codi_weight *ws[2] = {&L->w_gate, &L->w_up};
+            float *ys[2] = {c->g, c->u};
+            matmul_mixed(c, 2, ws, ys, c->xn, B);
+            for_rows(c, l, B, NULL, row_act);
+            matmul1(c, &L->w_down, c->xn, c->g, B);
+            for_rows(c, l, B, NULL, row_ffn_out);
+            memcpy(h, c->x, (size_t)B * d * sizeof(float));
+        }
+        for (int th = 1; th < c->n_threads; th++) {
+            const float *a = c->rc_imp + (size_t)th * N;
+            for (int32_t t = 0; t < n; t++)
+                c->rc_imp[t] += a[t];
+        }
+        rc_store_layer(c, seq, l, n);
+    }
+    c->rc_count++;
+    c->rc_seconds += now_seconds() - t_start;
+}
+
 /* Validate a batch against the cache (nothing is changed on error). */
 static int check_batch(codi_context *c, const codi_batch *bt, char *err, size_t errlen) {
     const int32_t nv = c->m->hp.n_vocab;
@@ -2343,6 +2704,9 @@ static int decode_rows(codi_context *c, const int32_t *tokens, int32_t n,
             c->n_past[ROW_SEQ(i)] = ROW_POS(i);
             kv_drop_from(c, ROW_SEQ(i), ROW_POS(i));
         }
+    if (c->tok_hist) /* the ids a rebuild evaluates again */
+        for (int32_t i = 0; i < n; i++)
+            c->tok_hist[(size_t)ROW_SEQ(i) * (size_t)c->n_ctx + (size_t)ROW_POS(i)] = tokens[i];
     size_t row = 0;
     for (int32_t s0 = 0; s0 < n; s0 += c->n_batch) {
         const int B = (int)CODI_MIN(c->n_batch, n - s0);
@@ -2371,6 +2735,14 @@ static int decode_rows(codi_context *c, const int32_t *tokens, int32_t n,
         row += (size_t)n_out;
         for (int b = 0; b < B; b++)
             c->n_past[c->row_seq[b]] = CODI_MAX(c->n_past[c->row_seq[b]], c->row_pos[b] + 1);
+        /* every kv_recompute tokens a sequence gains: rebuild its cache
+         * (not while calibrating key smoothing, which reads raw keys) */
+        if (c->kv_recompute > 0 && !c->kstat)
+            for (int32_t s = 0; s < c->n_seq; s++)
+                if (c->seq_cnt[s] > 0 && c->n_past[s] - c->rc_last[s] >= c->kv_recompute) {
+                    kv_recompute_seq(c, s);
+                    c->rc_last[s] = c->n_past[s];
+                }
     }
 #undef ROW_POS
 #undef ROW_SEQ
