@@ -70,7 +70,7 @@ void codi_attn_values_f16_ref(const float *p, size_t ldp, const int *n, int m, c
  * fp32 (the rows path rounds them to fp16), so the result equals
  * scores -> softmax -> values to rounding, not bit for bit. Scratch is one
  * block of scores per row, on the stack; o is the accumulator. */
-#define CODI_ATTN_BLOCK 64
+#define CODI_ATTN_BLOCK 128
 void codi_attn_online_f16(const float *q, int M, int hd, const int *n, const uint16_t *kT, size_t ldk,
                           const uint16_t *vT, size_t ldv, float scale, float *const *o);
 void codi_attn_online_f16_ref(const float *q, int M, int hd, const int *n, const uint16_t *kT,

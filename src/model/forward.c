@@ -27,6 +27,7 @@
 #define ATT_G 3 /* query heads of one KV head that attention handles together */
 #define ATT_T 4 /* query tokens per attention work item in a prefill (fp16 KV) */
 #define ATT_TMAX 8 /* the most CODI_ATTN_TILE may ask for */
+#define ATT_T_ONLINE 8 /* the same with flash_attn: the scratch no longer grows with it */
 #define ATT_ONLINE_DEFAULT 0 /* flash_attn -1: prefill tiles online? (docs/kernels.md) */
 
 struct codi_context {
@@ -515,13 +516,15 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     /* Prefill attention in tiles of query tokens (attn_tile); the tiles
      * give the per-token results bit for bit, CODI_ATTN_TILE=1 turns them
      * off (tests compare the two). */
-    c->att_tile = c->kv_bits == 16 && c->kv_budget == 0 ? ATT_T : 1;
+    const bool tiles = c->kv_bits == 16 && c->kv_budget == 0;
+    c->att_online = tiles && (p.flash_attn < 0 ? ATT_ONLINE_DEFAULT : p.flash_attn != 0);
+    c->att_tile = tiles ? (c->att_online ? ATT_T_ONLINE : ATT_T) : 1;
     const char *tile_env = getenv("CODI_ATTN_TILE");
     if (c->att_tile > 1 && tile_env && *tile_env)
         c->att_tile = CODI_MAX(1, CODI_MIN(atoi(tile_env), ATT_TMAX));
     /* Online tiles need no score rows of kv_cap: those left serve
      * attn_token. */
-    c->att_online = c->att_tile > 1 && (p.flash_attn < 0 ? ATT_ONLINE_DEFAULT : p.flash_attn != 0);
+    c->att_online = c->att_online && c->att_tile > 1;
     const size_t att_rows = (size_t)c->att_tile * ATT_G;
     c->att_rows = c->att_online ? ATT_G : (int)att_rows;
     c->tile_b0 = calloc(B + 1, sizeof(int32_t));
