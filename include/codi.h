@@ -128,6 +128,12 @@ typedef struct codi_context_params {
                                all), hottest first, 4 bits for the rest */
     int32_t moe_lookahead;  /* layers ahead the lookahead mode prefetches;
                                0 = default (3), at most CODI_MOE_MAX_LOOKAHEAD */
+    int32_t flash_attn;     /* prefill attention with an online softmax
+                               (flash-attention style, docs/kernels.md):
+                               -1 = default (auto), 0 = off (scores, softmax,
+                               fp16 weights, values: llama.cpp's numerics
+                               without flash attention), 1 = on. Applies
+                               where prefill tiles do: fp16 KV, no budget */
 } codi_context_params;
 
 enum codi_moe_mode {

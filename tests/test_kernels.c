@@ -28,6 +28,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/repack.h"
+#include "kernels/softmax.h"
 #include "tensor/blocks.h"
 #include "tensor/quants.h"
 #include "tensor/types.h"
@@ -517,6 +518,126 @@ static void fill_row(float *x, int64_t n, int kind, int64_t bs) {
     }
 }
 
+/* Attention with an online softmax (codi_attn_online_f16): the AVX2
+ * kernel and the reference, each against the exact result (scores,
+ * softmax and values in double, within 1e-4 of sum_t p_t |v_t| per output)
+ * and against each other and the rows path of the existing references
+ * (scores -> softmax -> values, fp32 weights), within 1e-5. Row counts 1..30 (past one sweep of
+ * 24 rows), key counts 1, around the 128-key blocks and the 8-key vectors,
+ * equal or causal (each row one key more), 0 for a row; head dims 64, 128
+ * and 6 (groups of V rows with a remainder); scale 1/sqrt(hd) and 1 (peaked
+ * weights: the running maximum moves by large steps). */
+enum { ON_LD = 300, ON_HD = 128, ON_M = 30 };
+
+static void attn_exact(const float *q, int hd, int n, const uint16_t *kT, const uint16_t *vT, float scale,
+                       double *o, double *mag) {
+    static double p[ON_LD];
+    double mx = -INFINITY, sum = 0.0;
+    for (int t = 0; t < n; t++) {
+        double a = 0.0;
+        for (int i = 0; i < hd; i++)
+            a += (double)q[i] * codi_fp16_to_fp32(kT[i * ON_LD + t]);
+        p[t] = a * scale;
+        mx = p[t] > mx ? p[t] : mx;
+    }
+    for (int t = 0; t < n; t++) {
+        p[t] = exp(p[t] - mx);
+        sum += p[t];
+    }
+    for (int i = 0; i < hd; i++) {
+        o[i] = mag[i] = 0.0;
+        for (int t = 0; t < n; t++) {
+            const double v = codi_fp16_to_fp32(vT[i * ON_LD + t]);
+            o[i] += p[t] / sum * v;
+            mag[i] += p[t] / sum * fabs(v);
+        }
+    }
+}
+
+static int online_case(const float *q, int m, int hd, const int *n, const uint16_t *kT, const uint16_t *vT,
+                       float scale) {
+    static float got[ON_M][ON_HD], ref[ON_M][ON_HD], rows[ON_M][ON_HD], sc[ON_M * ON_LD];
+    float *po[ON_M], *pr[ON_M], *pw[ON_M];
+    for (int j = 0; j < m; j++) {
+        po[j] = got[j];
+        pr[j] = ref[j];
+        pw[j] = rows[j];
+    }
+    int avx2 = 0;
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (have_avx2()) {
+        codi_attn_online_f16_avx2(q, m, hd, n, kT, ON_LD, vT, ON_LD, scale, po);
+        avx2 = 1;
+    }
+#endif
+    codi_attn_online_f16_ref(q, m, hd, n, kT, ON_LD, vT, ON_LD, scale, pr);
+    /* the rows path: every row's scores up to the longest, its softmax over
+     * its own keys, values up to its own keys */
+    int nmax = 0;
+    for (int j = 0; j < m; j++)
+        nmax = n[j] > nmax ? n[j] : nmax;
+    codi_attn_scores_f16_ref(q, m, hd, kT, ON_LD, nmax, sc, ON_LD, scale);
+    for (int j = 0; j < m; j++)
+        codi_softmax_inplace_ref(sc + j * ON_LD, n[j]);
+    codi_attn_values_f16_ref(sc, ON_LD, n, m, vT, ON_LD, hd, pw);
+    int bad = 0;
+    for (int j = 0; j < m; j++) {
+        double ex[ON_HD], mag[ON_HD];
+        attn_exact(q + j * hd, hd, n[j], kT, vT, scale, ex, mag);
+        for (int i = 0; i < hd; i++) {
+            /* fp32 scores of up to |30| carry ~1e-5 relative error into
+             * the weights: 1e-4 against the exact result, 1e-5 between
+             * the fp32 paths */
+            const double tol = 1e-5 * mag[i] + 1e-30;
+            if (fabs(ref[j][i] - ex[i]) > 10 * tol || fabs(rows[j][i] - ref[j][i]) > tol ||
+                (avx2 && (fabs(got[j][i] - ex[i]) > 10 * tol || fabs(got[j][i] - ref[j][i]) > tol))) {
+                if (bad++ < 3)
+                    print_message("m %d hd %d row %d (n %d) out %d: avx2 %.9g ref %.9g rows %.9g exact %.9g\n",
+                                  m, hd, j, n[j], i, avx2 ? got[j][i] : 0.0, ref[j][i], rows[j][i], ex[i]);
+            }
+        }
+    }
+    return bad;
+}
+
+static void test_attn_online(void **state) {
+    (void)state;
+    rng_seed(17);
+    static uint16_t kT[ON_HD * ON_LD], vT[ON_HD * ON_LD];
+    static float q[ON_M * ON_HD];
+    for (int i = 0; i < ON_HD * ON_LD; i++) {
+        kT[i] = codi_fp32_to_fp16(rnd_gauss());
+        vT[i] = codi_fp32_to_fp16(rnd_gauss());
+    }
+    /* later keys stand out more: the maximum grows block after block */
+    for (int t = 0; t < ON_LD; t++)
+        for (int i = 0; i < 4; i++)
+            kT[i * ON_LD + t] = codi_fp32_to_fp16(codi_fp16_to_fp32(kT[i * ON_LD + t]) + 0.01f * (float)t);
+    for (int i = 0; i < ON_M * ON_HD; i++)
+        q[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(rnd_gauss()));
+    const int hds[3] = {64, 128, 6};
+    const int base[9] = {1, 7, 8, 63, 64, 127, 128, 129, 270};
+    const int ms[8] = {1, 2, 3, 5, 12, 13, 25, 30};
+    int bad = 0, cases = 0;
+    for (int h = 0; h < 3; h++)
+        for (int sc = 0; sc < 2; sc++) {
+            const float scale = sc ? 1.0f : 1.0f / sqrtf((float)hds[h]);
+            for (int mi = 0; mi < 8; mi++)
+                for (int bi = 0; bi < 9; bi++)
+                    for (int causal = 0; causal < 2; causal++) {
+                        int n[ON_M];
+                        for (int j = 0; j < ms[mi]; j++)
+                            n[j] = base[bi] + (causal ? j : 0);
+                        if (causal && ms[mi] > 2 && bi == 0)
+                            n[1] = 0; /* a row with no keys: zeros */
+                        bad += online_case(q, ms[mi], hds[h], n, kT, vT, scale);
+                        cases++;
+                    }
+        }
+    print_message("online attention: %d cases, %d outputs out of tolerance\n", cases, bad);
+    assert_int_equal(bad, 0);
+}
+
 static void test_quantize_bytes(void **state) {
     (void)state;
     SKIP_WITHOUT_AVX2();
@@ -896,6 +1017,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_attn_scores),
         cmocka_unit_test(test_attn_scores_tile),
         cmocka_unit_test(test_attn_values),
+        cmocka_unit_test(test_attn_online),
         cmocka_unit_test(test_quantize_bytes),
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_quantized_rows),

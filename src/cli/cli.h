@@ -59,6 +59,7 @@ typedef struct cli_opts {
     int32_t kv_recompute; /* --kv-recompute R: 0 = off */
     double kv_budget_pct; /* --kv-budget P%: > 0 */
     const char *kv_calib;
+    int32_t flash_attn; /* -fa: -1 auto, 0 off, 1 on */
     /* MoE expert offloading */
     int32_t moe_mode, expert_policy, io_threads, expert_direct; /* direct -1: default */
     int32_t moe_lookahead, moe_bits;

@@ -19,8 +19,8 @@ typedef enum {
     O_REPPEN, O_REPLAST, O_SEED, O_CTX, O_THREADS, O_BATCH, O_SYSTEM,
     O_KLBASE, O_KL, O_CHUNKS, O_NODISP, O_NPROMPT, O_NGEN, O_JSON, O_REPS, O_TYPE,
     O_HOST, O_PORT, O_PARALLEL, O_CTXSLOT, O_APIKEY, O_QUEUE, O_TIMEOUT, O_IDLE,
-    O_UBATCH, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVKEYS, O_KVCALIB,
-    O_KVRECOMPUTE,
+    O_UBATCH, O_FLASHATTN, O_KVTYPE, O_KVBUDGET, O_KVPOLICY, O_KVWINDOW, O_KVSINKS, O_KVSMOOTH, O_KVKEYS,
+    O_KVCALIB, O_KVRECOMPUTE,
     O_MOEMODE, O_EXPBUDGET, O_EXPPOLICY, O_IOTHREADS, O_EXPIO, O_MOELOOK, O_MOEBITS,
     O_QTYPE, O_CALIB, O_BITS, O_SPARSITY, O_GROUP,
     O_MFEXPERTS, O_MFTOPK, O_MFCALIB, O_MFEVAL, O_MFROUTER, O_MFTOKENS, O_MFSHARED, O_MFACTIVE,
@@ -54,6 +54,7 @@ static const opt_def OPTS[] = {
     {O_THREADS, "-t", "--threads", "N", ALL_MODEL | CMD_SERVE | CMD_QUANTIZE | CMD_MOEFY, "compute threads (default: all cores)"},
     {O_BATCH, "-b", "--batch-size", "N", EVAL, "tokens per forward batch (default 512)"},
     {O_UBATCH, NULL, "--ubatch", "N", EVAL, "the same: prompts are evaluated in chunks of N tokens, scratch memory bounded by N"},
+    {O_FLASHATTN, "-fa", "--flash-attn", "on|off|auto", KVOPT, "prefill attention with an online softmax, block by block (auto = default: off; docs/kernels.md)"},
     {O_KVTYPE, NULL, "--kv-type", "TYPE", KVOPT, "KV cache storage: f16 (default), q8 or q4"},
     {O_KVBUDGET, NULL, "--kv-budget", "N|P%", KVOPT, "keep at most N tokens (or P% of the context) per layer in the KV cache"},
     {O_KVPOLICY, NULL, "--kv-policy", "NAME", KVOPT, "which tokens a budget keeps: alisa (default), window or h2o"},
@@ -309,6 +310,13 @@ static int parse_args(int argc, char **argv, cli_opts *o, int *help) {
                 fprintf(stderr, "codi: %s expects alisa, window or h2o, got '%s'\n", name, val);
                 return 2;
             }
+            break;
+        case O_FLASHATTN:
+            if (strcmp(val, "on") && strcmp(val, "off") && strcmp(val, "auto")) {
+                fprintf(stderr, "codi: %s expects on, off or auto, got '%s'\n", name, val);
+                return 2;
+            }
+            o->flash_attn = !strcmp(val, "auto") ? -1 : !strcmp(val, "on");
             break;
         case O_KVSMOOTH:
             if (strcmp(val, "on") && strcmp(val, "off")) {
@@ -602,6 +610,7 @@ int cli_context_params(const cli_opts *o, const codi_model *m, int32_t n_ctx, co
     cp.kv_sinks = o->kv_sinks;
     cp.kv_smooth = o->kv_smooth;
     cp.kv_keys = o->kv_keys;
+    cp.flash_attn = o->flash_attn;
     cp.kv_budget = o->kv_budget;
     cp.kv_recompute = o->kv_recompute;
     cp.moe_mode = o->moe_mode < 0 ? CODI_MOE_RESIDENT : o->moe_mode;
@@ -823,6 +832,7 @@ int main(int argc, char **argv) {
     o.timeout = -1;
     o.kv_sinks = -1;
     o.kv_smooth = -1;
+    o.flash_attn = -1;
     o.expert_direct = -1;
     o.expert_policy = CODI_EXPERT_EVICT_NEXT;
     o.moe_mode = -1; /* unset: resident, or prefetch when a budget is given */

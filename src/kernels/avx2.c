@@ -15,6 +15,8 @@
  * horizontal sums), so results track llama.cpp on x86 as well as the
  * reference. */
 #include "kernels/avx2.h"
+#include "kernels/kernels.h"
+#include "kernels/softmax.h"
 
 #if defined(CODI_HAVE_AVX2_KERNELS)
 
@@ -396,6 +398,174 @@ void codi_attn_values_f16_avx2(const float *p, size_t ldp, const int *n, int m, 
                 VG(2, 1) VG(2, 2) VG(2, 3) VG(2, 4)
             }
 #undef VG
+        }
+    }
+}
+
+/* ---- attention with an online softmax ---- */
+
+/* Query rows per sweep over the keys: a tile of 8 tokens x 3 heads. More
+ * rows are run as further sweeps. */
+enum { ONL_ROWS = 24 };
+
+/* [sum of a0's lanes, a1's, a2's, a3's] */
+static inline __m128 hsum_f32x8x4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* o[j][i0 + i] = o[j][i0 + i] * alpha[j] + sum_{t < nb} p[j][t] vT[i][t]
+ * for NJ <= 2 weight rows (stride CODI_ATTN_BLOCK) and NI <= 4 V rows:
+ * the whole 8-key vectors into 8 accumulators (each V vector converted
+ * once for both rows), reduced together, the last nb % 8 keys one by one. */
+__attribute__((always_inline)) static inline void online_values(const float *p, const uint16_t *vT,
+                                                               size_t ldv, int nb, const float *alpha,
+                                                               float *const *o, int i0, const int NJ,
+                                                               const int NI) {
+    __m256 a[2][4];
+    _Pragma("GCC unroll 2")
+    for (int j = 0; j < 2; j++)
+        _Pragma("GCC unroll 4")
+        for (int i = 0; i < 4; i++)
+            a[j][i] = _mm256_setzero_ps();
+    int t = 0;
+    for (; t + 8 <= nb; t += 8) {
+        __m256 pv[2];
+        _Pragma("GCC unroll 2")
+        for (int j = 0; j < NJ; j++)
+            pv[j] = _mm256_loadu_ps(p + (size_t)j * CODI_ATTN_BLOCK + t);
+        _Pragma("GCC unroll 4")
+        for (int i = 0; i < NI; i++) {
+            const __m256 v = load_f16x8(vT + (size_t)i * ldv + t);
+            _Pragma("GCC unroll 2")
+            for (int j = 0; j < NJ; j++)
+                a[j][i] = _mm256_fmadd_ps(v, pv[j], a[j][i]);
+        }
+    }
+    _Pragma("GCC unroll 2")
+    for (int j = 0; j < NJ; j++) {
+        __m128 s = hsum_f32x8x4(a[j][0], a[j][1], a[j][2], a[j][3]);
+        if (t < nb) {
+            float sv[4];
+            _mm_storeu_ps(sv, s);
+            for (int u = t; u < nb; u++) {
+                const float pu = p[(size_t)j * CODI_ATTN_BLOCK + u];
+                _Pragma("GCC unroll 4")
+                for (int i = 0; i < NI; i++)
+                    sv[i] += pu * fp16(vT[(size_t)i * ldv + u]);
+            }
+            s = _mm_loadu_ps(sv);
+        }
+        float *oj = o[j] + i0;
+        if (NI == 4) {
+            _mm_storeu_ps(oj, _mm_fmadd_ps(_mm_loadu_ps(oj), _mm_set1_ps(alpha[j]), s));
+        } else {
+            float sv[4];
+            _mm_storeu_ps(sv, s);
+            for (int i = 0; i < NI; i++)
+                oj[i] = oj[i] * alpha[j] + sv[i];
+        }
+    }
+}
+
+static float max_row(const float *x, int n) {
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    int t = 0;
+    for (; t + 8 <= n; t += 8)
+        vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + t));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    float m = _mm_cvtss_f32(m4);
+    for (; t < n; t++)
+        m = x[t] > m ? x[t] : m;
+    return m;
+}
+
+/* x[t] -= m for t < n */
+static void sub_row(float *x, int n, float m) {
+    const __m256 vm = _mm256_set1_ps(m);
+    int t = 0;
+    for (; t + 8 <= n; t += 8)
+        _mm256_storeu_ps(x + t, _mm256_sub_ps(_mm256_loadu_ps(x + t), vm));
+    for (; t < n; t++)
+        x[t] -= m;
+}
+
+static float sum_row(const float *x, int n) {
+    __m256 vs = _mm256_setzero_ps();
+    int t = 0;
+    for (; t + 8 <= n; t += 8)
+        vs = _mm256_add_ps(vs, _mm256_loadu_ps(x + t));
+    float s = hsum_f32x8(vs);
+    for (; t < n; t++)
+        s += x[t];
+    return s;
+}
+
+/* Per sweep of up to ONL_ROWS rows and per block of keys: the block's
+ * scores by codi_attn_scores_f16_avx2 (the rows that see fewer keys get a
+ * few scores they ignore), each row's exponentials by codi_exp_neg_avx2
+ * (also the rescale factors, all rows in one call), then the weights times
+ * V two rows by four V rows at a time. */
+void codi_attn_online_f16_avx2(const float *q, int M, int hd, const int *n, const uint16_t *kT,
+                               size_t ldk, const uint16_t *vT, size_t ldv, float scale, float *const *o) {
+    for (int r0 = 0; r0 < M; r0 += ONL_ROWS) {
+        const int R = CODI_MIN(ONL_ROWS, M - r0);
+        const int *nr = n + r0;
+        float *const *orr = o + r0;
+        const float *qr = q + (size_t)r0 * hd;
+        float m[ONL_ROWS], l[ONL_ROWS], alpha[ONL_ROWS];
+        float s[ONL_ROWS * CODI_ATTN_BLOCK];
+        int nmax = 0;
+        for (int r = 0; r < R; r++) {
+            m[r] = -INFINITY;
+            l[r] = 0.0f;
+            memset(orr[r], 0, (size_t)hd * sizeof(float));
+            nmax = CODI_MAX(nmax, nr[r]);
+        }
+        for (int t0 = 0; t0 < nmax; t0 += CODI_ATTN_BLOCK) {
+            const int nb = CODI_MIN(CODI_ATTN_BLOCK, nmax - t0);
+            codi_attn_scores_f16_avx2(qr, R, hd, kT + t0, ldk, nb, s, CODI_ATTN_BLOCK, scale);
+            float mold[ONL_ROWS];
+            for (int r = 0; r < R; r++) {
+                float *sr = s + (size_t)r * CODI_ATTN_BLOCK;
+                const int k = CODI_MAX(0, CODI_MIN(nr[r] - t0, nb));
+                const float mn = k > 0 ? CODI_MAX(m[r], max_row(sr, k)) : m[r];
+                /* m_old - m_new: -inf for the first block (e^ = 0), 0
+                 * for a row with no keys here (e^ = 1) */
+                mold[r] = k > 0 ? m[r] - mn : 0.0f;
+                sub_row(sr, k, mn);
+                codi_exp_neg_avx2(sr, sr, k);
+                for (int t = k; t < nb; t++)
+                    sr[t] = 0.0f;
+                m[r] = mn;
+            }
+            codi_exp_neg_avx2(mold, alpha, R);
+            for (int r = 0; r < R; r++)
+                l[r] = l[r] * alpha[r] + sum_row(s + (size_t)r * CODI_ATTN_BLOCK, nb);
+            for (int j0 = 0; j0 < R; j0 += 2) {
+                const int NJ = CODI_MIN(2, R - j0);
+                const float *pj = s + (size_t)j0 * CODI_ATTN_BLOCK;
+                for (int i0 = 0; i0 < hd; i0 += 4) {
+                    const uint16_t *vi = vT + (size_t)i0 * ldv + t0;
+                    const int NI = CODI_MIN(4, hd - i0);
+#define OV(a, b)                                                                      \
+    case (a - 1) * 4 + b - 1:                                                         \
+        online_values(pj, vi, ldv, nb, alpha + j0, orr + j0, i0, a, b);               \
+        break;
+                    switch ((NJ - 1) * 4 + NI - 1) {
+                        OV(1, 1) OV(1, 2) OV(1, 3) OV(1, 4)
+                        OV(2, 1) OV(2, 2) OV(2, 3) OV(2, 4)
+                    }
+#undef OV
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+            for (int i = 0; i < hd; i++)
+                orr[r][i] *= inv;
         }
     }
 }

@@ -72,6 +72,12 @@ void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT
 void codi_attn_values_f16_avx2(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT,
                                size_t ldv, int hd, float *const *o);
 
+/* See codi_attn_online_f16 (kernels.h): the exponential of
+ * codi_exp_neg_avx2 and sums in another order, so equal to the reference
+ * to rounding. */
+void codi_attn_online_f16_avx2(const float *q, int M, int hd, const int *n, const uint16_t *kT,
+                               size_t ldk, const uint16_t *vT, size_t ldv, float scale, float *const *o);
+
 #endif
 
 #endif

@@ -256,6 +256,59 @@ void codi_attn_values_f16(const float *p, size_t ldp, const int *n, int m, const
     codi_attn_values_f16_ref(p, ldp, n, m, vT, ldv, hd, o);
 }
 
+/* One row at a time, one block of keys at a time, in the order the
+ * description in kernels.h gives; expf, sums in float. */
+void codi_attn_online_f16_ref(const float *q, int M, int hd, const int *n, const uint16_t *kT,
+                              size_t ldk, const uint16_t *vT, size_t ldv, float scale, float *const *o) {
+    for (int r = 0; r < M; r++) {
+        const float *qr = q + (size_t)r * hd;
+        float *orow = o[r];
+        float m = -INFINITY, l = 0.0f;
+        for (int i = 0; i < hd; i++)
+            orow[i] = 0.0f;
+        for (int t0 = 0; t0 < n[r]; t0 += CODI_ATTN_BLOCK) {
+            const int nb = n[r] - t0 < CODI_ATTN_BLOCK ? n[r] - t0 : CODI_ATTN_BLOCK;
+            float p[CODI_ATTN_BLOCK], bm = -INFINITY;
+            for (int t = 0; t < nb; t++) {
+                float acc = 0.0f;
+                for (int i = 0; i < hd; i++)
+                    acc += qr[i] * codi_fp16_to_fp32(kT[(size_t)i * ldk + t0 + t]);
+                p[t] = acc * scale;
+                bm = p[t] > bm ? p[t] : bm;
+            }
+            const float mn = bm > m ? bm : m;
+            const float alpha = expf(m - mn); /* 0 for the first block */
+            float sum = 0.0f;
+            for (int t = 0; t < nb; t++) {
+                p[t] = expf(p[t] - mn);
+                sum += p[t];
+            }
+            l = l * alpha + sum;
+            m = mn;
+            for (int i = 0; i < hd; i++) {
+                float acc = 0.0f;
+                for (int t = 0; t < nb; t++)
+                    acc += p[t] * codi_fp16_to_fp32(vT[(size_t)i * ldv + t0 + t]);
+                orow[i] = orow[i] * alpha + acc;
+            }
+        }
+        if (l > 0.0f)
+            for (int i = 0; i < hd; i++)
+                orow[i] /= l;
+    }
+}
+
+void codi_attn_online_f16(const float *q, int M, int hd, const int *n, const uint16_t *kT, size_t ldk,
+                          const uint16_t *vT, size_t ldv, float scale, float *const *o) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_attn_online_f16_avx2(q, M, hd, n, kT, ldk, vT, ldv, scale, o);
+        return;
+    }
+#endif
+    codi_attn_online_f16_ref(q, M, hd, n, kT, ldk, vT, ldv, scale, o);
+}
+
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     double ss = 0.0; /* llama.cpp accumulates in ggml_float (double) */
     for (int i = 0; i < n; i++)

@@ -59,6 +59,23 @@ void codi_attn_values_f16(const float *p, size_t ldp, const int *n, int m, const
 void codi_attn_values_f16_ref(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT,
                               size_t ldv, int hd, float *const *o);
 
+/* Attention of M query rows q[M][hd] (fp32, usually fp16-rounded) over a
+ * transposed fp16 K and V cache kT[hd][ldk], vT[hd][ldv] with an online
+ * softmax (flash-attention style): row r attends keys t < n[r] and gets
+ * o[r][i] = sum_t softmax_t(scale * q_r . k_t) vT[i][t], i < hd (0 when
+ * n[r] is 0). The keys are walked in blocks of CODI_ATTN_BLOCK: the
+ * block's scores of every row, the running maximum and sum, the output
+ * rescaled by e^(m_old - m_new) when the maximum grows, plus the block's
+ * weights times V; one division by the sum at the end. The weights stay
+ * fp32 (the rows path rounds them to fp16), so the result equals
+ * scores -> softmax -> values to rounding, not bit for bit. Scratch is one
+ * block of scores per row, on the stack; o is the accumulator. */
+#define CODI_ATTN_BLOCK 128
+void codi_attn_online_f16(const float *q, int M, int hd, const int *n, const uint16_t *kT, size_t ldk,
+                          const uint16_t *vT, size_t ldv, float scale, float *const *o);
+void codi_attn_online_f16_ref(const float *q, int M, int hd, const int *n, const uint16_t *kT,
+                              size_t ldk, const uint16_t *vT, size_t ldv, float scale, float *const *o);
+
 /* Small fused float ops (scalar here; vectorised by the compiler). */
 void codi_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void codi_softmax_inplace(float *x, int n);

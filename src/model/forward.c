@@ -28,6 +28,8 @@
 #define ATT_G 3 /* query heads of one KV head that attention handles together */
 #define ATT_T 4 /* query tokens per attention work item in a prefill (fp16 KV) */
 #define ATT_TMAX 8 /* the most CODI_ATTN_TILE may ask for */
+#define ATT_T_ONLINE 8 /* the same with flash_attn: the scratch no longer grows with it */
+#define ATT_ONLINE_DEFAULT 0 /* flash_attn -1: prefill tiles online? (docs/kernels.md) */
 
 struct codi_context {
     codi_model *m;
@@ -104,11 +106,14 @@ struct codi_context {
     size_t xq_stride; /* bytes per token row in xq */
     int att_tile;     /* query tokens per attention item (fp16 KV, no
                          budget; CODI_ATTN_TILE, 1 = one token per item) */
+    bool att_online;  /* tiles by attn_tile_online (flash_attn) */
+    int att_rows;     /* rows of scores/probs16 per thread: att_tile * ATT_G,
+                         or ATT_G when tiles run online */
     int32_t *tile_b0; /* [n_batch + 1] first row of each tile of the pass */
     int n_tiles;
     float *qt;        /* [n_threads][att_tile * ATT_G][head_dim] fp16-rounded queries */
-    float *scores;    /* [n_threads][att_tile * ATT_G][kv_cap] */
-    uint16_t *probs16;/* [n_threads][att_tile * ATT_G][kv_cap] attention weights as fp16 */
+    float *scores;    /* [n_threads][att_rows][kv_cap] */
+    uint16_t *probs16;/* [n_threads][att_rows][kv_cap] attention weights as fp16 */
     float *rope_theta;/* [2][n_rot/2] per-pair frequency: global layers,
                          then sliding-window layers (own rope base) */
     /* MoE scratch (n_expert > 0) */
@@ -157,7 +162,8 @@ codi_context_params codi_context_default_params(void) {
                              .kv_budget = 0, .kv_policy = CODI_KV_ALISA, .kv_window = 0,
                              .kv_sinks = -1, .kv_recompute = 0, .moe_mode = CODI_MOE_RESIDENT, .expert_budget = 0,
                              .expert_budget_pct = 0.0f, .expert_policy = CODI_EXPERT_EVICT_NEXT,
-                             .io_threads = 0, .expert_direct = -1, .moe_lookahead = 0, .moe_bits = 0};
+                             .io_threads = 0, .expert_direct = -1, .moe_lookahead = 0, .moe_bits = 0,
+                             .flash_attn = -1};
     return p;
 }
 
@@ -601,15 +607,21 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
     /* Prefill attention in tiles of query tokens (attn_tile); the tiles
      * give the per-token results bit for bit, CODI_ATTN_TILE=1 turns them
      * off (tests compare the two). */
-    c->att_tile = c->kv_bits == 16 && c->kv_budget == 0 ? ATT_T : 1;
+    const bool tiles = c->kv_bits == 16 && c->kv_budget == 0;
+    c->att_online = tiles && (p.flash_attn < 0 ? ATT_ONLINE_DEFAULT : p.flash_attn != 0);
+    c->att_tile = tiles ? (c->att_online ? ATT_T_ONLINE : ATT_T) : 1;
     const char *tile_env = getenv("CODI_ATTN_TILE");
     if (c->att_tile > 1 && tile_env && *tile_env)
         c->att_tile = CODI_MAX(1, CODI_MIN(atoi(tile_env), ATT_TMAX));
+    /* Online tiles need no score rows of kv_cap: those left serve
+     * attn_token. */
+    c->att_online = c->att_online && c->att_tile > 1;
     const size_t att_rows = (size_t)c->att_tile * ATT_G;
+    c->att_rows = c->att_online ? ATT_G : (int)att_rows;
     c->tile_b0 = calloc(B + 1, sizeof(int32_t));
     c->qt = xalloc_n((size_t)p.n_threads * att_rows * (size_t)hp->head_dim * sizeof(float), sb);
-    c->scores = xalloc_n((size_t)p.n_threads * att_rows * cap * sizeof(float), sb);
-    c->probs16 = xalloc_n((size_t)p.n_threads * att_rows * cap * sizeof(uint16_t), sb);
+    c->scores = xalloc_n((size_t)p.n_threads * c->att_rows * cap * sizeof(float), sb);
+    c->probs16 = xalloc_n((size_t)p.n_threads * c->att_rows * cap * sizeof(uint16_t), sb);
     c->rope_theta = xaligned((size_t)hp->n_rot * sizeof(float));
     c->logits_cap = 1;
     c->logits = xaligned((size_t)hp->n_vocab * sizeof(float));
@@ -1229,8 +1241,8 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
     const bool budget = c->kv_budget > 0;
     const bool track = budget && c->kv_policy != CODI_KV_WINDOW;
     const int bits = c->kv_bits, gs = c->kv_gs, hpg = hd / gs; /* groups per head */
-    float *scb = c->scores + (size_t)ith * c->att_tile * ATT_G * cap;
-    uint16_t *pb = c->probs16 + (size_t)ith * c->att_tile * ATT_G * cap;
+    float *scb = c->scores + (size_t)ith * c->att_rows * cap;
+    uint16_t *pb = c->probs16 + (size_t)ith * c->att_rows * cap;
     const int seq = c->row_seq[b], pos = c->row_pos[b];
     /* Causal: slots 0..row_slot (without a budget slot = position; with
      * one, kept slots all precede this pass and the pass's tokens are
@@ -1322,11 +1334,11 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
 static void attn_tile_f16(codi_context *c, int layer, int ith, int b0, int T, int kh, int h0, int G) {
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, M = T * G;
-    const size_t dq = (size_t)nh * hd, cap = (size_t)c->kv_cap, rows = (size_t)c->att_tile * ATT_G;
+    const size_t dq = (size_t)nh * hd, cap = (size_t)c->kv_cap, rows = (size_t)c->att_rows;
     const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
     float *scb = c->scores + (size_t)ith * rows * cap;
     uint16_t *pb = c->probs16 + (size_t)ith * rows * cap;
-    float *q32 = c->qt + (size_t)ith * rows * hd;
+    float *q32 = c->qt + (size_t)ith * c->att_tile * ATT_G * hd;
     int n[ATT_TMAX * ATT_G], n_max = 0;
     float *o[ATT_TMAX * ATT_G];
     const int seq = c->row_seq[b0];
@@ -1360,6 +1372,37 @@ static void attn_tile_f16(codi_context *c, int layer, int ith, int b0, int T, in
     codi_attn_values_f16(scb, cap, n, M, (const uint16_t *)vl, c->kv_row / sizeof(uint16_t), hd, o);
 }
 
+/* The tile of attn_tile_f16 with an online softmax (flash_attn):
+ * codi_attn_online_f16 walks the keys in blocks, so the scratch is a
+ * block of scores per row instead of a row of kv_cap, and the weights
+ * stay fp32. The queries are rounded to fp16 as in attn_tile_f16 (and as
+ * llama.cpp's flash attention converts them for its fp16 K). */
+static void attn_tile_online(codi_context *c, int layer, int ith, int b0, int T, int kh, int h0, int G) {
+    const codi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, nh = hp->n_head, M = T * G;
+    const size_t dq = (size_t)nh * hd, cap = (size_t)c->kv_cap;
+    const float scale = hp->arch_id == CODI_ARCH_GEMMA3 ? 1.0f : hp->attn_scale;
+    float *q32 = c->qt + (size_t)ith * c->att_tile * ATT_G * hd;
+    int n[ATT_TMAX * ATT_G];
+    float *o[ATT_TMAX * ATT_G];
+    const int seq = c->row_seq[b0];
+    for (int r = 0; r < T; r++) {
+        const int b = b0 + r, n_kv = c->row_slot[b] + 1;
+        const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
+        for (int g = 0; g < G; g++) {
+            uint16_t q16[1024];
+            codi_fp32_to_fp16_row(qb + (size_t)g * hd, q16, hd);
+            codi_fp16_to_fp32_row(q16, q32 + (size_t)(r * G + g) * hd, hd);
+            n[r * G + g] = n_kv;
+            o[r * G + g] = c->att + (size_t)b * dq + (size_t)(h0 + g) * hd;
+        }
+    }
+    const uint8_t *kl = kv_at(c, c->kc, seq, layer) + (size_t)kh * hd * c->kv_row;
+    const uint8_t *vl = kv_at(c, c->vc, seq, layer) + (size_t)kh * hd * c->kv_row;
+    codi_attn_online_f16(q32, M, hd, n, (const uint16_t *)kl, cap, (const uint16_t *)vl,
+                         c->kv_row / sizeof(uint16_t), scale, o);
+}
+
 static void attn_task(void *arg, int ith, int nth) {
     (void)nth;
     attn_job *j = arg;
@@ -1381,7 +1424,9 @@ static void attn_task(void *arg, int ith, int nth) {
         bool tile = T > 1;
         for (int r = 0; tile && swa && r < T; r++)
             tile = c->row_slot[b0 + r] + 1 <= hp->n_swa;
-        if (tile)
+        if (tile && c->att_online)
+            attn_tile_online(c, j->layer, ith, b0, T, kh, h0, G);
+        else if (tile)
             attn_tile_f16(c, j->layer, ith, b0, T, kh, h0, G);
         else
             for (int r = 0; r < T; r++)

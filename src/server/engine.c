@@ -432,6 +432,7 @@ int srv_engine_create(codi_model *model, int32_t n_parallel, int32_t n_ctx,
         cp.kv_window = kv->kv_window;
         cp.kv_sinks = kv->kv_sinks;
         cp.kv_recompute = kv->kv_recompute;
+        cp.flash_attn = kv->flash_attn;
     }
     cp.n_ctx = n_ctx;
     cp.n_threads = n_threads;
