@@ -193,7 +193,7 @@ static void test_kvc_kernel_vs_ref(void **state) {
             const int hd = hds[hi];
             const size_t ld = codi_kvq_row_bytes(bits, NGC * CODI_KVC_G);
             uint8_t *kT = calloc((size_t)hd * ld, 1);
-            uint16_t *ks = malloc((size_t)hd * NGC * 2), *km = malloc((size_t)hd * NGC * 2);
+            uint16_t *ks = malloc((size_t)hd * NGC * 2), *km = malloc((size_t)hd * NGC * 2); /* [NGC][hd] */
             for (int i = 0; i < hd; i++)
                 for (int j = 0; j < NGC; j++) {
                     float x[CODI_KVC_G];
@@ -202,7 +202,7 @@ static void test_kvc_kernel_vs_ref(void **state) {
                     const float amp = i % 7 == 0 ? 20.0f : 1.0f, off = (float)(i % 5) - 2.0f;
                     for (int u = 0; u < CODI_KVC_G; u++)
                         x[u] = off + amp * frand();
-                    codi_kvq_quantize_group(bits, x, CODI_KVC_G, codes, &ks[i * NGC + j], &km[i * NGC + j]);
+                    codi_kvq_quantize_group(bits, x, CODI_KVC_G, codes, &ks[j * hd + i], &km[j * hd + i]);
                     for (int u = 0; u < CODI_KVC_G; u++)
                         codi_kvq_set(bits, kT + (size_t)i * ld, (size_t)(j * CODI_KVC_G + u), codes[u]);
                 }
@@ -218,8 +218,9 @@ static void test_kvc_kernel_vs_ref(void **state) {
                         float got[3 * CAP], want[3 * CAP];
                         for (int i = 0; i < 3 * CAP; i++)
                             got[i] = want[i] = 1234.5f; /* slots past n must stay untouched */
-                        codi_attn_scores_kvc(bits, q, G, hd, kT, ld, ks, km, NGC, t0, n, got, CAP, 0.125f);
-                        codi_attn_scores_kvc_ref(bits, q, G, hd, kT, ld, ks, km, NGC, t0, n, want, CAP, 0.125f);
+                        codi_attn_scores_kvc(bits, q, G, hd, kT, ld, ks, km, (size_t)hd, t0, n, got, CAP, 0.125f);
+                        codi_attn_scores_kvc_ref(bits, q, G, hd, kT, ld, ks, km, (size_t)hd, t0, n, want, CAP,
+                                                 0.125f);
                         for (int g = 0; g < G; g++)
                             for (int t = 0; t < n + 2 && t < CAP; t++) {
                                 const float w = want[g * CAP + t], d = fabsf(got[g * CAP + t] - w);

@@ -121,9 +121,9 @@ void codi_attn_scores_kvc_ref(int bits, const float *q, int G, int hd, const uin
             const size_t a = (size_t)t0 + (size_t)t, j = a / CODI_KVC_G;
             float acc = 0.0f;
             for (int i = 0; i < hd; i++) {
-                const float k = codi_fp16_to_fp32(ks[(size_t)i * ldsc + j]) *
+                const float k = codi_fp16_to_fp32(ks[j * ldsc + (size_t)i]) *
                                     (float)codi_kvq_get(bits, kT + (size_t)i * ldk, a) +
-                                codi_fp16_to_fp32(km[(size_t)i * ldsc + j]);
+                                codi_fp16_to_fp32(km[j * ldsc + (size_t)i]);
                 acc += q[(size_t)g * hd + i] * k;
             }
             s[(size_t)g * lds + t] = acc * scale;

@@ -65,9 +65,10 @@ void codi_attn_values_kvq_ref(int bits, const float *p, size_t ldp, int G, int h
 
 /* Keys quantized per channel (--kv-keys channel, KIVI): codes laid out as
  * above, but every channel row i has its own fp16 scale and minimum per
- * group of CODI_KVC_G consecutive slots, ks[i * ldsc + slot / CODI_KVC_G]
- * (and km alike): a channel's outliers set only that channel's step.
- *   s[g * lds + t] = scale * sum_i q[g][i] * (ks[i][j] * code_i(t0+t) + km[i][j]),
+ * group j of CODI_KVC_G consecutive slots, ks[j * ldsc + i] (and km alike;
+ * a group's scales are one row over the channels): a channel's outliers
+ * set only that channel's step.
+ *   s[g * lds + t] = scale * sum_i q[g][i] * (ks[j][i] * code_i(t0+t) + km[j][i]),
  * j = (t0 + t) / CODI_KVC_G, for t < n; every group these slots touch must
  * hold codes for all its CODI_KVC_G slots. G <= 3. */
 #define CODI_KVC_G 16

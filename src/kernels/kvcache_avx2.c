@@ -191,9 +191,10 @@ void codi_attn_values_kvq_avx2(int bits, const float *p, size_t ldp, int G, int 
 }
 
 /* Per-channel keys (codi_attn_scores_kvc): one group of CODI_KVC_G = 16
- * slots at a time; per channel, its codes for the 16 slots are widened
- * once, the query times the channel's scale multiplies them and the query
- * times its minimum adds one constant per head. */
+ * slots at a time. The query times the group's scales (8 channels per
+ * vector) first, and the query times its minima summed to one constant
+ * per head; then per channel its codes for the 16 slots are widened once
+ * and multiplied by that channel's scaled query for every head. */
 __attribute__((always_inline)) static inline void scores_c(const float *q, int hd, const uint8_t *kT,
                                                           size_t ldk, const uint16_t *ks,
                                                           const uint16_t *km, size_t ldsc, int t0,
@@ -202,25 +203,35 @@ __attribute__((always_inline)) static inline void scores_c(const float *q, int h
     if (n <= 0)
         return;
     const int j0 = t0 / CODI_KVC_G, j1 = (t0 + n - 1) / CODI_KVC_G;
+    float qs[3][1024]; /* head_dim <= 1024 (loader) */
     for (int j = j0; j <= j1; j++) {
         const size_t a = (size_t)j * CODI_KVC_G;
+        const uint16_t *sr = ks + (size_t)j * ldsc, *mr = km + (size_t)j * ldsc;
         __m256 acc[3][2];
         float bias[3];
         for (int g = 0; g < G; g++) {
+            const float *qg = q + (size_t)g * hd;
+            __m256 b = _mm256_setzero_ps();
+            int i = 0;
+            for (; i + 8 <= hd; i += 8) {
+                const __m256 qv = _mm256_loadu_ps(qg + i);
+                _mm256_storeu_ps(qs[g] + i, _mm256_mul_ps(qv, f16x8(sr + i)));
+                b = _mm256_fmadd_ps(qv, f16x8(mr + i), b);
+            }
+            bias[g] = hsum8(b);
+            for (; i < hd; i++) {
+                qs[g][i] = qg[i] * _cvtsh_ss(sr[i]);
+                bias[g] += qg[i] * _cvtsh_ss(mr[i]);
+            }
             acc[g][0] = acc[g][1] = _mm256_setzero_ps();
-            bias[g] = 0.0f;
         }
         for (int i = 0; i < hd; i++) {
             const uint8_t *row = kT + (size_t)i * ldk;
-            const float sc = _cvtsh_ss(ks[(size_t)i * ldsc + (size_t)j]);
-            const float mn = _cvtsh_ss(km[(size_t)i * ldsc + (size_t)j]);
             const __m256 c0 = codes8(row, a, bits), c1 = codes8(row, a + 8, bits);
             for (int g = 0; g < G; g++) {
-                const float qi = q[(size_t)g * hd + i];
-                const __m256 w = _mm256_set1_ps(qi * sc);
+                const __m256 w = _mm256_broadcast_ss(qs[g] + i);
                 acc[g][0] = _mm256_fmadd_ps(w, c0, acc[g][0]);
                 acc[g][1] = _mm256_fmadd_ps(w, c1, acc[g][1]);
-                bias[g] += qi * mn;
             }
         }
         /* the slots of this group inside t0..t0+n-1 */

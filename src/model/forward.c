@@ -51,7 +51,7 @@ struct codi_context {
     float *kshift;        /* [n_layer][kv_dim] key centre subtracted (with smooth) */
     float *kstat;         /* [2][n_layer][kv_dim] K minima, maxima while calibrating */
     /* Keys per channel (kv_kch, KIVI; kvcache.h codi_attn_scores_kvc):
-     * then ksc/kmn are [n_seq][n_layer][kv_dim][kv_ngc], one scale and
+     * then ksc/kmn are [n_seq][n_layer][kv_ngc][kv_dim], one scale and
      * minimum per channel and group of CODI_KVC_G slots. A group is
      * quantized when its last slot is stored; until then its keys stay
      * exact in kstage, and a query reads the groups that end inside its
@@ -809,8 +809,8 @@ static void kch_rewind(codi_context *c, int32_t seq, int32_t pos) {
         const uint16_t *ks = kch_sc_at(c, c->ksc, seq, l), *km = kch_sc_at(c, c->kmn, seq, l);
         float *st = kch_stage_at(c, seq, l);
         for (size_t i = 0; i < dkv; i++) {
-            const float sc = codi_fp16_to_fp32(ks[i * (size_t)c->kv_ngc + (size_t)j]);
-            const float mn = codi_fp16_to_fp32(km[i * (size_t)c->kv_ngc + (size_t)j]);
+            const float sc = codi_fp16_to_fp32(ks[(size_t)j * dkv + i]);
+            const float mn = codi_fp16_to_fp32(km[(size_t)j * dkv + i]);
             for (int32_t t = j * CODI_KVC_G; t < pos; t++)
                 st[i * CODI_KVC_G + (size_t)(t % CODI_KVC_G)] =
                     sc * (float)codi_kvq_get(c->kv_bits, kr + i * c->kv_row, (size_t)t) + mn;
@@ -1266,10 +1266,9 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         /* groups that end inside the causal range from their codes, the
          * rest (at most CODI_KVC_G - 1 slots) exactly */
         const int full = n_kv / CODI_KVC_G * CODI_KVC_G, nq = CODI_MAX(0, full - t0);
-        const size_t hoff = (size_t)kh * hd * (size_t)c->kv_ngc;
+        const size_t hoff = (size_t)kh * hd, dkv = (size_t)hp->n_head_kv * hd;
         codi_attn_scores_kvc(bits, qb, G, hd, kl, c->kv_row, kch_sc_at(c, c->ksc, seq, layer) + hoff,
-                             kch_sc_at(c, c->kmn, seq, layer) + hoff, (size_t)c->kv_ngc, t0, nq, scb,
-                             cap, scale);
+                             kch_sc_at(c, c->kmn, seq, layer) + hoff, dkv, t0, nq, scb, cap, scale);
         kch_scores_open(c, layer, seq, kh, qb, G, t0 + nq, n_kv, scb + nq, cap, scale);
     } else {
         codi_attn_scores_kvq(bits, qb, G, hd, gs, kl, c->kv_row,
@@ -1673,7 +1672,7 @@ static void kch_pass_rows(codi_context *c, int B) {
  * rows, older ones of the group from the open group. */
 static void kch_quantize(codi_context *c, int layer) {
     const codi_hparams *hp = &c->m->hp;
-    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, ngc = (size_t)c->kv_ngc;
+    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
     for (int seq = 0; seq < c->n_seq; seq++) {
         const int32_t r0 = c->pass_off[seq], m = c->pass_off[seq + 1] - r0;
         if (m == 0)
@@ -1692,8 +1691,8 @@ static void kch_quantize(codi_context *c, int layer) {
                     x[u] = t >= sf ? c->k[(size_t)c->pass_rows[r0 + (t - sf)] * dkv + i]
                                    : st[i * CODI_KVC_G + (size_t)u];
                 }
-                codi_kvq_quantize_group(c->kv_bits, x, CODI_KVC_G, codes, &ks[i * ngc + (size_t)j],
-                                        &km[i * ngc + (size_t)j]);
+                codi_kvq_quantize_group(c->kv_bits, x, CODI_KVC_G, codes, &ks[(size_t)j * dkv + i],
+                                        &km[(size_t)j * dkv + i]);
                 for (int u = 0; u < CODI_KVC_G; u++)
                     codi_kvq_set(c->kv_bits, kr + i * c->kv_row, (size_t)(j * CODI_KVC_G + u), codes[u]);
             }
