@@ -1299,19 +1299,18 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         }
     }
     if (bits == 16) {
-        const uint16_t *pp[ATT_G];
+        /* o[i] = sum_t p_t v_t[i] with the weights rounded to fp16 (kept as
+         * floats): each output the fp16 dot over its transposed V row in
+         * llama.cpp's order (codi_attn_values_f16, as the prefill tiles) */
+        int nr[ATT_G];
+        float *og[ATT_G];
         for (int g = 0; g < G; g++) {
-            pp[g] = pb + (size_t)g * cap;
             codi_fp32_to_fp16_row(scb + (size_t)g * cap, pb + (size_t)g * cap, n);
+            codi_fp16_to_fp32_row(pb + (size_t)g * cap, scb + (size_t)g * cap, n);
+            nr[g] = n;
+            og[g] = o + (size_t)g * hd;
         }
-        /* o[i] = sum_t p_t v_t[i]: one fp16 dot per output dimension over
-         * the transposed V rows, in llama.cpp's order. */
-        for (int i = 0; i < hd; i++) {
-            float sv[ATT_G];
-            codi_dot_f16_multi(n, sv, (const uint16_t *)(vl + (size_t)i * c->kv_row) + t0, pp, G);
-            for (int g = 0; g < G; g++)
-                o[(size_t)g * hd + i] = sv[g];
-        }
+        codi_attn_values_f16(scb, cap, nr, G, (const uint16_t *)vl + t0, c->kv_row / sizeof(uint16_t), hd, og);
     } else {
         float ob[ATT_G * 1024];
         codi_attn_values_kvq(bits, scb, cap, G, hd, gs, vl, c->kv_row,
