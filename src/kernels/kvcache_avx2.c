@@ -123,6 +123,41 @@ void codi_attn_scores_kvq_avx2(int bits, const float *q, int G, int hd, int gs, 
 #undef SC
 }
 
+/* Outputs of NI channel rows (vT, stride ldv) for G weight rows tmp[g]
+ * (n slots, scales applied): o[g * hd + i] = sum_t tmp[g][t] code_i(t0+t)
+ * + cm[g]. An odd first slot (head = 1) of 4-bit rows is added apart. */
+__attribute__((always_inline)) static inline void values_rows(const float *tmp, int n, int head,
+                                                             const uint8_t *vT, size_t ldv, int t0,
+                                                             float *o, int hd, const float *cm,
+                                                             const int bits, const int G, const int NI) {
+    __m256 acc[3][4];
+    float extra[3][4];
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < NI; i++) {
+            acc[g][i] = _mm256_setzero_ps();
+            extra[g][i] = head ? tmp[(size_t)g * n] * (float)codi_kvq_get(bits, vT + (size_t)i * ldv, (size_t)t0)
+                               : 0.0f;
+        }
+    int t = head;
+    for (; t + 8 <= n; t += 8) {
+        __m256 w[3];
+        for (int g = 0; g < G; g++)
+            w[g] = _mm256_loadu_ps(tmp + (size_t)g * n + t);
+        for (int i = 0; i < NI; i++) {
+            const __m256 c = codes8(vT + (size_t)i * ldv, (size_t)t0 + (size_t)t, bits);
+            for (int g = 0; g < G; g++)
+                acc[g][i] = _mm256_fmadd_ps(w[g], c, acc[g][i]);
+        }
+    }
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < NI; i++) {
+            float r = hsum8(acc[g][i]) + extra[g][i];
+            for (int u = t; u < n; u++)
+                r += tmp[(size_t)g * n + u] * (float)codi_kvq_get(bits, vT + (size_t)i * ldv, (size_t)t0 + (size_t)u);
+            o[(size_t)g * hd + i] = r + cm[g];
+        }
+}
+
 __attribute__((always_inline)) static inline void values_g(const float *p, size_t ldp, int hd, int gs,
                                                           const uint8_t *vT, size_t ldv,
                                                           const uint16_t *vs, const uint16_t *vm,
@@ -153,27 +188,12 @@ __attribute__((always_inline)) static inline void values_g(const float *p, size_
             }
             cm[g] = c;
         }
-        for (int i = grp * gs; i < (grp + 1) * gs; i++) {
-            const uint8_t *row = vT + (size_t)i * ldv;
-            __m256 acc[3];
-            float extra[3];
-            for (int g = 0; g < G; g++) {
-                acc[g] = _mm256_setzero_ps();
-                extra[g] = head ? tmp[(size_t)g * n] * (float)codi_kvq_get(bits, row, (size_t)t0) : 0.0f;
-            }
-            int t = head;
-            for (; t + 8 <= n; t += 8) {
-                const __m256 c = codes8(row, (size_t)t0 + (size_t)t, bits);
-                for (int g = 0; g < G; g++)
-                    acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(tmp + (size_t)g * n + t), c, acc[g]);
-            }
-            for (int g = 0; g < G; g++) {
-                float r = hsum8(acc[g]) + extra[g];
-                for (int u = t; u < n; u++)
-                    r += tmp[(size_t)g * n + u] * (float)codi_kvq_get(bits, row, (size_t)t0 + (size_t)u);
-                o[(size_t)g * hd + i] = r + cm[g];
-            }
-        }
+        /* four channels at a time: each weight vector loaded once for them */
+        int i = grp * gs;
+        for (; i + 4 <= (grp + 1) * gs; i += 4)
+            values_rows(tmp, n, head, vT + (size_t)i * ldv, ldv, t0, o + i, hd, cm, bits, G, 4);
+        for (; i < (grp + 1) * gs; i++)
+            values_rows(tmp, n, head, vT + (size_t)i * ldv, ldv, t0, o + i, hd, cm, bits, G, 1);
     }
 }
 
