@@ -1200,6 +1200,18 @@ static void rope_qk(const codi_context *c, const codi_layer *L, float *q, float 
     rope_apply(hp, k, hp->n_head_kv, cs, sn);
 }
 
+/* Per-channel keys: the first slot sequence seq stores in this pass
+ * (INT32_MAX when none), and the K row of its slot t >= that first one. */
+static int32_t kch_pass_first(const codi_context *c, int seq) {
+    const int32_t r0 = c->pass_off[seq];
+    return c->pass_off[seq + 1] > r0 ? c->row_slot[c->pass_rows[r0]] : INT32_MAX;
+}
+
+static const float *kch_pass_key(const codi_context *c, int seq, int32_t first, int32_t t) {
+    const size_t dkv = (size_t)c->m->hp.n_head_kv * c->m->hp.head_dim;
+    return c->k + (size_t)c->pass_rows[c->pass_off[seq] + (t - first)] * dkv;
+}
+
 /* Per-channel keys: exact scores of slots t_lo..t_hi-1 of sequence seq
  * (KV head kh), which lie in a group not complete at the query: keys of
  * this pass come from its K rows, older ones from the open group. */
@@ -1207,15 +1219,13 @@ static void kch_scores_open(const codi_context *c, int layer, int seq, int kh, c
                             int t_lo, int t_hi, float *s, size_t lds, float scale) {
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim;
-    const size_t dkv = (size_t)hp->n_head_kv * hd;
-    const int32_t r0 = c->pass_off[seq];
-    const int32_t sf = c->pass_off[seq + 1] > r0 ? c->row_slot[c->pass_rows[r0]] : INT32_MAX;
+    const int32_t sf = kch_pass_first(c, seq);
     const float *st = kch_stage_at(c, seq, layer) + (size_t)kh * hd * CODI_KVC_G;
     for (int t = t_lo; t < t_hi; t++) {
         const float *kp = NULL;
         size_t step = CODI_KVC_G;
         if (t >= sf) {
-            kp = c->k + (size_t)c->pass_rows[r0 + (t - sf)] * dkv + (size_t)kh * hd;
+            kp = kch_pass_key(c, seq, sf, t) + (size_t)kh * hd;
             step = 1;
         } else {
             kp = st + (size_t)(t % CODI_KVC_G);
@@ -1673,10 +1683,10 @@ static void kch_quantize(codi_context *c, int layer) {
     const codi_hparams *hp = &c->m->hp;
     const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
     for (int seq = 0; seq < c->n_seq; seq++) {
-        const int32_t r0 = c->pass_off[seq], m = c->pass_off[seq + 1] - r0;
-        if (m == 0)
+        const int32_t sf = kch_pass_first(c, seq);
+        if (sf == INT32_MAX)
             continue;
-        const int32_t sf = c->row_slot[c->pass_rows[r0]], end = sf + m;
+        const int32_t end = sf + (c->pass_off[seq + 1] - c->pass_off[seq]);
         int32_t *done = &c->kch_done[(size_t)seq * hp->n_layer + (size_t)layer];
         uint8_t *kr = kv_at(c, c->kc, seq, layer);
         uint16_t *ks = kch_sc_at(c, c->ksc, seq, layer), *km = kch_sc_at(c, c->kmn, seq, layer);
@@ -1687,8 +1697,7 @@ static void kch_quantize(codi_context *c, int layer) {
                 uint8_t codes[CODI_KVC_G];
                 for (int u = 0; u < CODI_KVC_G; u++) {
                     const int32_t t = j * CODI_KVC_G + u;
-                    x[u] = t >= sf ? c->k[(size_t)c->pass_rows[r0 + (t - sf)] * dkv + i]
-                                   : st[i * CODI_KVC_G + (size_t)u];
+                    x[u] = t >= sf ? kch_pass_key(c, seq, sf, t)[i] : st[i * CODI_KVC_G + (size_t)u];
                 }
                 codi_kvq_quantize_group(c->kv_bits, x, CODI_KVC_G, codes, &ks[(size_t)j * dkv + i],
                                         &km[(size_t)j * dkv + i]);
@@ -1707,13 +1716,13 @@ static void kch_stage(codi_context *c, int layer) {
     const codi_hparams *hp = &c->m->hp;
     const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
     for (int seq = 0; seq < c->n_seq; seq++) {
-        const int32_t r0 = c->pass_off[seq], m = c->pass_off[seq + 1] - r0;
-        if (m == 0)
+        const int32_t sf = kch_pass_first(c, seq);
+        if (sf == INT32_MAX)
             continue;
-        const int32_t sf = c->row_slot[c->pass_rows[r0]], end = sf + m;
+        const int32_t end = sf + (c->pass_off[seq + 1] - c->pass_off[seq]);
         float *st = kch_stage_at(c, seq, layer);
         for (int32_t t = CODI_MAX(sf, end / CODI_KVC_G * CODI_KVC_G); t < end; t++) {
-            const float *k = c->k + (size_t)c->pass_rows[r0 + (t - sf)] * dkv;
+            const float *k = kch_pass_key(c, seq, sf, t);
             for (size_t i = 0; i < dkv; i++)
                 st[i * CODI_KVC_G + (size_t)(t % CODI_KVC_G)] = k[i];
         }
