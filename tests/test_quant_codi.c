@@ -23,6 +23,7 @@
 #include "quant/mix.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
+#include "kernels/repack.h"
 #include "tensor/blocks.h"
 #include "tensor/quant_codi.h"
 #include "tensor/quants.h"
@@ -463,6 +464,144 @@ static void test_w4a8(void **state) {
     free(a);
 }
 
+/* The AVX2 A8 quantizer writes the reference's bytes (codes, sum, scale),
+ * zeros, halves-to-even and the largest element included. */
+static void test_a8_quantize(void **state) {
+    (void)state;
+    if (strcmp(codi_kernel_backend(), "avx2") != 0)
+        skip();
+    enum { N = 32 * 37 };
+    float *x = malloc(N * sizeof *x);
+    codi_block_a8 ref[N / 32], fast[N / 32];
+    for (int seed = 0; seed < 12; seed++) {
+        rng_seed((uint64_t)seed + 100);
+        const int64_t n = 32 * (1 + seed * 3);
+        for (int64_t i = 0; i < n; i++)
+            x[i] = seed == 0 ? 0.0f : rnd_gauss() * (seed % 4 == 1 ? 1e-3f : 3.0f);
+        if (seed == 2) /* exact halves of the step: d = 1 with max 127 */
+            for (int64_t i = 0; i < n; i++)
+                x[i] = i == 0 ? 127.0f : (float)((i % 40) - 20) + 0.5f;
+        memset(ref, 0x5A, sizeof ref);
+        memset(fast, 0xA5, sizeof fast);
+        codi_quantize_row_a8_ref(x, ref, n);
+        codi_kernel_from_float(CODI_TYPE_A8)(x, fast, n);
+        assert_memory_equal(ref, fast, (size_t)(n / 32) * sizeof *ref);
+    }
+    free(x);
+}
+
+/* W4A8 kernels stay exact for any header byte (group scale up to 255,
+ * zero point -128) and the largest activations, over rows long enough to
+ * flush the int32 lanes more than once. */
+static void test_w4a8_extremes(void **state) {
+    (void)state;
+    if (strcmp(codi_kernel_backend(), "avx2") != 0)
+        skip();
+    enum { NR = 5, NC = 4, N = 3 * 32 * 1024 + 128 };
+    for (size_t gi = 0; gi < 3; gi++) {
+        const int G = GROUPS[gi];
+        const int type = codi_type_codi_group(48, G);
+        const codi_type_traits *t = codi_type_get(type);
+        const size_t ldw = codi_row_size(type, N), ldx = codi_row_size(CODI_TYPE_A8, N);
+        uint8_t *w = malloc(NR * ldw), *a = malloc(NC * ldx);
+        rng_seed((uint64_t)G);
+        for (size_t i = 0; i < NR * ldw; i++)
+            w[i] = (uint8_t)(rnd_u64() >> 24);
+        for (int r = 0; r < NR; r++) /* worst case: every code 15, scale 255, zero -128 */
+            if (r < 2)
+                for (int64_t g = 0; g < N / G; g++) {
+                    uint8_t *b = w + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G);
+                    b[0] = 255;
+                    b[1] = (uint8_t)(int8_t)-128;
+                    memset(b + 2, 0xFF, (size_t)G / 2);
+                }
+        for (int c = 0; c < NC; c++) {
+            codi_block_a8 *blk = (codi_block_a8 *)(a + (size_t)c * ldx);
+            for (int64_t k = 0; k < N / 32; k++) {
+                int sum = 0;
+                for (int j = 0; j < 32; j++) {
+                    blk[k].qs[j] = (int8_t)(c == 0 ? 127 : c == 1 ? -127 : (int)(rnd_u64() % 255) - 127);
+                    sum += blk[k].qs[j];
+                }
+                blk[k].d = 1.0f / 4096;
+                blk[k].sum = (int16_t)sum;
+                blk[k].pad = 0;
+            }
+        }
+        float ref[NC * NR], fast[NC * NR], y[NC * NR];
+        codi_gemm_generic(t->vec_dot, N, NR, NC, w, ldw, a, ldx, ref, NR);
+        codi_gemm_generic(codi_kernel_vec_dot(type), N, NR, NC, w, ldw, a, ldx, fast, NR);
+        codi_kernel_gemm(type)(N, NR, NC, w, ldw, a, ldx, y, NR);
+        for (int i = 0; i < NC * NR; i++) {
+            assert_int_equal(f2u(fast[i]), f2u(ref[i]));
+            assert_int_equal(f2u(y[i]), f2u(ref[i]));
+        }
+        free(w);
+        free(a);
+    }
+}
+
+/* The x8 layout (kernels/repack.h): 16 rows repacked into two groups give
+ * the reference's results bit for bit, for 1..6 tokens, random and extreme
+ * headers (scale 255, zero -128, every code 15, activations +-127) and rows
+ * long enough to flush the int32 lanes many times. */
+static void test_w4a8_x8(void **state) {
+    (void)state;
+    enum { NR = 16, NC = 6, MAXN = 32 * 1024 + 256 };
+    for (size_t gi = 0; gi < 3; gi++) {
+        const int G = GROUPS[gi];
+        const int type = codi_type_codi_group(48, G);
+        const codi_type_traits *t = codi_type_get(type);
+        codi_gemm_x8_fn x8 = codi_kernel_gemm_x8(type);
+        if (!x8) {
+            assert_string_not_equal(codi_kernel_backend(), "avx2");
+            return;
+        }
+        assert_true(codi_x8_has_layout(type));
+        for (int seed = 0; seed < 6; seed++) {
+            const int64_t n = seed == 5 ? MAXN : (int64_t)G * (1 + seed * 7);
+            const int nc = 1 + seed % NC;
+            const size_t ldw = codi_row_size(type, n), ldx = codi_row_size(CODI_TYPE_A8, n);
+            uint8_t *w = malloc(NR * ldw), *p = malloc(NR * ldw), *a = malloc(NC * ldx);
+            float *x = malloc((size_t)n * sizeof *x);
+            rng_seed((uint64_t)seed * 7 + (uint64_t)G);
+            for (int r = 0; r < NR; r++) {
+                if (seed < 4) {
+                    fill_weights(x, n, seed + r);
+                    codi_quantize_row_w4a8(x, w + (size_t)r * ldw, n, G, NULL);
+                } else {
+                    for (size_t i = 0; i < ldw; i++)
+                        w[(size_t)r * ldw + i] = (uint8_t)(rnd_u64() >> 24);
+                    for (int64_t g = 0; r % 3 == 0 && g < n / G; g++) {
+                        uint8_t *b = w + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G);
+                        b[0] = 255;
+                        b[1] = (uint8_t)(int8_t)-128;
+                        memset(b + 2, 0xFF, (size_t)G / 2);
+                    }
+                }
+            }
+            for (int c = 0; c < nc; c++) {
+                for (int64_t i = 0; i < n; i++)
+                    x[i] = seed >= 4 && c < 2 ? (c == 0 ? 1.0f : -1.0f) : rnd_gauss();
+                codi_quantize_row_a8_ref(x, a + (size_t)c * ldx, n);
+            }
+            for (int g = 0; g < NR / CODI_X8_ROWS; g++)
+                codi_x8_pack_group(type, n, w + (size_t)g * CODI_X8_ROWS * ldw, ldw,
+                                   p + (size_t)g * CODI_X8_ROWS * ldw);
+            float ref[NC * NR], y[NC * NR];
+            codi_gemm_generic(t->vec_dot, n, NR, nc, w, ldw, a, ldx, ref, NR);
+            memset(y, 0, sizeof y);
+            x8(n, NR / CODI_X8_ROWS, p, nc, a, ldx, y, NR);
+            for (int i = 0; i < nc * NR; i++)
+                assert_int_equal(f2u(y[i]), f2u(ref[i]));
+            free(w);
+            free(p);
+            free(a);
+            free(x);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
@@ -472,6 +611,9 @@ int main(void) {
         cmocka_unit_test(test_gqsa),
         cmocka_unit_test(test_mix_chunk),
         cmocka_unit_test(test_w4a8),
+        cmocka_unit_test(test_a8_quantize),
+        cmocka_unit_test(test_w4a8_extremes),
+        cmocka_unit_test(test_w4a8_x8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

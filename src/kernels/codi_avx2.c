@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels/repack.h"
 #include "tensor/blocks.h"
 #include "tensor/quant_codi.h"
 
@@ -117,96 +118,138 @@ AI void dot_gqsa(int64_t n, float *s, const void *vx, const void *vy, const int 
     *s = hsum_f32x8(acc) + _mm_cvtss_f32(_mm_shuffle_ps(summs, summs, 1));
 }
 
-/* W4A8: the whole row in integers. Per 32-block maddubs(q, x) -> int32
- * lanes; a group's lanes times its u8 scale (mullo) into an int32 vector,
- * the zero points through the blocks' activation sums; flushed into an
- * int64 every 16 groups (|sg (q - z) x| <= 255 * 15 * 127 per element
- * keeps 16 * 128 elements inside int32); one float multiply at the end.
- * Bit-exact with the reference. */
+/* W4A8: the whole row in integers. Per 32-block maddubs(q, x) -> int16
+ * pairs (|q0 x0 + q1 x1| <= 3810), and one madd against the group scale sg
+ * broadcast to 16 bits gives sg * (pairs) in int32 lanes (<= 255 * 7620 per
+ * lane per block for any header byte), so a lane takes 1024 blocks before
+ * it is flushed into an int64. The zero points go through the blocks'
+ * activation sums in 64-bit. One float multiply at the end. Bit-exact with
+ * the reference for every input. */
+#define W4A8_FLUSH_BLOCKS 1024
+
+AI int64_t hsum_i32x8_i64(__m256i v) {
+    const __m256i t = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                       _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+    const __m128i u = _mm_add_epi64(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    return _mm_cvtsi128_si64(u) + _mm_extract_epi64(u, 1);
+}
+
 AI void dot_w4a8(int64_t n, float *s, const void *vx, const void *vy, const int G) {
     CODI_ASSERT(n >= 0 && n % G == 0);
     const uint8_t *b = vx;
     const codi_block_a8 *y = vy;
     int64_t total = 0, corr = 0;
     __m256i acc = _mm256_setzero_si256();
-    const int64_t ng = n / G;
+    const int64_t ng = n / G, flush = W4A8_FLUSH_BLOCKS / (G / 32);
     for (int64_t g = 0; g < ng; g++, b += CODI_W4A8_BYTES(G)) {
-        __m256i v = _mm256_setzero_si256();
+        const __m256i sg = _mm256_set1_epi16(b[0]);
         int sx = 0;
         for (int k = 0; k < G / 32; k++, y++) {
-            v = _mm256_add_epi32(v, madd_pairs(_mm256_maddubs_epi16(unpack_nibbles_32(b + 2 + 16 * k), load256(y->qs))));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_nibbles_32(b + 2 + 16 * k),
+                                                                               load256(y->qs)), sg));
             sx += y->sum;
         }
-        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(b[0])));
-        corr += (int64_t)b[0] * (int8_t)b[1] * sx;
-        if ((g & 15) == 15 || g == ng - 1) {
-            const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc));
-            const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1));
-            const __m256i t = _mm256_add_epi64(lo, hi);
-            int64_t l[4];
-            _mm256_storeu_si256((__m256i *)l, t);
-            total += l[0] + l[1] + l[2] + l[3];
+        corr += (int64_t)(b[0] * (int8_t)b[1]) * sx;
+        if (g % flush == flush - 1) {
+            total += hsum_i32x8_i64(acc);
             acc = _mm256_setzero_si256();
         }
     }
+    total += hsum_i32x8_i64(acc);
     *s = n > 0 ? ((const codi_block_a8 *)vy)->d * (float)(total - corr) : 0.0f;
+}
+
+/* A8 activations (one scale per row): the reference's lrintf is the
+ * current rounding mode, as is cvtps_epi32, so the codes are identical. */
+void codi_quantize_row_a8_avx2(const float *x, void *vy, int64_t n) {
+    CODI_ASSERT(n >= 0 && n % 32 == 0);
+    codi_block_a8 *y = vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 vmax = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8)
+        vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < n / 32; b++, x += 32) {
+        __m256i q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid))));
+        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        /* int32 -> int16 -> int8 packs work per 128-bit lane; the permute
+         * puts the 32 codes back in order. */
+        const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+        const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), perm);
+        _mm256_storeu_si256((__m256i *)y[b].qs, p8);
+        y[b].d = d;
+        y[b].sum = (int16_t)_mm_cvtsi128_si32(s4);
+        y[b].pad = 0;
+    }
 }
 
 /* ---- gemm tiles: RM weight rows x RN tokens ---- */
 
+/* RM rows x RN tokens; loops run row-outer so that the activations are
+ * memory operands and the RM x RN int32 accumulators, one unpacked row and
+ * its scale fit the 16 registers. */
 AI void tile_w4a8(int64_t n, const int G, const int RM, const int RN, const uint8_t *w, size_t ldw,
                   const uint8_t *x, size_t ldx, float *y, size_t ldy) {
     __m256i acc[4][3];
-    int64_t total[4][3], corr[4][3];
-    for (int r = 0; r < RM; r++)
-        for (int c = 0; c < RN; c++) {
-            acc[r][c] = _mm256_setzero_si256();
-            total[r][c] = corr[r][c] = 0;
-        }
-    const int64_t ng = n / G;
-    for (int64_t g = 0; g < ng; g++) {
-        int sg[4], z[4];
-        __m256i v[4][3];
+    int64_t total[4][3];
+    __m256i corr[3]; /* int64 lanes: row r in lane r */
+    for (int c = 0; c < RN; c++) {
+        corr[c] = _mm256_setzero_si256();
         for (int r = 0; r < RM; r++) {
-            const uint8_t *b = w + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G);
-            sg[r] = b[0];
-            z[r] = (int8_t)b[1];
-            for (int c = 0; c < RN; c++)
-                v[r][c] = _mm256_setzero_si256();
+            acc[r][c] = _mm256_setzero_si256();
+            total[r][c] = 0;
         }
+    }
+    const int64_t ng = n / G, flush = W4A8_FLUSH_BLOCKS / (G / 32);
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *b[4];
+        int64_t zs[4] = {0, 0, 0, 0};
+        for (int r = 0; r < RM; r++) {
+            b[r] = w + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G);
+            zs[r] = b[r][0] * (int8_t)b[r][1];
+        }
+        const codi_block_a8 *a[3];
         int sx[3] = {0, 0, 0};
+        for (int c = 0; c < RN; c++)
+            a[c] = (const codi_block_a8 *)(x + (size_t)c * ldx) + g * (G / 32);
         for (int k = 0; k < G / 32; k++) {
-            __m256i wq[4];
-            for (int r = 0; r < RM; r++)
-                wq[r] = unpack_nibbles_32(w + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G) + 2 + 16 * k);
-            for (int c = 0; c < RN; c++) {
-                const codi_block_a8 *a = (const codi_block_a8 *)(x + (size_t)c * ldx) + g * (G / 32) + k;
-                const __m256i aq = load256(a->qs);
-                sx[c] += a->sum;
-                for (int r = 0; r < RM; r++)
-                    v[r][c] = _mm256_add_epi32(v[r][c], madd_pairs(_mm256_maddubs_epi16(wq[r], aq)));
+            for (int c = 0; c < RN; c++)
+                sx[c] += a[c][k].sum;
+            for (int r = 0; r < RM; r++) {
+                const __m256i wq = unpack_nibbles_32(b[r] + 2 + 16 * k);
+                const __m256i sg = _mm256_set1_epi16(b[r][0]);
+                for (int c = 0; c < RN; c++)
+                    acc[r][c] = _mm256_add_epi32(
+                        acc[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(wq, load256(a[c][k].qs)), sg));
             }
         }
-        for (int r = 0; r < RM; r++)
-            for (int c = 0; c < RN; c++) {
-                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_mullo_epi32(v[r][c], _mm256_set1_epi32(sg[r])));
-                corr[r][c] += (int64_t)sg[r] * z[r] * sx[c];
-            }
-        if ((g & 15) == 15 || g == ng - 1)
+        const __m256i zv = _mm256_loadu_si256((const __m256i *)zs);
+        for (int c = 0; c < RN; c++)
+            corr[c] = _mm256_add_epi64(corr[c], _mm256_mul_epi32(zv, _mm256_set1_epi64x(sx[c])));
+        if (g % flush == flush - 1)
             for (int r = 0; r < RM; r++)
                 for (int c = 0; c < RN; c++) {
-                    const __m256i t = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc[r][c])),
-                                                       _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc[r][c], 1)));
-                    int64_t l[4];
-                    _mm256_storeu_si256((__m256i *)l, t);
-                    total[r][c] += l[0] + l[1] + l[2] + l[3];
+                    total[r][c] += hsum_i32x8_i64(acc[r][c]);
                     acc[r][c] = _mm256_setzero_si256();
                 }
     }
     for (int c = 0; c < RN; c++) {
         const float d = n > 0 ? ((const codi_block_a8 *)(x + (size_t)c * ldx))->d : 0.0f;
+        int64_t cz[4];
+        _mm256_storeu_si256((__m256i *)cz, corr[c]);
         for (int r = 0; r < RM; r++)
-            y[(size_t)c * ldy + r] = d * (float)(total[r][c] - corr[r][c]);
+            y[(size_t)c * ldy + r] = d * (float)(total[r][c] + hsum_i32x8_i64(acc[r][c]) - cz[r]);
     }
 }
 
@@ -320,6 +363,116 @@ AI void tile_q8g(int64_t n, const int G, const int RM, const int RN, const uint8
             y[(size_t)c * ldy + r] = hsum_f32x8(acc[r][c]);
 }
 
+/* ---- W4A8 on the x8 layout (kernels/repack.h): 8 rows in the 8 lanes ----
+ *
+ * Per 32-block and token, eight maddubs of the rows' codes against
+ * broadcast activation quads sum into int16 pairs (16 products of at most
+ * 15 * 127 each: <= 30480), and one madd against the rows' group scales
+ * (both int16 halves of lane r hold sg_r) gives sg_r * sum in lane r. The
+ * zero points: once per group and token, a madd of zs_r = sg_r z_r (low
+ * half of lane r, high half 0) against the group's activation sum. Per
+ * block the lane moves by at most 255 * 60960 + 32640 * 4064, so the int32
+ * lanes are flushed into int64 every 8 blocks: exact for any header byte,
+ * and bit-equal to the reference after the one float multiply. */
+enum { W4A8_X8_TILE = 4, W4A8_X8_PF = 2048 };
+
+AI __m256i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+AI void w4a8_x8_tile(int64_t ng, const int G, const uint8_t *wg, const int T, const codi_block_a8 *const *xr,
+                     float *const *yr) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), lo16 = _mm256_set1_epi32(0xFFFF);
+    const size_t gbytes = (size_t)CODI_X8_ROWS * CODI_W4A8_BYTES(G);
+    const int64_t flush = 8 / (G / 32);
+    __m256i acc[W4A8_X8_TILE], tot[W4A8_X8_TILE][2];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_si256();
+        tot[t][0] = tot[t][1] = _mm256_setzero_si256();
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *b = wg + (size_t)g * gbytes;
+        for (size_t o = 0; o < gbytes; o += 64)
+            _mm_prefetch((const char *)(b + W4A8_X8_PF + o), _MM_HINT_T0);
+        const __m128i hdr = _mm_loadu_si128((const __m128i *)b);
+        const __m256i sg32 = _mm256_cvtepu8_epi32(hdr);
+        const __m256i sgv = _mm256_or_si256(sg32, _mm256_slli_epi32(sg32, 16));
+        const __m256i zsv =
+            _mm256_and_si256(_mm256_mullo_epi32(sg32, _mm256_cvtepi8_epi32(_mm_srli_si128(hdr, 8))), lo16);
+        int sx[W4A8_X8_TILE] = {0, 0, 0, 0};
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < G / 32; k++) {
+            __m256i s[W4A8_X8_TILE];
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                s[t] = _mm256_setzero_si256();
+                sx[t] += xr[t][g * (G / 32) + k].sum;
+            }
+            _Pragma("GCC unroll 8")
+            for (int k2 = 0; k2 < 4; k2++) {
+                const __m256i p = load256(b + 16 + 128 * k + 32 * k2);
+                const __m256i lo = _mm256_and_si256(p, m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+                _Pragma("GCC unroll 8")
+                for (int t = 0; t < T; t++) {
+                    const int8_t *q = xr[t][g * (G / 32) + k].qs + 8 * k2;
+                    s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(lo, bcast4(q)));
+                    s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(hi, bcast4(q + 4)));
+                }
+            }
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++)
+                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s[t], sgv));
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_sub_epi32(acc[t], _mm256_madd_epi16(zsv, _mm256_set1_epi32(sx[t] & 0xFFFF)));
+        if (g % flush == flush - 1 || g == ng - 1)
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                tot[t][0] = _mm256_add_epi64(tot[t][0], _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc[t])));
+                tot[t][1] = _mm256_add_epi64(tot[t][1], _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc[t], 1)));
+                acc[t] = _mm256_setzero_si256();
+            }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++) {
+        int64_t v[CODI_X8_ROWS];
+        _mm256_storeu_si256((__m256i *)v, tot[t][0]);
+        _mm256_storeu_si256((__m256i *)(v + 4), tot[t][1]);
+        const float d = ng > 0 ? xr[t][0].d : 0.0f;
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < CODI_X8_ROWS; r++)
+            yr[t][r] = d * (float)v[r];
+    }
+}
+
+AI void w4a8_x8_drive(int64_t n, const int G, int ng, const void *w, int nc, const void *x, size_t ldx,
+                      float *y, size_t ldy) {
+    const size_t rbytes = (size_t)(n / G) * CODI_X8_ROWS * CODI_W4A8_BYTES(G);
+    for (int c0 = 0; c0 < nc; c0 += W4A8_X8_TILE) {
+        const int tn = nc - c0 < W4A8_X8_TILE ? nc - c0 : W4A8_X8_TILE;
+        const codi_block_a8 *xr[W4A8_X8_TILE];
+        float *yr[W4A8_X8_TILE];
+        for (int g = 0; g < ng; g++) {
+            for (int t = 0; t < tn; t++) {
+                xr[t] = (const codi_block_a8 *)((const uint8_t *)x + (size_t)(c0 + t) * ldx);
+                yr[t] = y + (size_t)(c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
+            }
+            const uint8_t *wg = (const uint8_t *)w + (size_t)g * rbytes;
+            switch (tn) {
+            case 1: w4a8_x8_tile(n / G, G, wg, 1, xr, yr); break;
+            case 2: w4a8_x8_tile(n / G, G, wg, 2, xr, yr); break;
+            case 3: w4a8_x8_tile(n / G, G, wg, 3, xr, yr); break;
+            default: w4a8_x8_tile(n / G, G, wg, 4, xr, yr); break;
+            }
+        }
+    }
+}
+
 /* Cover nr x nc with 4 x 3 tiles, edges with constant smaller tiles. */
 #define GEMM_DRIVER(NAME, TILE, G)                                                                \
     void NAME(int64_t n, int nr, int nc, const void *vw, size_t ldw, const void *vx, size_t ldx,  \
@@ -365,7 +518,11 @@ AI void tile_q8g(int64_t n, const int G, const int RM, const int RN, const uint8
     void codi_vec_dot_w4a8_##G##_a8_avx2(int64_t n, float *s, const void *x, const void *y) {     \
         dot_w4a8(n, s, x, y, G);                                                                  \
     }                                                                                             \
-    GEMM_DRIVER(codi_gemm_w4a8_##G##_a8_avx2, tile_w4a8, G)
+    GEMM_DRIVER(codi_gemm_w4a8_##G##_a8_avx2, tile_w4a8, G)                                      \
+    void codi_gemm_x8_w4a8_##G##_avx2(int64_t n, int ng, const void *w, int nc, const void *x,     \
+                                      size_t ldx, float *y, size_t ldy) {                         \
+        w4a8_x8_drive(n, G, ng, w, nc, x, ldx, y, ldy);                                           \
+    }
 DEFINE_GROUP(32)
 DEFINE_GROUP(64)
 DEFINE_GROUP(128)

@@ -22,7 +22,10 @@
                                        const void *x, size_t ldx, float *y, size_t ldy);      \
     void codi_vec_dot_w4a8_##G##_a8_avx2(int64_t n, float *s, const void *x, const void *y);  \
     void codi_gemm_w4a8_##G##_a8_avx2(int64_t n, int nr, int nc, const void *w, size_t ldw,   \
-                                      const void *x, size_t ldx, float *y, size_t ldy);
+                                      const void *x, size_t ldx, float *y, size_t ldy);       \
+    void codi_gemm_x8_w4a8_##G##_avx2(int64_t n, int ng, const void *w, int nc, const void *x, \
+                                      size_t ldx, float *y, size_t ldy);
+void codi_quantize_row_a8_avx2(const float *x, void *y, int64_t n);
 CODI_DECL_GROUP_AVX2(32)
 CODI_DECL_GROUP_AVX2(64)
 CODI_DECL_GROUP_AVX2(128)

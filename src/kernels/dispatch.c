@@ -129,8 +129,12 @@ codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
     if (use_avx2() && !g_no_repack) {
         switch (type) {
         case CODI_TYPE_Q4_0: return codi_gemm_x8_q4_0_avx2;
-        case CODI_TYPE_Q4_1: return codi_gemm_x8_q4_1_avx2;
+        case CODI_TYPE_Q4_1:
+        case CODI_TYPE_Q4G32: return codi_gemm_x8_q4_1_avx2;
         case CODI_TYPE_Q8_0: return codi_gemm_x8_q8_0_avx2;
+        case CODI_TYPE_W4A8_32: return codi_gemm_x8_w4a8_32_avx2;
+        case CODI_TYPE_W4A8_64: return codi_gemm_x8_w4a8_64_avx2;
+        case CODI_TYPE_W4A8_128: return codi_gemm_x8_w4a8_128_avx2;
         default: break;
         }
     }
@@ -158,6 +162,7 @@ codi_from_float_fn codi_kernel_from_float(int type) {
         case CODI_TYPE_Q8_0: return codi_quantize_row_q8_0_avx2;
         case CODI_TYPE_Q8_1: return codi_quantize_row_q8_1_avx2;
         case CODI_TYPE_Q8_K: return codi_quantize_row_q8_K_avx2;
+        case CODI_TYPE_A8: return codi_quantize_row_a8_avx2;
         default: break;
         }
     }

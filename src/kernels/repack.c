@@ -4,10 +4,12 @@
 #include <string.h>
 
 #include "tensor/blocks.h"
+#include "tensor/quant_codi.h"
 #include "tensor/types.h"
 
 bool codi_x8_has_layout(int type) {
-    return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q8_0;
+    return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q8_0 ||
+           type == CODI_TYPE_Q4G32 || codi_type_is_w4a8(type);
 }
 
 /* Element j (< 32) of a legacy 4-bit block's nibbles. */
@@ -23,9 +25,35 @@ static void pack_nibbles(uint8_t *dst, const uint8_t *const qs[CODI_X8_ROWS]) {
                     (uint8_t)(nib(qs[r], 8 * k + t) | nib(qs[r], 8 * k + 4 + t) << 4);
 }
 
+/* W4A8_G: per group of G in-features, the 8 rows' group scales, then their
+ * zero points, then G / 32 blocks of nibbles as Q4_0x8's. */
+static void pack_w4a8(int G, int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
+    for (int64_t g = 0; g < n / G; g++) {
+        const uint8_t *b[CODI_X8_ROWS];
+        for (int r = 0; r < CODI_X8_ROWS; r++) {
+            b[r] = s + (size_t)r * ldw + (size_t)g * CODI_W4A8_BYTES(G);
+            o[r] = b[r][0];
+            o[CODI_X8_ROWS + r] = b[r][1];
+        }
+        o += 2 * CODI_X8_ROWS;
+        for (int k = 0; k < G / 32; k++, o += 16 * CODI_X8_ROWS) {
+            const uint8_t *qs[CODI_X8_ROWS];
+            for (int r = 0; r < CODI_X8_ROWS; r++)
+                qs[r] = b[r] + 2 + 16 * k;
+            pack_nibbles(o, qs);
+        }
+    }
+}
+
 void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *dst) {
     const uint8_t *s = src;
     uint8_t *o = dst;
+    if (codi_type_is_w4a8(type)) {
+        pack_w4a8(codi_type_group_size(type), n, s, ldw, o);
+        return;
+    }
+    if (type == CODI_TYPE_Q4G32) /* byte-identical to Q4_1 (docs/formats.md) */
+        type = CODI_TYPE_Q4_1;
     const int64_t nb = n / CODI_QK;
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *qs[CODI_X8_ROWS];

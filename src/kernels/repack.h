@@ -11,6 +11,8 @@
  *   Q4_0x8 (144 bytes): uint16 d[8]; uint8 qs[128]
  *   Q4_1x8 (160 bytes): uint16 d[8]; uint16 m[8]; uint8 qs[128]
  *   Q8_0x8 (272 bytes): uint16 d[8]; int8 qs[256]
+ *   W4A8_Gx8 (8 (2 + G / 2) bytes per group of G in-features):
+ *       uint8 sg[8]; int8 z[8]; then G / 32 times uint8 qs[128]
  *
  * d and m of row r are those of the row's own block. 4-bit quants: byte
  * 32 k + 4 r + t (k < 4, t < 4) holds element 8 k + t of row r in its low
@@ -31,7 +33,8 @@
 
 #define CODI_X8_ROWS 8
 
-/* Q4_0, Q4_1 and Q8_0 have an x8 layout. */
+/* Q4_0, Q4_1, Q8_0 and W4A8 have an x8 layout; Q4G32, byte-identical to
+ * Q4_1, uses Q4_1's. */
 bool codi_x8_has_layout(int type);
 
 /* Repack rows [0, 8) of src (n in-features, rows ldw bytes apart) into one

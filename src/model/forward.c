@@ -1002,29 +1002,32 @@ static void matmul_task(void *arg, int ith, int nth) {
         const uint8_t *xr = (const uint8_t *)j->xq + j->x_off[i] + (size_t)c0 * j->xq_stride;
         float *yr = j->y[i] + (size_t)c0 * w->ne1 + r0;
         const int64_t n = w->n_dot ? w->n_dot : w->ne0;
+        const int64_t r_first = r0;
+        const int nr_all = nr;
+        float *const y_first = yr;
         if (j->x8[i] && r0 < w->x8_rows) {
             /* repacked rows (kernels/repack.h): chunks start on a group */
             const int ng = (int)((CODI_MIN(r0 + nr, w->x8_rows) - r0) / CODI_X8_ROWS);
             j->x8[i](n, ng, (const uint8_t *)w->x8 + (size_t)r0 * w->row_bytes, nc, xr,
                      j->xq_stride, yr, (size_t)w->ne1);
-            if (ng * CODI_X8_ROWS == nr)
-                continue;
             r0 += ng * CODI_X8_ROWS;
             nr -= ng * CODI_X8_ROWS;
             yr += ng * CODI_X8_ROWS;
         }
-        const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
-        /* Tiles of 3 tokens; 1-2 tokens left over go through vec_dot, which
-         * is faster than a narrower tile (bench/gemm_bench.c, batch_decode.c) */
-        const int nt = j->gemm[i] ? nc - nc % 3 : 0;
-        if (nt > 0)
-            j->gemm[i](n, nr, nt, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
-        if (nt < nc)
-            codi_gemm_generic(j->dot[i], n, nr, nc - nt, wr, w->row_bytes,
-                              xr + (size_t)nt * j->xq_stride, j->xq_stride, yr + (size_t)nt * w->ne1,
-                              (size_t)w->ne1);
+        if (nr > 0) {
+            const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
+            /* Tiles of 3 tokens; 1-2 tokens left over go through vec_dot, which
+             * is faster than a narrower tile (bench/gemm_bench.c, batch_decode.c) */
+            const int nt = j->gemm[i] ? nc - nc % 3 : 0;
+            if (nt > 0)
+                j->gemm[i](n, nr, nt, wr, w->row_bytes, xr, j->xq_stride, yr, (size_t)w->ne1);
+            if (nt < nc)
+                codi_gemm_generic(j->dot[i], n, nr, nc - nt, wr, w->row_bytes,
+                                  xr + (size_t)nt * j->xq_stride, j->xq_stride, yr + (size_t)nt * w->ne1,
+                                  (size_t)w->ne1);
+        }
         if (w->row_scale) /* W4A8: integer dots, then the per-row scale */
-            codi_scale_rows(yr, nr, nc, (size_t)w->ne1, w->row_scale + r0);
+            codi_scale_rows(y_first, nr_all, nc, (size_t)w->ne1, w->row_scale + r_first);
     }
 }
 

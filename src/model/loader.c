@@ -559,7 +559,8 @@ fail:
 
 /* Bytes the x8 copy of w needs (0: w stays as it is). */
 static size_t x8_size(const codi_weight *w) {
-    if (!w->data || w->perm || w->row_scale || w->n_dot || w->ne1 < CODI_X8_ROWS ||
+    if (!w->data || w->perm || (w->row_scale && !codi_type_is_w4a8(w->type)) || w->n_dot ||
+        w->ne1 < CODI_X8_ROWS ||
         !codi_kernel_gemm_x8(w->type) || w->row_bytes != codi_row_size(w->type, w->ne0))
         return 0;
     return (size_t)(w->ne1 / CODI_X8_ROWS) * CODI_X8_ROWS * w->row_bytes;
