@@ -926,11 +926,13 @@ static void test_gemm_x8(void **state) {
     (void)state;
     SKIP_WITHOUT_AVX2();
 #if defined(CODI_HAVE_AVX2_KERNELS)
-    /* Q4G32 is byte-identical to Q4_1 and runs its kernel (W4A8's x8
-     * kernels: tests/test_quant_codi.c) */
-    static const int types[] = {CODI_TYPE_Q4_0, CODI_TYPE_Q4_1, CODI_TYPE_Q8_0, CODI_TYPE_Q4G32};
+    /* Q4G32 and Q8G32 are byte-identical to Q4_1 and Q8_0 and run their
+     * kernels (W4A8's x8 kernels: tests/test_quant_codi.c) */
+    static const int types[] = {CODI_TYPE_Q4_0, CODI_TYPE_Q4_1, CODI_TYPE_Q8_0, CODI_TYPE_Q4G32,
+                                CODI_TYPE_Q8G32};
     static const codi_gemm_x8_fn fns[] = {codi_gemm_x8_q4_0_avx2, codi_gemm_x8_q4_1_avx2,
-                                          codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q4_1_avx2};
+                                          codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q4_1_avx2,
+                                          codi_gemm_x8_q8_0_avx2};
     enum { MAXG = 5, MAXR = MAXG * CODI_X8_ROWS, MAXC = 9, MAXN = 520 * 32 };
     /* the dispatcher hands them out on the AVX2 backend (CODI_FORCE_SCALAR
      * and CODI_NO_REPACK: none, test_dispatch_force_scalar's child) */

@@ -131,7 +131,8 @@ codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
         case CODI_TYPE_Q4_0: return codi_gemm_x8_q4_0_avx2;
         case CODI_TYPE_Q4_1:
         case CODI_TYPE_Q4G32: return codi_gemm_x8_q4_1_avx2;
-        case CODI_TYPE_Q8_0: return codi_gemm_x8_q8_0_avx2;
+        case CODI_TYPE_Q8_0:
+        case CODI_TYPE_Q8G32: return codi_gemm_x8_q8_0_avx2;
         case CODI_TYPE_W4A8_32: return codi_gemm_x8_w4a8_32_avx2;
         case CODI_TYPE_W4A8_64: return codi_gemm_x8_w4a8_64_avx2;
         case CODI_TYPE_W4A8_128: return codi_gemm_x8_w4a8_128_avx2;

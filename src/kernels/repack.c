@@ -9,7 +9,7 @@
 
 bool codi_x8_has_layout(int type) {
     return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q8_0 ||
-           type == CODI_TYPE_Q4G32 || codi_type_is_w4a8(type);
+           type == CODI_TYPE_Q4G32 || type == CODI_TYPE_Q8G32 || codi_type_is_w4a8(type);
 }
 
 /* Element j (< 32) of a legacy 4-bit block's nibbles. */
@@ -54,6 +54,8 @@ void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *
     }
     if (type == CODI_TYPE_Q4G32) /* byte-identical to Q4_1 (docs/formats.md) */
         type = CODI_TYPE_Q4_1;
+    if (type == CODI_TYPE_Q8G32) /* and to Q8_0 */
+        type = CODI_TYPE_Q8_0;
     const int64_t nb = n / CODI_QK;
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *qs[CODI_X8_ROWS];

@@ -33,8 +33,8 @@
 
 #define CODI_X8_ROWS 8
 
-/* Q4_0, Q4_1, Q8_0 and W4A8 have an x8 layout; Q4G32, byte-identical to
- * Q4_1, uses Q4_1's. */
+/* Q4_0, Q4_1, Q8_0 and W4A8 have an x8 layout; Q4G32 and Q8G32,
+ * byte-identical to Q4_1 and Q8_0, use theirs. */
 bool codi_x8_has_layout(int type);
 
 /* Repack rows [0, 8) of src (n in-features, rows ldw bytes apart) into one
