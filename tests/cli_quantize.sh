@@ -119,6 +119,16 @@ expect_error "bits without mix" 2 "--bits applies to --type mix" "$TINY" "$O" --
 quantize_ok "w4a8" "blk.0.attn_q.weight W4A8_32
 blk.0.attn_q.weight.wscale F32
 token_embd.weight Q8G32" "$TINY" "$O" --type w4a8
+# W4A8's dots are integer end to end: the x8 kernel (weights repacked at
+# load) and the per-row one give the same logits, so the same greedy text.
+run_capture "$CODI" run -m "$O" -p "hello world" -n 16 --temp 0 -t "$THREADS"
+cp "$TMP/out" "$TMP/w4a8_x8"
+CODI_NO_REPACK=1 run_capture "$CODI" run -m "$O" -p "hello world" -n 16 --temp 0 -t "$THREADS"
+if [ -s "$TMP/out" ] && cmp -s "$TMP/out" "$TMP/w4a8_x8"; then
+    ok "w4a8: x8 and per-row kernels give the same text"
+else
+    ko "w4a8: x8 and per-row kernels give the same text" "outputs differ"
+fi
 quantize_ok "f16 base" "blk.0.ffn_up.weight F16" "$TINY" "$O" --type f16
 quantize_ok "f32 base" "blk.0.ffn_up.weight F32" "$TINY" "$O" --type f32
 
