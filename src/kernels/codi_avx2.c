@@ -367,17 +367,7 @@ AI void tile_q8g(int64_t n, const int G, const int RM, const int RN, const uint8
             y[(size_t)c * ldy + r] = hsum_f32x8(acc[r][c]);
 }
 
-/* ---- W4A8 on the x8 layout (kernels/repack.h): 8 rows in the 8 lanes ----
- *
- * Per 32-block and token, eight maddubs of the rows' codes against
- * broadcast activation quads sum into int16 pairs (16 products of at most
- * 15 * 127 each: <= 30480), and one madd against the rows' group scales
- * (both int16 halves of lane r hold sg_r) gives sg_r * sum in lane r. The
- * zero points: once per group and token, a madd of zs_r = sg_r z_r (low
- * half of lane r, high half 0) against the group's activation sum. Per
- * block the lane moves by at most 255 * 60960 + 32640 * 4064, so the int32
- * lanes are flushed into int64 every 8 blocks: exact for any header byte,
- * and bit-equal to the reference after the one float multiply. */
+/* ---- W4A8 on the x8 layout (kernels/repack.h): w4a8_x8_tiles.h ---- */
 enum { W4A8_X8_TILE = 4, W4A8_X8_PF = 2048 };
 
 AI __m256i bcast4(const int8_t *p) {
@@ -386,96 +376,29 @@ AI __m256i bcast4(const int8_t *p) {
     return _mm256_set1_epi32(v);
 }
 
-AI void w4a8_x8_tile(int64_t ng, const int G, const uint8_t *wg, const int T, const codi_block_a8 *const *xr,
-                     float *const *yr) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), lo16 = _mm256_set1_epi32(0xFFFF);
-    const size_t gbytes = (size_t)CODI_X8_ROWS * CODI_W4A8_BYTES(G);
-    const int64_t flush = 8 / (G / 32);
-    __m256i acc[W4A8_X8_TILE], tot[W4A8_X8_TILE][2];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_si256();
-        tot[t][0] = tot[t][1] = _mm256_setzero_si256();
-    }
-    for (int64_t g = 0; g < ng; g++) {
-        const uint8_t *b = wg + (size_t)g * gbytes;
-        for (size_t o = 0; o < gbytes; o += 64)
-            _mm_prefetch((const char *)(b + W4A8_X8_PF + o), _MM_HINT_T0);
-        const __m128i hdr = _mm_loadu_si128((const __m128i *)b);
-        const __m256i sg32 = _mm256_cvtepu8_epi32(hdr);
-        const __m256i sgv = _mm256_or_si256(sg32, _mm256_slli_epi32(sg32, 16));
-        const __m256i zsv =
-            _mm256_and_si256(_mm256_mullo_epi32(sg32, _mm256_cvtepi8_epi32(_mm_srli_si128(hdr, 8))), lo16);
-        int sx[W4A8_X8_TILE] = {0, 0, 0, 0};
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < G / 32; k++) {
-            __m256i s[W4A8_X8_TILE];
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                s[t] = _mm256_setzero_si256();
-                sx[t] += xr[t][g * (G / 32) + k].sum;
-            }
-            _Pragma("GCC unroll 8")
-            for (int k2 = 0; k2 < 4; k2++) {
-                const __m256i p = load256(b + 16 + 128 * k + 32 * k2);
-                const __m256i lo = _mm256_and_si256(p, m4);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-                _Pragma("GCC unroll 8")
-                for (int t = 0; t < T; t++) {
-                    const int8_t *q = xr[t][g * (G / 32) + k].qs + 8 * k2;
-                    s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(lo, bcast4(q)));
-                    s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(hi, bcast4(q + 4)));
-                }
-            }
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++)
-                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s[t], sgv));
-        }
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++)
-            acc[t] = _mm256_sub_epi32(acc[t], _mm256_madd_epi16(zsv, _mm256_set1_epi32(sx[t] & 0xFFFF)));
-        if (g % flush == flush - 1 || g == ng - 1)
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                tot[t][0] = _mm256_add_epi64(tot[t][0], _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc[t])));
-                tot[t][1] = _mm256_add_epi64(tot[t][1], _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc[t], 1)));
-                acc[t] = _mm256_setzero_si256();
-            }
-    }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++) {
-        int64_t v[CODI_X8_ROWS];
-        _mm256_storeu_si256((__m256i *)v, tot[t][0]);
-        _mm256_storeu_si256((__m256i *)(v + 4), tot[t][1]);
-        const float d = ng > 0 ? xr[t][0].d : 0.0f;
-        _Pragma("GCC unroll 8")
-        for (int r = 0; r < CODI_X8_ROWS; r++)
-            yr[t][r] = d * (float)v[r];
-    }
-}
+#define W8_SFX avx2
+#define W8_VNNI 0
+#include "kernels/w4a8_x8_tiles.h"
+#undef W8_SFX
+#undef W8_VNNI
 
-AI void w4a8_x8_drive(int64_t n, const int G, int ng, const void *w, int nc, const void *x, size_t ldx,
-                      float *y, size_t ldy) {
-    const size_t rbytes = (size_t)(n / G) * CODI_X8_ROWS * CODI_W4A8_BYTES(G);
-    for (int c0 = 0; c0 < nc; c0 += W4A8_X8_TILE) {
-        const int tn = nc - c0 < W4A8_X8_TILE ? nc - c0 : W4A8_X8_TILE;
-        const codi_block_a8 *xr[W4A8_X8_TILE];
-        float *yr[W4A8_X8_TILE];
-        for (int g = 0; g < ng; g++) {
-            for (int t = 0; t < tn; t++) {
-                xr[t] = (const codi_block_a8 *)((const uint8_t *)x + (size_t)(c0 + t) * ldx);
-                yr[t] = y + (size_t)(c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
-            }
-            const uint8_t *wg = (const uint8_t *)w + (size_t)g * rbytes;
-            switch (tn) {
-            case 1: w4a8_x8_tile(n / G, G, wg, 1, xr, yr); break;
-            case 2: w4a8_x8_tile(n / G, G, wg, 2, xr, yr); break;
-            case 3: w4a8_x8_tile(n / G, G, wg, 3, xr, yr); break;
-            default: w4a8_x8_tile(n / G, G, wg, 4, xr, yr); break;
-            }
-        }
-    }
-}
+/* The same under AVX-VNNI (vpdpbusd), chosen at run time by dispatch.c. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avxvnni"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avxvnni")
+#endif
+#define W8_SFX avxvnni
+#define W8_VNNI 1
+#include "kernels/w4a8_x8_tiles.h"
+#undef W8_SFX
+#undef W8_VNNI
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 
 /* Cover nr x nc with 4 x 3 tiles, edges with constant smaller tiles. */
 #define GEMM_DRIVER(NAME, TILE, G)                                                                \
@@ -522,11 +445,7 @@ AI void w4a8_x8_drive(int64_t n, const int G, int ng, const void *w, int nc, con
     void codi_vec_dot_w4a8_##G##_a8_avx2(int64_t n, float *s, const void *x, const void *y) {     \
         dot_w4a8(n, s, x, y, G);                                                                  \
     }                                                                                             \
-    GEMM_DRIVER(codi_gemm_w4a8_##G##_a8_avx2, tile_w4a8, G)                                      \
-    void codi_gemm_x8_w4a8_##G##_avx2(int64_t n, int ng, const void *w, int nc, const void *x,     \
-                                      size_t ldx, float *y, size_t ldy) {                         \
-        w4a8_x8_drive(n, G, ng, w, nc, x, ldx, y, ldy);                                           \
-    }
+    GEMM_DRIVER(codi_gemm_w4a8_##G##_a8_avx2, tile_w4a8, G)
 DEFINE_GROUP(32)
 DEFINE_GROUP(64)
 DEFINE_GROUP(128)

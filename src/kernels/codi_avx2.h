@@ -24,7 +24,9 @@
     void codi_gemm_w4a8_##G##_a8_avx2(int64_t n, int nr, int nc, const void *w, size_t ldw,   \
                                       const void *x, size_t ldx, float *y, size_t ldy);       \
     void codi_gemm_x8_w4a8_##G##_avx2(int64_t n, int ng, const void *w, int nc, const void *x, \
-                                      size_t ldx, float *y, size_t ldy);
+                                      size_t ldx, float *y, size_t ldy);                      \
+    void codi_gemm_x8_w4a8_##G##_avxvnni(int64_t n, int ng, const void *w, int nc,             \
+                                         const void *x, size_t ldx, float *y, size_t ldy);
 void codi_quantize_row_a8_avx2(const float *x, void *y, int64_t n);
 CODI_DECL_GROUP_AVX2(32)
 CODI_DECL_GROUP_AVX2(64)
