@@ -1306,8 +1306,9 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
          * fp16-rounded queries and fp16-rounded attention weights; round
          * the same way. */
         float q32[ATT_G * 1024];
-        for (int i = 0; i < G * hd; i++)
-            q32[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qb[i]));
+        uint16_t q16[ATT_G * 1024];
+        codi_fp32_to_fp16_row(qb, q16, (int64_t)G * hd); /* F16C rows: the same bits */
+        codi_fp16_to_fp32_row(q16, q32, (int64_t)G * hd);
         codi_attn_scores_f16(q32, G, hd, (const uint16_t *)kl + t0, cap, n, scb, cap, scale);
     } else if (c->kv_kch) {
         /* groups that end inside the causal range from their codes, the
