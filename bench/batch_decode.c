@@ -9,7 +9,9 @@
  *   cmake --build build && gcc -O2 -std=c11 -D_GNU_SOURCE -Iinclude \
  *       bench/batch_decode.c build/libcodi.a -lm -lpthread -lcjson \
  *       $(pkg-config --libs libmicrohttpd) -o build/batch_decode
- *   build/batch_decode models/SmolLM2-135M-Instruct.Q4_1.gguf [THREADS] [STEPS]
+ *   build/batch_decode models/SmolLM2-135M-Instruct.Q4_1.gguf [THREADS] [STEPS] [B]
+ *
+ * With B given, only that batch size runs (for profiles and A/B pairs).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,10 +27,11 @@ static double clock_s(clockid_t id) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL [THREADS] [STEPS]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL [THREADS] [STEPS] [B]\n", argv[0]);
         return 2;
     }
     const int threads = argc > 2 ? atoi(argv[2]) : 1, steps = argc > 3 ? atoi(argv[3]) : 48;
+    const int only = argc > 4 ? atoi(argv[4]) : 0;
     char err[256];
     codi_model *m;
     if (codi_model_load(argv[1], NULL, &m, err, sizeof(err))) {
@@ -42,6 +45,8 @@ int main(int argc, char **argv) {
     printf("|---|---|---|---|---|---|\n");
     for (size_t k = 0; k < sizeof(Bs) / sizeof(Bs[0]); k++) {
         const int B = Bs[k];
+        if (only > 0 && B != only)
+            continue;
         codi_context_params p = codi_context_default_params();
         p.n_ctx = 256;
         p.n_seq = B;
@@ -85,7 +90,7 @@ int main(int argc, char **argv) {
         if (B == 1)
             base = tpc;
         printf("| %d | %.2f | %.2f | %.1f | %.1f | %.2fx |\n", B, 1e3 * wall / steps, 1e3 * cpu / steps,
-               steps * B / wall, tpc, tpc / base);
+               steps * B / wall, tpc, base > 0 ? tpc / base : 0.0);
         codi_context_free(c);
     }
     codi_model_free(m);

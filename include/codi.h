@@ -383,6 +383,13 @@ void codi_sampler_free(codi_sampler *s);
 int32_t codi_sampler_sample(codi_sampler *s, const float *logits);
 /* Tell the sampler a token was appended (for the repetition penalty). */
 void codi_sampler_accept(codi_sampler *s, int32_t token);
+/* out[j] = codi_sampler_sample(s[j], codi_get_logits(ctx, rows[j])) for
+ * j < n, shared out over the context's compute threads (each sampler is
+ * used by one thread only, so the draws are those of the serial loop).
+ * The n samplers must be distinct. Returns 0, or CODI_EINVAL (bad
+ * arguments, or a row without logits: its out[j] is then -1). */
+int codi_sample_rows(codi_context *ctx, int32_t n, codi_sampler *const *s, const int32_t *rows,
+                     int32_t *out);
 void codi_sampler_reset(codi_sampler *s);
 
 /* ------------------------------------------------------------ convert */

@@ -215,16 +215,24 @@ static void select_top(cand *c, size_t n, size_t m) {
     }
 }
 
+/* The largest logit (never NaN: the caller mapped NaN to -inf), over four
+ * independent chains: a max does not depend on the order. */
 static float max_logit(const cand *c, size_t n) {
-    float mx = -INFINITY;
-    for (size_t i = 0; i < n; i++)
-        if (c[i].logit > mx) mx = c[i].logit;
-    return mx;
+    float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++)
+            m[k] = c[i + k].logit > m[k] ? c[i + k].logit : m[k];
+    for (; i < n; i++)
+        m[0] = c[i].logit > m[0] ? c[i].logit : m[0];
+    const float a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+    return a > b ? a : b;
 }
 
-/* Fill c[i].p = softmax over c[0..n) of logit * scale. A set whose logits
- * are all -inf becomes uniform. */
-static void softmax(cand *c, size_t n, double scale) {
+/* Fill c[i].p with the unnormalized softmax weights over c[0..n) of
+ * logit * scale and return their sum (c[i].p / sum is the probability).
+ * A set whose logits are all -inf becomes uniform. */
+static double softmax_weights(cand *c, size_t n, double scale) {
     float mx = max_logit(c, n);
     if (isinf(mx)) { /* all -inf: uniform; some +inf: uniform over those */
         double cnt = 0.0;
@@ -232,14 +240,19 @@ static void softmax(cand *c, size_t n, double scale) {
             c[i].p = (mx < 0 || c[i].logit == mx) ? 1.0 : 0.0;
             cnt += c[i].p;
         }
-        for (size_t i = 0; i < n; i++) c[i].p /= cnt;
-        return;
+        return cnt;
     }
     double sum = 0.0;
     for (size_t i = 0; i < n; i++) {
         c[i].p = (double)expf((float)(((double)c[i].logit - (double)mx) * scale));
         sum += c[i].p;
     }
+    return sum;
+}
+
+/* Fill c[i].p = softmax over c[0..n) of logit * scale. */
+static void softmax(cand *c, size_t n, double scale) {
+    const double sum = softmax_weights(c, n, scale);
     for (size_t i = 0; i < n; i++) c[i].p /= sum;
 }
 
@@ -382,12 +395,15 @@ int32_t codi_sampler_sample(codi_sampler *s, const float *logits) {
         n = k;
     }
 
-    /* Temperature, then the draw. */
-    softmax(c, n, 1.0 / (double)p->temp);
+    /* Temperature, then the draw: each probability divided out only as
+     * the scan reaches it (the same quotients as normalizing them all
+     * first; the scan stops halfway on average, over the whole vocabulary
+     * when nothing else cut the set). */
+    const double sum = softmax_weights(c, n, 1.0 / (double)p->temp);
     double u = rng_uniform(s->rng);
     double cum = 0.0;
     for (size_t i = 0; i < n; i++) {
-        cum += c[i].p;
+        cum += c[i].p / sum;
         if (u < cum) return c[i].id;
     }
     return c[n - 1].id;

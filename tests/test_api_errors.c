@@ -365,6 +365,64 @@ static void test_sampler(void **state) {
     check_err(codi_sampler_create(&q, 10, &s, err, sizeof err), CODI_EINVAL, err);
 }
 
+/* codi_sample_rows: the draws of the serial loop, over 2 threads; bad
+ * arguments and rows without logits are errors */
+static void test_sample_rows(void **state) {
+    (void)state;
+    char err[512] = "";
+    enum { NS = 5 };
+    codi_context_params p = codi_context_default_params();
+    p.n_threads = 2;
+    p.n_ctx = 16;
+    p.n_seq = NS;
+    codi_context *c;
+    assert_int_equal(codi_context_create(tiny, &p, &c, err, sizeof err), 0);
+    const int32_t nv = codi_model_n_vocab(tiny);
+    codi_sampler *a[NS], *b[NS];
+    for (int i = 0; i < NS; i++) {
+        codi_sampler_params sp = codi_sampler_default_params();
+        sp.top_k = i % 2 ? 0 : 40;
+        sp.top_p = i % 3 ? 1.0f : 0.9f;
+        sp.min_p = 0.0f;
+        sp.seed = 77 + (uint64_t)i;
+        assert_int_equal(codi_sampler_create(&sp, nv, &a[i], err, sizeof err), 0);
+        assert_int_equal(codi_sampler_create(&sp, nv, &b[i], err, sizeof err), 0);
+    }
+    int32_t tok[NS], pos[NS], seq[NS], rows[NS], out[NS];
+    bool keep[NS];
+    for (int i = 0; i < NS; i++) {
+        tok[i] = 3 + i;
+        seq[i] = i;
+        rows[i] = NS - 1 - i; /* any order */
+        keep[i] = true;
+    }
+    for (int step = 0; step < 6; step++) {
+        for (int i = 0; i < NS; i++)
+            pos[i] = step;
+        codi_batch bt = {NS, tok, pos, seq, keep};
+        assert_int_equal(codi_decode_batch(c, &bt, err, sizeof err), 0);
+        assert_int_equal(codi_sample_rows(c, NS, a, rows, out), 0);
+        for (int i = 0; i < NS; i++) {
+            assert_int_equal(out[i], codi_sampler_sample(b[i], codi_get_logits(c, rows[i])));
+            codi_sampler_accept(a[i], out[i]);
+            codi_sampler_accept(b[i], out[i]);
+            tok[NS - 1 - i] = out[i];
+        }
+    }
+    assert_int_equal(codi_sample_rows(c, 0, NULL, NULL, NULL), 0);
+    assert_int_equal(codi_sample_rows(NULL, NS, a, rows, out), CODI_EINVAL);
+    assert_int_equal(codi_sample_rows(c, -1, a, rows, out), CODI_EINVAL);
+    assert_int_equal(codi_sample_rows(c, NS, a, NULL, out), CODI_EINVAL);
+    rows[2] = NS; /* no such row */
+    assert_int_equal(codi_sample_rows(c, NS, a, rows, out), CODI_EINVAL);
+    assert_int_equal(out[2], -1);
+    for (int i = 0; i < NS; i++) {
+        codi_sampler_free(a[i]);
+        codi_sampler_free(b[i]);
+    }
+    codi_context_free(c);
+}
+
 /* ------------------------------------------------------- chat */
 
 static void test_chat(void **state) {
@@ -404,6 +462,7 @@ int main(void) {
         cmocka_unit_test(test_tokenize_contract),
         cmocka_unit_test(test_context_and_decode),
         cmocka_unit_test(test_sampler),
+        cmocka_unit_test(test_sample_rows),
         cmocka_unit_test(test_chat),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -916,9 +916,10 @@ static void test_vec_dot_quantized_rows(void **state) {
 }
 
 /* The x8 kernels (weights repacked into groups of 8 rows) against the
- * reference vec_dot on the original rows: 1..5 groups, 1..9 tokens (every
- * tile width and a partial last tile), 1..20 blocks, and rows of 300 and
- * 520 blocks (Q4_0 runs its activation sums in slices of 256 blocks).
+ * reference vec_dot on the original rows: 1..5 groups, 1..19 tokens (every
+ * tile width, a partial last tile, more tokens than the 16 whose scales are
+ * staged at once), 1..20 blocks, and rows of 300 and 520 blocks (the
+ * activation scales are staged in slices of 256 blocks).
  * Within 1e-5 of the sum of |terms|. Also: the dispatcher hands out an x8
  * kernel exactly for the types with a layout, and none under
  * CODI_FORCE_SCALAR (test_dispatch_force_scalar's child). */
@@ -933,21 +934,31 @@ static void test_gemm_x8(void **state) {
     static const codi_gemm_x8_fn fns[] = {codi_gemm_x8_q4_0_avx2, codi_gemm_x8_q4_1_avx2,
                                           codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q4_1_avx2,
                                           codi_gemm_x8_q8_0_avx2};
-    enum { MAXG = 5, MAXR = MAXG * CODI_X8_ROWS, MAXC = 9, MAXN = 520 * 32 };
+    /* the AVX-VNNI twins: handed out where the CPU has AVX-VNNI (and
+     * CODI_NO_VNNI is unset), and equal to the AVX2 kernels bit for bit */
+    static const codi_gemm_x8_fn vnni[] = {codi_gemm_x8_q4_0_avxvnni, codi_gemm_x8_q4_1_avxvnni,
+                                           codi_gemm_x8_q8_0_avxvnni, codi_gemm_x8_q4_1_avxvnni,
+                                           codi_gemm_x8_q8_0_avxvnni};
+    _Static_assert(sizeof vnni == sizeof fns && sizeof fns / sizeof fns[0] == sizeof types / sizeof types[0],
+                   "one kernel of each kind per type");
+    const char *novnni = getenv("CODI_NO_VNNI");
+    const int has_vnni = codi_cpu_get_features()->avxvnni;
+    const int use_vnni = has_vnni && !(novnni && *novnni && strcmp(novnni, "0") != 0);
+    enum { MAXG = 5, MAXR = MAXG * CODI_X8_ROWS, MAXC = 19, MAXN = 520 * 32 };
     /* the dispatcher hands them out on the AVX2 backend (CODI_FORCE_SCALAR
      * and CODI_NO_REPACK: none, test_dispatch_force_scalar's child) */
     const char *norep = getenv("CODI_NO_REPACK");
     const int on = strcmp(codi_kernel_backend(), "avx2") == 0 && !(norep && *norep && strcmp(norep, "0") != 0);
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
-        assert_ptr_equal(codi_kernel_gemm_x8(types[k]), on ? fns[k] : NULL);
+        assert_ptr_equal(codi_kernel_gemm_x8(types[k]), on ? (use_vnni ? vnni[k] : fns[k]) : NULL);
     assert_null(codi_kernel_gemm_x8(CODI_TYPE_Q4_K));
     assert_null(codi_kernel_gemm_x8(CODI_TYPE_F16));
     float *xf = malloc(MAXN * sizeof *xf), *wf = malloc(MAXN * sizeof *wf),
           *af = malloc(MAXN * sizeof *af);
     const size_t wrow = codi_row_size(CODI_TYPE_Q8_0, MAXN), arow = codi_row_size(CODI_TYPE_Q8_1, MAXN);
     uint8_t *w = malloc(MAXR * wrow), *wp = malloc(MAXR * wrow), *a = malloc(MAXC * arow);
-    float *y = malloc(MAXC * MAXR * sizeof *y);
-    assert_true(xf && wf && af && w && wp && a && y);
+    float *y = malloc(MAXC * MAXR * sizeof *y), *yv = malloc(MAXC * MAXR * sizeof *yv);
+    assert_true(xf && wf && af && w && wp && a && y && yv);
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         const codi_type_traits *t = codi_type_get(types[k]), *vt = codi_type_get(t->vec_dot_type);
         double worst = 0.0;
@@ -972,6 +983,13 @@ static void test_gemm_x8(void **state) {
             for (size_t i = 0; i < (size_t)MAXC * MAXR; i++)
                 y[i] = -12345.0f;
             fns[k](n, ng, wp, nc, a, ldx, y, MAXR);
+            if (has_vnni) {
+                for (size_t i = 0; i < (size_t)MAXC * MAXR; i++)
+                    yv[i] = -12345.0f;
+                vnni[k](n, ng, wp, nc, a, ldx, yv, MAXR);
+                if (memcmp(y, yv, (size_t)MAXC * MAXR * sizeof *y) != 0)
+                    fail_msg("%s seed %d: AVX-VNNI x8 differs from AVX2 x8", t->name, seed);
+            }
             for (int c = 0; c < nc; c++) {
                 vt->to_float(a + (size_t)c * ldx, af, n);
                 for (int r = 0; r < MAXR; r++) {
@@ -1002,6 +1020,7 @@ static void test_gemm_x8(void **state) {
     free(af);
     free(w);
     free(wp);
+    free(yv);
     free(a);
     free(y);
 #endif

@@ -594,6 +594,20 @@ static void test_w4a8_x8(void **state) {
             x8(n, NR / CODI_X8_ROWS, p, nc, a, ldx, y, NR);
             for (int i = 0; i < nc * NR; i++)
                 assert_int_equal(f2u(y[i]), f2u(ref[i]));
+#if defined(__x86_64__) || defined(__i386__)
+            /* both instruction sets, whichever the dispatcher picked */
+            codi_gemm_x8_fn twins[2] = {G == 32 ? codi_gemm_x8_w4a8_32_avx2 : G == 64 ? codi_gemm_x8_w4a8_64_avx2
+                                                                                  : codi_gemm_x8_w4a8_128_avx2,
+                                        G == 32   ? codi_gemm_x8_w4a8_32_avxvnni
+                                        : G == 64 ? codi_gemm_x8_w4a8_64_avxvnni
+                                                  : codi_gemm_x8_w4a8_128_avxvnni};
+            for (int v = 0; v < (codi_cpu_get_features()->avxvnni ? 2 : 1); v++) {
+                memset(y, 0, sizeof y);
+                twins[v](n, NR / CODI_X8_ROWS, p, nc, a, ldx, y, NR);
+                for (int i = 0; i < nc * NR; i++)
+                    assert_int_equal(f2u(y[i]), f2u(ref[i]));
+            }
+#endif
             free(w);
             free(p);
             free(a);

@@ -20,6 +20,7 @@
 static codi_cpu_features g_features;
 static int g_use_avx2;
 static int g_no_repack;
+static int g_use_vnni;
 static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
 
 static void probe(void) {
@@ -32,8 +33,17 @@ static void probe(void) {
         unsigned a, b, c, d;
         __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
         g_features.f16c = (c >> 29) & 1;
+        __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+        if (a >= 7) { /* leaf 7, sub-leaf 1: EAX bit 4 is AVX-VNNI */
+            __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(1));
+            g_features.avxvnni = (a >> 4) & 1;
+        }
     }
 #endif
+    /* CODI_NO_VNNI=1: the plain AVX2 x8 kernels even where AVX-VNNI is
+     * present (for A/B measurements; the results are the same) */
+    const char *novnni = getenv("CODI_NO_VNNI");
+    g_use_vnni = g_features.avxvnni && !(novnni && *novnni && strcmp(novnni, "0") != 0);
     const char *norep = getenv("CODI_NO_REPACK");
     g_no_repack = norep && *norep && strcmp(norep, "0") != 0;
     const char *force = getenv("CODI_FORCE_SCALAR");
@@ -128,14 +138,15 @@ codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
 #if defined(CODI_HAVE_AVX2_KERNELS)
     if (use_avx2() && !g_no_repack) {
         switch (type) {
-        case CODI_TYPE_Q4_0: return codi_gemm_x8_q4_0_avx2;
+        case CODI_TYPE_Q4_0: return g_use_vnni ? codi_gemm_x8_q4_0_avxvnni : codi_gemm_x8_q4_0_avx2;
         case CODI_TYPE_Q4_1:
-        case CODI_TYPE_Q4G32: return codi_gemm_x8_q4_1_avx2;
+        case CODI_TYPE_Q4G32: return g_use_vnni ? codi_gemm_x8_q4_1_avxvnni : codi_gemm_x8_q4_1_avx2;
         case CODI_TYPE_Q8_0:
-        case CODI_TYPE_Q8G32: return codi_gemm_x8_q8_0_avx2;
-        case CODI_TYPE_W4A8_32: return codi_gemm_x8_w4a8_32_avx2;
-        case CODI_TYPE_W4A8_64: return codi_gemm_x8_w4a8_64_avx2;
-        case CODI_TYPE_W4A8_128: return codi_gemm_x8_w4a8_128_avx2;
+        case CODI_TYPE_Q8G32: return g_use_vnni ? codi_gemm_x8_q8_0_avxvnni : codi_gemm_x8_q8_0_avx2;
+        case CODI_TYPE_W4A8_32: return g_use_vnni ? codi_gemm_x8_w4a8_32_avxvnni : codi_gemm_x8_w4a8_32_avx2;
+        case CODI_TYPE_W4A8_64: return g_use_vnni ? codi_gemm_x8_w4a8_64_avxvnni : codi_gemm_x8_w4a8_64_avx2;
+        case CODI_TYPE_W4A8_128:
+            return g_use_vnni ? codi_gemm_x8_w4a8_128_avxvnni : codi_gemm_x8_w4a8_128_avx2;
         default: break;
         }
     }

@@ -10,6 +10,7 @@
 
 typedef struct codi_cpu_features {
     int avx2, fma, f16c;
+    int avxvnni; /* VEX-coded vpdpbusd (the x8 kernels use it with AVX2) */
 } codi_cpu_features;
 
 const codi_cpu_features *codi_cpu_get_features(void);

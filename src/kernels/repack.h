@@ -60,6 +60,14 @@ void codi_gemm_x8_q4_1_avx2(int64_t n, int ng, const void *w, int nc, const void
                             float *y, size_t ldy);
 void codi_gemm_x8_q8_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
+/* The same kernels with AVX-VNNI's vpdpbusd; equal to the AVX2 ones bit
+ * for bit. Only on CPUs with AVX-VNNI (codi_cpu_features.avxvnni). */
+void codi_gemm_x8_q4_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_q4_1_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_q8_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
 #endif
 
 #endif

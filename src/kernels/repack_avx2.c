@@ -15,7 +15,9 @@
 #include "tensor/blocks.h"
 #include "tensor/types.h"
 
-enum { TILE = 4 };
+/* TILE: tokens per tile; SLICE: blocks whose activation scales are staged
+ * at once; XC: tokens staged at once (repack_x8_tiles.h) */
+enum { TILE = 4, SLICE = 256, XC = 16 };
 
 #ifndef X8_PF
 #define X8_PF 2048
@@ -39,135 +41,17 @@ static inline __m256i bcast4(const int8_t *p) {
 
 static inline float fp16(uint16_t h) { return _cvtsh_ss(h); }
 
-/* ---- Q4_1 x Q8_1: (d_w d_y) sum q y + m_w s_y per block ---- */
-
-__attribute__((always_inline)) static inline void q4_1_tile(int64_t nb, const uint8_t *wg, int T,
-                                                            const uint8_t *const *xr,
-                                                            float *const *yr) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_1) * CODI_X8_ROWS);
-        prefetch_ahead(b, sizeof(codi_block_q4_1) * CODI_X8_ROWS);
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
-        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
-        __m256i s[TILE];
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++)
-            s[t] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < 4; k++) {
-            const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 32 + 32 * k));
-            const __m256i lo = _mm256_and_si256(p, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                const int8_t *q = ((const codi_block_q8_1 *)xr[t])[i].qs + 8 * k;
-                /* 8 maddubs of q <= 15 against |y| <= 128 stay below 2^15 */
-                s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(lo, bcast4(q)));
-                s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(hi, bcast4(q + 4)));
-            }
-        }
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++) {
-            const codi_block_q8_1 *yb = (const codi_block_q8_1 *)xr[t] + i;
-            const __m256 sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[t], ones));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(fp16(yb->d))), sum, acc[t]);
-            acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(fp16(yb->s)), acc[t]);
-        }
+/* The activation scales of blocks [0, ns) as floats; Q8_1 also its s. */
+static void q8_1_scales(const codi_block_q8_1 *x, int64_t ns, float *dy, float *sy) {
+    for (int64_t i = 0; i < ns; i++) {
+        dy[i] = fp16(x[i].d);
+        sy[i] = fp16(x[i].s);
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
 }
 
-/* ---- Q8_0 x Q8_0: |w| times y with w's sign, per 4-byte quad ---- */
-
-__attribute__((always_inline)) static inline void q8_0_tile(int64_t nb, const uint8_t *wg, int T,
-                                                            const uint8_t *const *xr,
-                                                            float *const *yr) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
-        prefetch_ahead(b, sizeof(codi_block_q8_0) * CODI_X8_ROWS);
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
-        __m256i s[TILE];
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++)
-            s[t] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < 8; k++) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * k));
-            const __m256i aw = _mm256_sign_epi8(w, w);
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                const __m256i y = bcast4(((const codi_block_q8_0 *)xr[t])[i].qs + 4 * k);
-                /* one maddubs pair reaches 2 * 128 * 127: widen each */
-                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(y, w)), ones));
-            }
-        }
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++) {
-            const float dy = fp16(((const codi_block_q8_0 *)xr[t])[i].d);
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy)), _mm256_cvtepi32_ps(s[t]), acc[t]);
-        }
-    }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
-}
-
-/* ---- Q4_0 x Q8_0: (q - 8) y = q y - 8 y, with the blocks' sums of y
- * computed once per slice of blocks for all groups ---- */
-
-enum { SLICE = 256 };
-
-__attribute__((always_inline)) static inline void q4_0_tile(int64_t nb, const uint8_t *wg, int T,
-                                                            const uint8_t *const *xr,
-                                                            const float (*dy)[SLICE],
-                                                            const int32_t (*s8)[SLICE],
-                                                            float *const *yr, int first) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_0) * CODI_X8_ROWS);
-        prefetch_ahead(b, sizeof(codi_block_q4_0) * CODI_X8_ROWS);
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
-        __m256i s[TILE];
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++)
-            s[t] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < 4; k++) {
-            const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * k));
-            const __m256i lo = _mm256_and_si256(p, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                const int8_t *q = ((const codi_block_q8_0 *)xr[t])[i].qs + 8 * k;
-                s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(lo, bcast4(q)));
-                s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(hi, bcast4(q + 4)));
-            }
-        }
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++) {
-            const __m256i si = _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(s8[t][i]));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy[t][i])), _mm256_cvtepi32_ps(si), acc[t]);
-        }
-    }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
+static void q8_0_scales(const codi_block_q8_0 *x, int64_t ns, float *dy) {
+    for (int64_t i = 0; i < ns; i++)
+        dy[i] = fp16(x[i].d);
 }
 
 /* 8 * (sum of the 32 quants) and the scale of activation blocks [0, ns). */
@@ -184,8 +68,7 @@ static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, float *dy, int32_t *
     }
 }
 
-/* ---- drivers: tiles of up to 4 tokens ---- */
-
+/* tiles of up to 4 tokens */
 #define X8_TOKENS(T_, BODY)                                                                      \
     switch (T_) {                                                                                \
     case 1: { enum { T = 1 }; BODY; } break;                                                     \
@@ -194,70 +77,31 @@ static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, float *dy, int32_t *
     default: { enum { T = 4 }; BODY; } break;                                                    \
     }
 
-/* Q4_1 and Q8_0: every group against tiles of up to 4 tokens (kind is a
- * constant once inlined, so each entry point keeps only its own tile). */
-__attribute__((always_inline)) static inline void x8_drive(int kind, int64_t n, int ng,
-                                                           const void *w, int nc, const void *x,
-                                                           size_t ldx, float *y, size_t ldy) {
-    const int64_t nb = n / CODI_QK;
-    const size_t bbytes = (kind == CODI_TYPE_Q4_1 ? sizeof(codi_block_q4_1) : sizeof(codi_block_q8_0)) *
-                          CODI_X8_ROWS;
-    const size_t gbytes = (size_t)nb * bbytes;
-    for (int c0 = 0; c0 < nc; c0 += TILE) {
-        const int tn = nc - c0 < TILE ? nc - c0 : TILE;
-        const uint8_t *xr[TILE];
-        float *yr[TILE];
-        for (int g = 0; g < ng; g++) {
-            for (int t = 0; t < tn; t++) {
-                xr[t] = (const uint8_t *)x + (size_t)(c0 + t) * ldx;
-                yr[t] = y + (size_t)(c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
-            }
-            const uint8_t *wg = (const uint8_t *)w + (size_t)g * gbytes;
-            if (kind == CODI_TYPE_Q4_1)
-                X8_TOKENS(tn, q4_1_tile(nb, wg, T, xr, yr))
-            else
-                X8_TOKENS(tn, q8_0_tile(nb, wg, T, xr, yr))
-        }
-    }
-}
+#define X8_SFX avx2
+#define X8_VNNI 0
+#include "kernels/repack_x8_tiles.h"
+#undef X8_SFX
+#undef X8_VNNI
 
-void codi_gemm_x8_q4_1_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                            float *y, size_t ldy) {
-    x8_drive(CODI_TYPE_Q4_1, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-void codi_gemm_x8_q8_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                            float *y, size_t ldy) {
-    x8_drive(CODI_TYPE_Q8_0, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-void codi_gemm_x8_q4_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                            float *y, size_t ldy) {
-    const int64_t nb = n / CODI_QK;
-    const size_t bbytes = sizeof(codi_block_q4_0) * CODI_X8_ROWS;
-    const size_t gbytes = (size_t)nb * bbytes;
-    float dy[TILE][SLICE];
-    int32_t s8[TILE][SLICE];
-    for (int c0 = 0; c0 < nc; c0 += TILE) {
-        const int tn = nc - c0 < TILE ? nc - c0 : TILE;
-        for (int64_t i0 = 0; i0 < nb; i0 += SLICE) {
-            const int64_t ns = nb - i0 < SLICE ? nb - i0 : SLICE;
-            const uint8_t *xr[TILE];
-            float *yr[TILE];
-            for (int t = 0; t < tn; t++) {
-                xr[t] = (const uint8_t *)x + (size_t)(c0 + t) * ldx + (size_t)i0 * sizeof(codi_block_q8_0);
-                q8_0_sums((const codi_block_q8_0 *)xr[t], ns, dy[t], s8[t]);
-            }
-            for (int g = 0; g < ng; g++) {
-                for (int t = 0; t < tn; t++)
-                    yr[t] = y + (size_t)(c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
-                const uint8_t *wg = (const uint8_t *)w + (size_t)g * gbytes + (size_t)i0 * bbytes;
-                X8_TOKENS(tn, q4_0_tile(ns, wg, T, xr, (const float(*)[SLICE])dy,
-                                        (const int32_t(*)[SLICE])s8, yr, i0 == 0))
-            }
-        }
-    }
-}
+/* AVX-VNNI (VEX vpdpbusd, Alder Lake / Sapphire Rapids and later): same
+ * kernels, one instruction per 8-bit product step instead of two to four.
+ * Only called when the probe finds AVX-VNNI (dispatch.c). */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avxvnni"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avxvnni")
+#endif
+#define X8_SFX avxvnni
+#define X8_VNNI 1
+#include "kernels/repack_x8_tiles.h"
+#undef X8_SFX
+#undef X8_VNNI
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 
 #else
 typedef int codi_repack_avx2_unused; /* not an x86 build: nothing to compile */

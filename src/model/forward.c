@@ -1244,6 +1244,41 @@ static void kch_scores_open(const codi_context *c, int layer, int seq, int kh, c
 
 /* Attention of one token b, query heads h0..h0+G of KV head kh (G <=
  * ATT_G), on thread ith: scores, softmax, weights times V. */
+/* Decode reads the fp16 cache's transposed rows (one per channel, a few
+ * lines from slot 0 on) of every sequence and layer once per step, after
+ * the step's weights have pushed them out of cache; the kernels walk the
+ * rows one after another, so each row's first lines were misses waited for
+ * one at a time (SmolLM2 Q4_1, 8 sequences: row_qkv's stores and the
+ * attention kernels 25-30% of a step). So their lines are asked for ahead:
+ * into L2 at the end of the layer before (row_ffn_out, row_embed for layer
+ * 0), while the Q/K/V product runs, and into L1 as attention takes a (token,
+ * KV head) item. Only the first KV_PF_LINES lines of a row: past those the
+ * hardware prefetcher follows a row, and a long row would not fit anyway. */
+enum { KV_PF_LINES = 4 };
+
+#define KV_ROWS_PREFETCH(base, rows, ld, t0, n, locality)                                      \
+    do {                                                                                       \
+        const size_t lo_ = (size_t)(t0) * sizeof(uint16_t);                                    \
+        const size_t hi_ = CODI_MIN((size_t)((t0) + (n)) * sizeof(uint16_t), lo_ + 64 * KV_PF_LINES); \
+        for (int i_ = 0; i_ < (rows); i_++) {                                                  \
+            const uintptr_t a_ = (uintptr_t)((base) + (size_t)i_ * (ld));                      \
+            for (uintptr_t l_ = (a_ + lo_) & ~(uintptr_t)63; l_ < a_ + hi_; l_ += 64)          \
+                __builtin_prefetch((const void *)l_, 0, locality);                             \
+        }                                                                                      \
+    } while (0)
+
+/* Layer `layer`'s K and V rows of row b's sequence into L2, when b is the
+ * sequence's last row of the pass (the others' keys come before it). */
+static void kv_layer_prefetch(const codi_context *c, int layer, int b) {
+    const int seq = c->row_seq[b];
+    if (c->kv_bits != 16 || c->kv_budget > 0 || layer >= c->m->hp.n_layer ||
+        c->row_rank[b] != c->seq_cnt[seq] - 1)
+        return;
+    const int dkv = c->m->hp.n_head_kv * c->m->hp.head_dim, n = c->row_pos[b] + 1;
+    KV_ROWS_PREFETCH(kv_at(c, c->kc, seq, layer), dkv, c->kv_row, 0, n, 1);
+    KV_ROWS_PREFETCH(kv_at(c, c->vc, seq, layer), dkv, c->kv_row, 0, n, 1);
+}
+
 static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h0, int G) {
     const codi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head;
@@ -1268,12 +1303,15 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
     const float *qb = c->q + (size_t)b * dq + (size_t)h0 * hd;
     float *o = c->att + (size_t)b * dq + (size_t)h0 * hd;
     if (bits == 16) {
+        KV_ROWS_PREFETCH(kl, hd, c->kv_row, t0, n, 3); /* see kv_layer_prefetch */
+        KV_ROWS_PREFETCH(vl, hd, c->kv_row, t0, n, 3);
         /* llama.cpp (flash attention off) multiplies the fp16 cache with
          * fp16-rounded queries and fp16-rounded attention weights; round
          * the same way. */
         float q32[ATT_G * 1024];
-        for (int i = 0; i < G * hd; i++)
-            q32[i] = codi_fp16_to_fp32(codi_fp32_to_fp16(qb[i]));
+        uint16_t q16[ATT_G * 1024];
+        codi_fp32_to_fp16_row(qb, q16, (int64_t)G * hd); /* F16C rows: the same bits */
+        codi_fp16_to_fp32_row(q16, q32, (int64_t)G * hd);
         codi_attn_scores_f16(q32, G, hd, (const uint16_t *)kl + t0, cap, n, scb, cap, scale);
     } else if (c->kv_kch) {
         /* groups that end inside the causal range from their codes, the
@@ -1558,6 +1596,7 @@ static void row_embed(const rows_job *j, int b) {
         for (int i = 0; i < d; i++)
             x[i] *= hp->embd_scale;
     codi_rmsnorm(c->xn + (size_t)b * d, x, m->layers[0].attn_norm, d, hp->norm_eps);
+    kv_layer_prefetch(c, 0, b);
 }
 
 /* Q/K/V bias, Q/K norms, RoPE at position p, Gemma's query scale: one
@@ -2343,6 +2382,7 @@ static void row_ffn_out(const rows_job *j, int b) {
         x[i] += xn[i];
     if (j->layer + 1 < hp->n_layer)
         codi_rmsnorm(xn, x, c->m->layers[j->layer + 1].attn_norm, d, hp->norm_eps);
+    kv_layer_prefetch(c, j->layer + 1, b);
 }
 
 /* One pass over B <= n_batch tokens at positions c->row_pos[] of sequences
@@ -2846,6 +2886,44 @@ const float *codi_get_logits(const codi_context *c, int32_t i) {
     if (r < 0)
         return NULL;
     return c->logits + (size_t)r * c->m->hp.n_vocab;
+}
+
+typedef struct {
+    codi_context *c;
+    int32_t n;
+    codi_sampler *const *s;
+    const int32_t *rows;
+    int32_t *out;
+    atomic_int next, bad;
+} sample_job;
+
+static void sample_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    sample_job *j = arg;
+    for (int k; (k = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->n;) {
+        const float *lg = codi_get_logits(j->c, j->rows[k]);
+        j->out[k] = lg && j->s[k] ? codi_sampler_sample(j->s[k], lg) : -1;
+        if (j->out[k] < 0)
+            atomic_store_explicit(&j->bad, 1, memory_order_relaxed);
+    }
+}
+
+/* A server step samples one token per stream, each over the whole
+ * vocabulary (~0.2 ms for SmolLM2's 49152): on the worker thread alone
+ * that was 8 x 0.2 ms of each 8-stream step with the pool idle. */
+int codi_sample_rows(codi_context *c, int32_t n, codi_sampler *const *s, const int32_t *rows,
+                     int32_t *out) {
+    if (!c || n < 0 || (n > 0 && (!s || !rows || !out)))
+        return CODI_EINVAL;
+    if (n == 0)
+        return 0;
+    sample_job j = {c, n, s, rows, out, 0, 0};
+    if (n == 1)
+        sample_task(&j, 0, 1);
+    else
+        codi_threadpool_run(c->pool, sample_task, &j);
+    return atomic_load(&j.bad) ? CODI_EINVAL : 0;
 }
 
 /* ------------------------------------------------------------ key smoothing */

@@ -59,6 +59,9 @@ struct srv_engine {
     int32_t *b_tok, *b_pos, *b_seq;
     bool *b_logits;
     int32_t b_cap;
+    /* a step's draws, one per sampling slot (codi_sample_rows) */
+    codi_sampler **d_smp;
+    int32_t *d_row, *d_tok;
 
     pthread_t thread;
     bool thread_started;
@@ -338,6 +341,17 @@ static void step(srv_engine *e) {
                     }
         return;
     }
+    /* The draws of all slots at once, over the compute threads. */
+    int32_t nd = 0;
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        if (!s->req || s->bi < 0)
+            continue;
+        e->d_smp[nd] = s->smp;
+        e->d_row[nd++] = s->bi;
+    }
+    codi_sample_rows(e->ctx, nd, e->d_smp, e->d_row, e->d_tok);
+    nd = 0;
     for (int32_t i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
         if (!s->req)
@@ -348,12 +362,11 @@ static void step(srv_engine *e) {
                 s->pos = e->b_pos[j] + 1;
         if (s->bi < 0)
             continue;
-        const float *lg = codi_get_logits(e->ctx, s->bi);
-        if (!lg) {
+        int32_t tok = e->d_tok[nd++];
+        if (tok < 0) {
             finish_later(s, "stop", "no logits");
             continue;
         }
-        int32_t tok = codi_sampler_sample(s->smp, lg);
         codi_sampler_accept(s->smp, tok);
         if (!s->req->ignore_eos && codi_token_is_eog(e->model, tok)) {
             finish_later(s, "stop", NULL);
@@ -454,10 +467,14 @@ int srv_engine_create(codi_model *model, int32_t n_parallel, int32_t n_ctx,
     e->b_pos = malloc((size_t)e->b_cap * sizeof(int32_t));
     e->b_seq = malloc((size_t)e->b_cap * sizeof(int32_t));
     e->b_logits = malloc((size_t)e->b_cap * sizeof(bool));
+    e->d_smp = malloc((size_t)n_parallel * sizeof(codi_sampler *));
+    e->d_row = malloc((size_t)n_parallel * sizeof(int32_t));
+    e->d_tok = malloc((size_t)n_parallel * sizeof(int32_t));
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     e->m.slots_total = n_parallel;
-    if (!e->slots || !e->queue || !e->b_tok || !e->b_pos || !e->b_seq || !e->b_logits) {
+    if (!e->slots || !e->queue || !e->b_tok || !e->b_pos || !e->b_seq || !e->b_logits || !e->d_smp ||
+        !e->d_row || !e->d_tok) {
         snprintf(err, errlen, "server: out of memory");
         srv_engine_free(e);
         return CODI_ENOMEM;
@@ -555,5 +572,8 @@ void srv_engine_free(srv_engine *e) {
     free(e->b_pos);
     free(e->b_seq);
     free(e->b_logits);
+    free(e->d_smp);
+    free(e->d_row);
+    free(e->d_tok);
     free(e);
 }

@@ -1,0 +1,239 @@
+/* The x8 tiles and their driver (kernels/repack.h), written once for two
+ * instruction sets: repack_avx2.c includes this file twice, with
+ *
+ *   X8_SFX  the suffix of the entry points (avx2, avxvnni)
+ *   X8_VNNI 0: 8-bit products through maddubs, summed in 16 bits
+ *           (Q4_x, whose 8 maddubs per block stay below 2^15) or widened
+ *           with madd (Q8_0); 1: vpdpbusd (AVX-VNNI), which multiplies,
+ *           widens and accumulates in one instruction.
+ *
+ * The integer sum of each block is exact either way, and the float steps
+ * are the same instructions in the same order, so both instances give the
+ * same results bit for bit (tests/test_kernels.c, test_gemm_x8).
+ *
+ * Work order: a call stages the activation scales of up to XC tokens as
+ * floats (per slice of SLICE blocks), then runs every group against those
+ * tokens in tiles of up to TILE: a group's weights (3-8 KiB at these
+ * widths) are read from memory once and stay in L1 for the other tiles. */
+
+#define X8_CAT_(a, b) a##_##b
+#define X8_CAT(a, b) X8_CAT_(a, b)
+#define X8_FN(name) X8_CAT(name, X8_SFX)
+
+#if X8_VNNI
+/* u: unsigned bytes, s: signed bytes; acc: 8 x int32 */
+#define X8_DOT4(acc, u, s) ((acc) = _mm256_dpbusd_avx_epi32((acc), (u), (s)))
+#define X8_DOT4_SUM(acc) (acc)
+#define X8_DOT8(acc, u, s) ((acc) = _mm256_dpbusd_avx_epi32((acc), (u), (s)))
+#else
+/* Q4_x: 8 maddubs of q <= 15 against |y| <= 128 stay below 2^15 */
+#define X8_DOT4(acc, u, s) ((acc) = _mm256_add_epi16((acc), _mm256_maddubs_epi16((u), (s))))
+#define X8_DOT4_SUM(acc) _mm256_madd_epi16((acc), _mm256_set1_epi16(1))
+/* Q8_0: one maddubs pair reaches 2 * 128 * 127: widen each */
+#define X8_DOT8(acc, u, s)                                                                        \
+    ((acc) = _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)),           \
+                                                       _mm256_set1_epi16(1))))
+#endif
+
+/* ---- Q4_1 x Q8_1: (d_w d_y) sum q y + m_w s_y per block ---- */
+
+__attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
+    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
+    const float (*sy)[SLICE], float *const *yr, int first) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_1) * CODI_X8_ROWS);
+        prefetch_ahead(b, sizeof(codi_block_q4_1) * CODI_X8_ROWS);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
+        __m256i s[TILE];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            s[t] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 4; k++) {
+            const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 32 + 32 * k));
+            const __m256i lo = _mm256_and_si256(p, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                const int8_t *q = ((const codi_block_q8_1 *)xr[t])[i].qs + 8 * k;
+                X8_DOT4(s[t], lo, bcast4(q));
+                X8_DOT4(s[t], hi, bcast4(q + 4));
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            const __m256 sum = _mm256_cvtepi32_ps(X8_DOT4_SUM(s[t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])), sum, acc[t]);
+            acc[t] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&sy[t][i]), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(yr[t], acc[t]);
+}
+
+/* ---- Q8_0 x Q8_0: |w| times y with w's sign, per 4-byte quad ---- */
+
+__attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
+    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
+    float *const *yr, int first) {
+    __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
+        prefetch_ahead(b, sizeof(codi_block_q8_0) * CODI_X8_ROWS);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        __m256i s[TILE];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            s[t] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * k));
+            const __m256i aw = _mm256_sign_epi8(w, w);
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                const __m256i y = bcast4(((const codi_block_q8_0 *)xr[t])[i].qs + 4 * k);
+                X8_DOT8(s[t], aw, _mm256_sign_epi8(y, w));
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
+                                     _mm256_cvtepi32_ps(s[t]), acc[t]);
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(yr[t], acc[t]);
+}
+
+/* ---- Q4_0 x Q8_0: (q - 8) y = q y - 8 y, with the blocks' sums of y
+ * staged with their scales ---- */
+
+__attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
+    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
+    const int32_t (*s8)[SLICE], float *const *yr, int first) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_0) * CODI_X8_ROWS);
+        prefetch_ahead(b, sizeof(codi_block_q4_0) * CODI_X8_ROWS);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        __m256i s[TILE];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            s[t] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 4; k++) {
+            const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * k));
+            const __m256i lo = _mm256_and_si256(p, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                const int8_t *q = ((const codi_block_q8_0 *)xr[t])[i].qs + 8 * k;
+                X8_DOT4(s[t], lo, bcast4(q));
+                X8_DOT4(s[t], hi, bcast4(q + 4));
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            const __m256i si = _mm256_sub_epi32(X8_DOT4_SUM(s[t]), _mm256_set1_epi32(s8[t][i]));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
+                                     _mm256_cvtepi32_ps(si), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(yr[t], acc[t]);
+}
+
+/* ---- driver ---- */
+
+/* kind is a constant once inlined, so each entry point keeps only its own
+ * tile. */
+__attribute__((always_inline)) static inline void X8_FN(x8_drive)(int kind, int64_t n, int ng,
+                                                                  const void *w, int nc,
+                                                                  const void *x, size_t ldx,
+                                                                  float *y, size_t ldy) {
+    const int64_t nb = n / CODI_QK;
+    const size_t bbytes = (kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q4_1)
+                           : kind == CODI_TYPE_Q4_0 ? sizeof(codi_block_q4_0)
+                                                    : sizeof(codi_block_q8_0)) *
+                          CODI_X8_ROWS;
+    const size_t xbytes = kind == CODI_TYPE_Q4_1 ? sizeof(codi_block_q8_1) : sizeof(codi_block_q8_0);
+    const size_t gbytes = (size_t)nb * bbytes;
+    float dy[XC][SLICE];
+    union {
+        float f[XC][SLICE];   /* Q4_1: the activation blocks' s */
+        int32_t i[XC][SLICE]; /* Q4_0: 8 * their sums of quants */
+    } aux;
+    for (int cb = 0; cb < nc; cb += XC) {
+        const int ncb = nc - cb < XC ? nc - cb : XC;
+        for (int64_t i0 = 0; i0 < nb; i0 += SLICE) {
+            const int64_t ns = nb - i0 < SLICE ? nb - i0 : SLICE;
+            for (int t = 0; t < ncb; t++) {
+                const uint8_t *xs = (const uint8_t *)x + (size_t)(cb + t) * ldx + (size_t)i0 * xbytes;
+                if (kind == CODI_TYPE_Q4_1)
+                    q8_1_scales((const codi_block_q8_1 *)xs, ns, dy[t], aux.f[t]);
+                else if (kind == CODI_TYPE_Q4_0)
+                    q8_0_sums((const codi_block_q8_0 *)xs, ns, dy[t], aux.i[t]);
+                else
+                    q8_0_scales((const codi_block_q8_0 *)xs, ns, dy[t]);
+            }
+            for (int g = 0; g < ng; g++) {
+                const uint8_t *wg = (const uint8_t *)w + (size_t)g * gbytes + (size_t)i0 * bbytes;
+                for (int c0 = 0; c0 < ncb; c0 += TILE) {
+                    const int tn = ncb - c0 < TILE ? ncb - c0 : TILE;
+                    const uint8_t *xr[TILE];
+                    float *yr[TILE];
+                    for (int t = 0; t < tn; t++) {
+                        xr[t] = (const uint8_t *)x + (size_t)(cb + c0 + t) * ldx + (size_t)i0 * xbytes;
+                        yr[t] = y + (size_t)(cb + c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
+                    }
+                    const float(*d)[SLICE] = (const float(*)[SLICE])(dy + c0);
+                    if (kind == CODI_TYPE_Q4_1)
+                        X8_TOKENS(tn, X8_FN(q4_1_tile)(ns, wg, T, xr, d,
+                                                       (const float(*)[SLICE])(aux.f + c0), yr, i0 == 0))
+                    else if (kind == CODI_TYPE_Q4_0)
+                        X8_TOKENS(tn, X8_FN(q4_0_tile)(ns, wg, T, xr, d,
+                                                       (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
+                    else
+                        X8_TOKENS(tn, X8_FN(q8_0_tile)(ns, wg, T, xr, d, yr, i0 == 0))
+                }
+            }
+        }
+    }
+}
+
+void X8_FN(codi_gemm_x8_q4_1)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q4_1, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+void X8_FN(codi_gemm_x8_q8_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q8_0, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q4_0, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+#undef X8_DOT4
+#undef X8_DOT4_SUM
+#undef X8_DOT8
+#undef X8_FN
+#undef X8_CAT
+#undef X8_CAT_
