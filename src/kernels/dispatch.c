@@ -153,7 +153,10 @@ codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
             return g_use_avx512 ? codi_gemm_x8_q4_1_avx512
                    : g_use_vnni ? codi_gemm_x8_q4_1_avxvnni
                                 : codi_gemm_x8_q4_1_avx2;
-        case CODI_TYPE_Q8_0: return g_use_vnni ? codi_gemm_x8_q8_0_avxvnni : codi_gemm_x8_q8_0_avx2;
+        case CODI_TYPE_Q8_0:
+            return g_use_avx512 ? codi_gemm_x8_q8_0_avx512
+                   : g_use_vnni ? codi_gemm_x8_q8_0_avxvnni
+                                : codi_gemm_x8_q8_0_avx2;
         default: break;
         }
     }

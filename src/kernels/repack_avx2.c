@@ -236,6 +236,116 @@ void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, const vo
     }
 }
 
+/* ---- Q8_0 the same way, with the activations staged as y + 128
+ * (unsigned, 32 bytes a block), so sum (y + 128) w - 128 sum w = sum y w:
+ * one vpdpbusd per 4-byte quad and token, 128 sum w from vpdpbusd once
+ * per block and tile ---- */
+
+/* The quants of blocks [0, ns) plus 128, as unsigned bytes, 32 a block. */
+static void q8_0_unsigned(const codi_block_q8_0 *x, int64_t ns, uint8_t *xu) {
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+    for (int64_t i = 0; i < ns; i++)
+        _mm256_storeu_si256((__m256i *)(xu + 32 * i),
+                            _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x[i].qs), x80));
+}
+
+__attribute__((always_inline)) static inline void q8_0_tile16(int64_t nb, const uint8_t *w0,
+                                                              const uint8_t *w1, int T,
+                                                              const uint8_t *const *xu,
+                                                              const float (*dy)[SLICE],
+                                                              float *const *y0, float *const *y1,
+                                                              int first) {
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    __m512 acc[TILE16];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm512_setzero_ps()
+                       : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(y0[t])),
+                                            _mm256_loadu_ps(y1[t]), 1);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b0 = w0 + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
+        const uint8_t *b1 = w1 + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
+        prefetch_far(b0, sizeof(codi_block_q8_0) * CODI_X8_ROWS);
+        prefetch_far(b1, sizeof(codi_block_q8_0) * CODI_X8_ROWS);
+        const __m512 dw = cvtph2x8(b0, b1);
+        __m512i c128 = _mm512_setzero_si512();
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++)
+            c128 = _mm512_dpbusd_epi32(c128, x80, load2x256(b0 + 16 + 32 * k, b1 + 16 + 32 * k));
+        const __m512i s0 = _mm512_sub_epi32(_mm512_setzero_si512(), c128);
+        __m512i s[TILE16];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            s[t] = s0;
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++) {
+            const __m512i w = load2x256(b0 + 16 + 32 * k, b1 + 16 + 32 * k);
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                int32_t v;
+                memcpy(&v, xu[t] + 32 * i + 4 * k, sizeof v);
+                s[t] = _mm512_dpbusd_epi32(s[t], _mm512_set1_epi32(v), w);
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(dy[t][i])),
+                                     _mm512_cvtepi32_ps(s[t]), acc[t]);
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++) {
+        _mm256_storeu_ps(y0[t], _mm512_castps512_ps256(acc[t]));
+        _mm256_storeu_ps(y1[t], _mm512_extractf32x8_ps(acc[t], 1));
+    }
+}
+
+enum { USLICE = 64 }; /* blocks of Q8_0 activations staged as y + 128 */
+
+void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    const int64_t nb = n / CODI_QK;
+    const size_t bbytes = sizeof(codi_block_q8_0) * CODI_X8_ROWS, xbytes = sizeof(codi_block_q8_0);
+    const size_t gbytes = (size_t)nb * bbytes;
+    float dy[XC][SLICE];
+    uint8_t xu[XC][USLICE * CODI_QK];
+    for (int cb = 0; cb < nc; cb += XC) {
+        const int ncb = nc - cb < XC ? nc - cb : XC;
+        for (int64_t i0 = 0; i0 < nb; i0 += USLICE) {
+            const int64_t ns = nb - i0 < USLICE ? nb - i0 : USLICE;
+            for (int t = 0; t < ncb; t++) {
+                const codi_block_q8_0 *xs = (const codi_block_q8_0 *)((const uint8_t *)x + (size_t)(cb + t) * ldx +
+                                                                      (size_t)i0 * xbytes);
+                q8_0_scales(xs, ns, dy[t]);
+                q8_0_unsigned(xs, ns, xu[t]);
+            }
+            for (int g = 0; g < ng; g += 2) {
+                const uint8_t *wg = (const uint8_t *)w + (size_t)g * gbytes + (size_t)i0 * bbytes;
+                const int pair = g + 1 < ng;
+                const int tile = pair ? TILE16 : TILE;
+                for (int c0 = 0; c0 < ncb; c0 += tile) {
+                    const int tn = ncb - c0 < tile ? ncb - c0 : tile;
+                    const uint8_t *xr[TILE16];
+                    float *y0[TILE16], *y1[TILE16];
+                    for (int t = 0; t < tn; t++) {
+                        xr[t] = (const uint8_t *)x + (size_t)(cb + c0 + t) * ldx + (size_t)i0 * xbytes;
+                        y0[t] = y + (size_t)(cb + c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
+                        y1[t] = y0[t] + CODI_X8_ROWS;
+                    }
+                    const float(*d)[SLICE] = (const float(*)[SLICE])(dy + c0);
+                    if (pair) {
+                        const uint8_t *ur[TILE16];
+                        for (int t = 0; t < tn; t++)
+                            ur[t] = xu[c0 + t];
+                        X16_TOKENS(tn, q8_0_tile16(ns, wg, wg + gbytes, T, ur, d, y0, y1, i0 == 0))
+                    } else {
+                        X8_TOKENS(tn, q8_0_tile_avxvnni(ns, wg, T, xr, d, y0, i0 == 0))
+                    }
+                }
+            }
+        }
+    }
+}
+
 #pragma GCC pop_options
 
 #else
