@@ -79,21 +79,23 @@ static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, float *dy, int32_t *
 
 #define X8_SFX avx2
 #define X8_VNNI 0
+#define X8_TARGET
 #include "kernels/repack_x8_tiles.h"
 #undef X8_SFX
 #undef X8_VNNI
+#undef X8_TARGET
 
 /* AVX-VNNI (VEX vpdpbusd, Alder Lake / Sapphire Rapids and later): same
  * kernels, one instruction per 8-bit product step instead of two to four.
- * Only called when the probe finds AVX-VNNI (dispatch.c). */
-#pragma GCC push_options
-#pragma GCC target("avxvnni")
+ * Only called when the probe finds AVX-VNNI (dispatch.c). Target
+ * attributes rather than #pragma GCC target, which clang does not know. */
 #define X8_SFX avxvnni
 #define X8_VNNI 1
+#define X8_TARGET __attribute__((target("avxvnni")))
 #include "kernels/repack_x8_tiles.h"
 #undef X8_SFX
 #undef X8_VNNI
-#pragma GCC pop_options
+#undef X8_TARGET
 
 /* ---- AVX-512 (F, BW, VL, DQ, VNNI): Q4_1 over two groups at once ----
  *
@@ -103,8 +105,7 @@ static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, float *dy, int32_t *
  * same operands (vpdpbusd, the conversion, mul, two FMAs), so the results
  * are those of codi_gemm_x8_q4_1_avxvnni bit for bit; with 32 registers a
  * tile holds 8 tokens. An odd last group goes through the AVX-VNNI tile. */
-#pragma GCC push_options
-#pragma GCC target("avxvnni,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#define K512 __attribute__((target("avxvnni,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
 enum { TILE16 = 8 };
 
@@ -115,23 +116,23 @@ enum { TILE16 = 8 };
 #ifndef X16_PF
 #define X16_PF 8192
 #endif
-__attribute__((always_inline)) static inline void prefetch_far(const uint8_t *b, size_t bytes) {
+K512 __attribute__((always_inline)) static inline void prefetch_far(const uint8_t *b, size_t bytes) {
     _Pragma("GCC unroll 8")
     for (size_t o = 0; o < bytes; o += 64)
         _mm_prefetch((const char *)(b + X16_PF + o), _MM_HINT_T0);
 }
 
-static inline __m512i load2x256(const uint8_t *a, const uint8_t *b) {
+K512 static inline __m512i load2x256(const uint8_t *a, const uint8_t *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
                               _mm256_loadu_si256((const __m256i *)b), 1);
 }
 
-static inline __m512 cvtph2x8(const uint8_t *a, const uint8_t *b) {
+K512 static inline __m512 cvtph2x8(const uint8_t *a, const uint8_t *b) {
     return _mm512_cvtph_ps(_mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)), _mm_loadu_si128((const __m128i *)b), 1));
 }
 
-__attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, const uint8_t *w0,
+K512 __attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, const uint8_t *w0,
                                                               const uint8_t *w1, int T,
                                                               const uint8_t *const *xr,
                                                               const float (*dy)[SLICE],
@@ -197,7 +198,7 @@ __attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, const 
     default: { enum { T = 8 }; BODY; } break;                                                    \
     }
 
-void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+K512 void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     const int64_t nb = n / CODI_QK;
     const size_t bbytes = sizeof(codi_block_q4_1) * CODI_X8_ROWS, xbytes = sizeof(codi_block_q8_1);
@@ -249,7 +250,7 @@ static void q8_0_unsigned(const codi_block_q8_0 *x, int64_t ns, uint8_t *xu) {
                             _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x[i].qs), x80));
 }
 
-__attribute__((always_inline)) static inline void q8_0_tile16(int64_t nb, const uint8_t *w0,
+K512 __attribute__((always_inline)) static inline void q8_0_tile16(int64_t nb, const uint8_t *w0,
                                                               const uint8_t *w1, int T,
                                                               const uint8_t *const *xu,
                                                               const float (*dy)[SLICE],
@@ -301,7 +302,7 @@ __attribute__((always_inline)) static inline void q8_0_tile16(int64_t nb, const 
 
 enum { USLICE = 64 }; /* blocks of Q8_0 activations staged as y + 128 */
 
-void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+K512 void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     const int64_t nb = n / CODI_QK;
     const size_t bbytes = sizeof(codi_block_q8_0) * CODI_X8_ROWS, xbytes = sizeof(codi_block_q8_0);
@@ -346,7 +347,7 @@ void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, const vo
     }
 }
 
-#pragma GCC pop_options
+#undef K512
 
 #else
 typedef int codi_repack_avx2_unused; /* not an x86 build: nothing to compile */
