@@ -112,7 +112,10 @@ enum { TILE16 = 8 };
 /* With twice the rows per instruction a block is done sooner, and the
  * weight lines must be asked for further ahead: at X8_PF (2 KiB) this
  * kernel gained nothing over AVX-VNNI in a decode step of 8 sequences, at
- * 8 KiB 10% (SmolLM2 Q4_1, bench/batch_decode.c). */
+ * 8 KiB 10% (SmolLM2 Q4_1, bench/batch_decode.c). One token (nc = 1) stays
+ * on the AVX-VNNI kernel and its 2 KiB: docs/kernels.md found distances
+ * past 3 KiB slower for llama1b's bandwidth-bound decode (the 8 KiB kernel
+ * was faster for SmolLM2's, not measured on llama1b). */
 #ifndef X16_PF
 #define X16_PF 8192
 #endif
@@ -200,6 +203,10 @@ K512 __attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, c
 
 K512 void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
+    if (nc < 2) { /* see X16_PF */
+        codi_gemm_x8_q4_1_avxvnni(n, ng, w, nc, x, ldx, y, ldy);
+        return;
+    }
     const int64_t nb = n / CODI_QK;
     const size_t bbytes = sizeof(codi_block_q4_1) * CODI_X8_ROWS, xbytes = sizeof(codi_block_q8_1);
     const size_t gbytes = (size_t)nb * bbytes;
@@ -304,6 +311,10 @@ enum { USLICE = 64 }; /* blocks of Q8_0 activations staged as y + 128 */
 
 K512 void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
+    if (nc < 2) { /* see X16_PF */
+        codi_gemm_x8_q8_0_avxvnni(n, ng, w, nc, x, ldx, y, ldy);
+        return;
+    }
     const int64_t nb = n / CODI_QK;
     const size_t bbytes = sizeof(codi_block_q8_0) * CODI_X8_ROWS, xbytes = sizeof(codi_block_q8_0);
     const size_t gbytes = (size_t)nb * bbytes;
