@@ -243,7 +243,12 @@ __attribute__((always_inline)) static inline void scores_g(const float *q, int h
             _mm256_storeu_ps(s + (size_t)g * lds + t + 8, _mm256_mul_ps(a[g][1], vs));
         }
     }
-    for (; t + 8 <= n; t += 8) {
+    /* the last keys (fewer than 8) as the 8 ending at n: the ones already
+     * done come out the same, so rows of 8 keys or more need no scalar
+     * tail (each of its keys read a channel row's line of its own) */
+    for (; t < n && n >= 8; t += 8) {
+        if (t + 8 > n)
+            t = n - 8;
         __m256 a[6];
         _Pragma("GCC unroll 6")
         for (int g = 0; g < G; g++)
