@@ -935,7 +935,9 @@ static void test_gemm_x8(void **state) {
                                           codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q4_1_avx2,
                                           codi_gemm_x8_q8_0_avx2};
     /* the AVX-VNNI twins: handed out where the CPU has AVX-VNNI (and
-     * CODI_NO_VNNI is unset), and equal to the AVX2 kernels bit for bit */
+     * CODI_NO_VNNI is unset), and equal to the AVX2 kernels bit for bit;
+     * 1..5 groups cover pairs and an odd last group of the AVX-512 Q4_1
+     * kernel, 1..19 tokens its tiles of 8 */
     static const codi_gemm_x8_fn vnni[] = {codi_gemm_x8_q4_0_avxvnni, codi_gemm_x8_q4_1_avxvnni,
                                            codi_gemm_x8_q8_0_avxvnni, codi_gemm_x8_q4_1_avxvnni,
                                            codi_gemm_x8_q8_0_avxvnni};
@@ -944,13 +946,24 @@ static void test_gemm_x8(void **state) {
     const char *novnni = getenv("CODI_NO_VNNI");
     const int has_vnni = codi_cpu_get_features()->avxvnni;
     const int use_vnni = has_vnni && !(novnni && *novnni && strcmp(novnni, "0") != 0);
+    /* and the AVX-512 Q4_1 and Q8_0 kernels (two groups per vector), the
+     * same bits */
+    static const codi_gemm_x8_fn x512[] = {NULL, codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512,
+                                           codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512};
+    _Static_assert(sizeof x512 == sizeof fns, "one AVX-512 entry (or NULL) per type");
+    const char *no512 = getenv("CODI_NO_AVX512");
+    const int has_512 = has_vnni && codi_cpu_get_features()->avx512;
+    const int use_512 = use_vnni && has_512 && !(no512 && *no512 && strcmp(no512, "0") != 0);
     enum { MAXG = 5, MAXR = MAXG * CODI_X8_ROWS, MAXC = 19, MAXN = 520 * 32 };
     /* the dispatcher hands them out on the AVX2 backend (CODI_FORCE_SCALAR
      * and CODI_NO_REPACK: none, test_dispatch_force_scalar's child) */
     const char *norep = getenv("CODI_NO_REPACK");
     const int on = strcmp(codi_kernel_backend(), "avx2") == 0 && !(norep && *norep && strcmp(norep, "0") != 0);
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
-        assert_ptr_equal(codi_kernel_gemm_x8(types[k]), on ? (use_vnni ? vnni[k] : fns[k]) : NULL);
+        if (!(on && use_512 && x512[k]))
+            assert_ptr_equal(codi_kernel_gemm_x8(types[k]), on ? (use_vnni ? vnni[k] : fns[k]) : NULL);
+        else
+            assert_ptr_equal(codi_kernel_gemm_x8(types[k]), x512[k]);
     assert_null(codi_kernel_gemm_x8(CODI_TYPE_Q4_K));
     assert_null(codi_kernel_gemm_x8(CODI_TYPE_F16));
     float *xf = malloc(MAXN * sizeof *xf), *wf = malloc(MAXN * sizeof *wf),
@@ -989,6 +1002,13 @@ static void test_gemm_x8(void **state) {
                 vnni[k](n, ng, wp, nc, a, ldx, yv, MAXR);
                 if (memcmp(y, yv, (size_t)MAXC * MAXR * sizeof *y) != 0)
                     fail_msg("%s seed %d: AVX-VNNI x8 differs from AVX2 x8", t->name, seed);
+            }
+            if (has_512 && x512[k]) {
+                for (size_t i = 0; i < (size_t)MAXC * MAXR; i++)
+                    yv[i] = -12345.0f;
+                x512[k](n, ng, wp, nc, a, ldx, yv, MAXR);
+                if (memcmp(y, yv, (size_t)MAXC * MAXR * sizeof *y) != 0)
+                    fail_msg("%s seed %d: AVX-512 x8 differs from AVX2 x8", t->name, seed);
             }
             for (int c = 0; c < nc; c++) {
                 vt->to_float(a + (size_t)c * ldx, af, n);

@@ -243,7 +243,12 @@ __attribute__((always_inline)) static inline void scores_g(const float *q, int h
             _mm256_storeu_ps(s + (size_t)g * lds + t + 8, _mm256_mul_ps(a[g][1], vs));
         }
     }
-    for (; t + 8 <= n; t += 8) {
+    /* the last keys (fewer than 8) as the 8 ending at n: the ones already
+     * done come out the same, so rows of 8 keys or more need no scalar
+     * tail (each of its keys read a channel row's line of its own) */
+    for (; t < n && n >= 8; t += 8) {
+        if (t + 8 > n)
+            t = n - 8;
         __m256 a[6];
         _Pragma("GCC unroll 6")
         for (int g = 0; g < G; g++)
@@ -287,6 +292,61 @@ void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT
     }
 }
 
+/* 2 weight rows x 4 V rows per group: 8 accumulators, 2 weight vectors
+ * and a V vector in registers, 6 loads per 8 FMAs. On the causal sweep of
+ * a 512-token prefill (one KV head, tiles of 4 tokens x 3 heads) 1.30 ms,
+ * against 1.44 for 4 x 2 and 1.6 for 3 x 4 (spills). VAL_HD: head sizes up
+ * to which the tails run after all groups (values_tail). */
+enum { VAL_J = 2, VAL_I = 4, VAL_HD = 512 };
+
+/* ds[i] += (double)(v_i[t] * p[t]) for t = t0 .. n - 1 in key order, every
+ * channel i < hd: what values_group's tail loop adds, as the same float
+ * products and double sums, 8 channels at a time (8 keys of 8 channel rows
+ * converted, transposed, one product vector per key) instead of 4
+ * channels gathered element by element. Decode rows (n of a few dozen to a
+ * few hundred) spent most of this kernel in those tails. */
+static void values_tail(const float *p, int t0, int n, const uint16_t *vT, size_t ldv, int hd,
+                        double *ds) {
+    if (t0 >= n)
+        return;
+    int c = 0;
+    /* a last chunk of fewer than 8 keys is read as the 8 keys ending at n
+     * (never past the row's n keys), its keys in the upper lanes */
+    for (; n >= 8 && c + 8 <= hd; c += 8) {
+        __m256d lo = _mm256_loadu_pd(ds + c), hi = _mm256_loadu_pd(ds + c + 4);
+        for (int t = t0; t < n; t += 8) {
+            const int cnt = CODI_MIN(8, n - t), ts = cnt == 8 ? t : n - 8, off = t - ts;
+            __m256 r[8];
+            for (int k = 0; k < 8; k++)
+                r[k] = load_f16x8(vT + (size_t)(c + k) * ldv + ts);
+            /* 8 x 8 transpose: g[k] lane c' = channel c + c' at key t + k */
+            const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
+            const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+            const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
+            const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
+            const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+            const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+            const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+            const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+            const __m256 g[8] = {
+                _mm256_permute2f128_ps(b0, b4, 0x20), _mm256_permute2f128_ps(b1, b5, 0x20),
+                _mm256_permute2f128_ps(b2, b6, 0x20), _mm256_permute2f128_ps(b3, b7, 0x20),
+                _mm256_permute2f128_ps(b0, b4, 0x31), _mm256_permute2f128_ps(b1, b5, 0x31),
+                _mm256_permute2f128_ps(b2, b6, 0x31), _mm256_permute2f128_ps(b3, b7, 0x31)};
+            for (int k = 0; k < cnt; k++) {
+                const __m256 pr = _mm256_mul_ps(g[off + k], _mm256_broadcast_ss(p + t + k));
+                lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(pr)));
+                hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(pr, 1)));
+            }
+        }
+        _mm256_storeu_pd(ds + c, lo);
+        _mm256_storeu_pd(ds + c + 4, hi);
+    }
+    for (; c < hd; c++)
+        for (int t = t0; t < n; t++)
+            ds[c] += (double)(fp16(vT[(size_t)c * ldv + t]) * p[t]);
+}
+
 /* Outputs of NJ <= 4 weight rows p[j] (n[j] keys) against NI <= 4 V rows,
  * each computed as dot_f16_m computes it. Accumulator k of the 32-key
  * blocks (lanes 8k..8k+7) sees the same products in the same order as
@@ -298,7 +358,7 @@ void codi_attn_scores_f16_avx2(const float *q, int G, int hd, const uint16_t *kT
 __attribute__((always_inline)) static inline void values_group(const float *p, size_t ldp, const int *n,
                                                               const uint16_t *vT, size_t ldv,
                                                               float *const *o, int i0, const int NJ,
-                                                              const int NI) {
+                                                              const int NI, double (*ds)[VAL_HD]) {
     int nb[4], nbmin = INT32_MAX, lo = INT32_MAX, hi = 0;
     _Pragma("GCC unroll 4")
     for (int j = 0; j < NJ; j++) {
@@ -352,6 +412,14 @@ __attribute__((always_inline)) static inline void values_group(const float *p, s
         _Pragma("GCC unroll 4")
         for (int i = 0; i < NI; i++)
             sum[j][i] = reduce_f32x8x4(part[j][i][0], part[j][i][1], part[j][i][2], part[j][i][3]);
+    if (ds) { /* the tails later, for all channels at once (values_tails) */
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < NJ; j++)
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < NI; i++)
+                ds[j][i0 + i] = sum[j][i];
+        return;
+    }
     for (int t = lo; t < hi; t++) {
         float v[4];
         _Pragma("GCC unroll 4")
@@ -373,14 +441,10 @@ __attribute__((always_inline)) static inline void values_group(const float *p, s
             o[j][i0 + i] = (float)sum[j][i];
 }
 
-/* 2 weight rows x 4 V rows per group: 8 accumulators, 2 weight vectors
- * and a V vector in registers, 6 loads per 8 FMAs. On the causal sweep of
- * a 512-token prefill (one KV head, tiles of 4 tokens x 3 heads) 1.30 ms,
- * against 1.44 for 4 x 2 and 1.6 for 3 x 4 (spills). */
-enum { VAL_J = 2, VAL_I = 4 };
-
 void codi_attn_values_f16_avx2(const float *p, size_t ldp, const int *n, int m, const uint16_t *vT,
                                size_t ldv, int hd, float *const *o) {
+    double ds[VAL_J][VAL_HD];
+    double (*dsp)[VAL_HD] = hd <= VAL_HD ? ds : NULL;
     for (int j0 = 0; j0 < m; j0 += VAL_J) {
         const int NJ = CODI_MIN(VAL_J, m - j0);
         const float *pj = p + (size_t)j0 * ldp;
@@ -391,7 +455,7 @@ void codi_attn_values_f16_avx2(const float *p, size_t ldp, const int *n, int m, 
             const int NI = CODI_MIN(VAL_I, hd - i0);
 #define VG(a, b)                                                                 \
     case (a - 1) * 4 + b - 1:                                                    \
-        values_group(pj, ldp, nj, vi, ldv, oj, i0, a, b);                        \
+        values_group(pj, ldp, nj, vi, ldv, oj, i0, a, b, dsp);                   \
         break;
             switch ((NJ - 1) * 4 + NI - 1) {
                 VG(1, 1) VG(1, 2) VG(1, 3) VG(1, 4)
@@ -399,6 +463,12 @@ void codi_attn_values_f16_avx2(const float *p, size_t ldp, const int *n, int m, 
             }
 #undef VG
         }
+        if (dsp)
+            for (int j = 0; j < NJ; j++) {
+                values_tail(pj + (size_t)j * ldp, nj[j] / 32 * 32, nj[j], vT, ldv, hd, ds[j]);
+                for (int i = 0; i < hd; i++)
+                    oj[j][i] = (float)ds[j][i];
+            }
     }
 }
 

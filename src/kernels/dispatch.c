@@ -21,6 +21,7 @@ static codi_cpu_features g_features;
 static int g_use_avx2;
 static int g_no_repack;
 static int g_use_vnni;
+static int g_use_avx512;
 static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
 
 static void probe(void) {
@@ -40,10 +41,19 @@ static void probe(void) {
         }
     }
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+    /* libgcc checks XCR0 (the OS saves the zmm state) for these */
+    g_features.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512vnni");
+#endif
     /* CODI_NO_VNNI=1: the plain AVX2 x8 kernels even where AVX-VNNI is
-     * present (for A/B measurements; the results are the same) */
-    const char *novnni = getenv("CODI_NO_VNNI");
+     * present; CODI_NO_AVX512=1: no AVX-512 Q4_1 kernel (for A/B
+     * measurements; the results are the same) */
+    const char *novnni = getenv("CODI_NO_VNNI"), *no512 = getenv("CODI_NO_AVX512");
     g_use_vnni = g_features.avxvnni && !(novnni && *novnni && strcmp(novnni, "0") != 0);
+    /* its odd last group runs the AVX-VNNI tile */
+    g_use_avx512 = g_use_vnni && g_features.avx512 && !(no512 && *no512 && strcmp(no512, "0") != 0);
     const char *norep = getenv("CODI_NO_REPACK");
     g_no_repack = norep && *norep && strcmp(norep, "0") != 0;
     const char *force = getenv("CODI_FORCE_SCALAR");
@@ -140,9 +150,15 @@ codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
         switch (type) {
         case CODI_TYPE_Q4_0: return g_use_vnni ? codi_gemm_x8_q4_0_avxvnni : codi_gemm_x8_q4_0_avx2;
         case CODI_TYPE_Q4_1:
-        case CODI_TYPE_Q4G32: return g_use_vnni ? codi_gemm_x8_q4_1_avxvnni : codi_gemm_x8_q4_1_avx2;
+        case CODI_TYPE_Q4G32: /* byte-identical to Q4_1 */
+            return g_use_avx512 ? codi_gemm_x8_q4_1_avx512
+                   : g_use_vnni ? codi_gemm_x8_q4_1_avxvnni
+                                : codi_gemm_x8_q4_1_avx2;
         case CODI_TYPE_Q8_0:
-        case CODI_TYPE_Q8G32: return g_use_vnni ? codi_gemm_x8_q8_0_avxvnni : codi_gemm_x8_q8_0_avx2;
+        case CODI_TYPE_Q8G32: /* byte-identical to Q8_0 */
+            return g_use_avx512 ? codi_gemm_x8_q8_0_avx512
+                   : g_use_vnni ? codi_gemm_x8_q8_0_avxvnni
+                                : codi_gemm_x8_q8_0_avx2;
         case CODI_TYPE_W4A8_32: return g_use_vnni ? codi_gemm_x8_w4a8_32_avxvnni : codi_gemm_x8_w4a8_32_avx2;
         case CODI_TYPE_W4A8_64: return g_use_vnni ? codi_gemm_x8_w4a8_64_avxvnni : codi_gemm_x8_w4a8_64_avx2;
         case CODI_TYPE_W4A8_128:

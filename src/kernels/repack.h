@@ -68,6 +68,15 @@ void codi_gemm_x8_q4_1_avxvnni(int64_t n, int ng, const void *w, int nc, const v
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q8_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
+/* Q4_1 with AVX-512 (F, BW, VL, DQ, VNNI): two groups per 512-bit vector,
+ * 8 tokens a tile; equal to codi_gemm_x8_q4_1_avxvnni bit for bit (which
+ * it runs for one token). Only where codi_cpu_features.avx512 and
+ * .avxvnni are set. */
+void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, const void *x,
+                              size_t ldx, float *y, size_t ldy);
+/* Q8_0 likewise (activations staged as y + 128 for vpdpbusd). */
+void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, const void *x,
+                              size_t ldx, float *y, size_t ldy);
 #endif
 
 #endif

@@ -2,6 +2,7 @@
  * instruction sets: repack_avx2.c includes this file twice, with
  *
  *   X8_SFX  the suffix of the entry points (avx2, avxvnni)
+ *   X8_TARGET  a target attribute for every function (empty for AVX2)
  *   X8_VNNI 0: 8-bit products through maddubs, summed in 16 bits
  *           (Q4_x, whose 8 maddubs per block stay below 2^15) or widened
  *           with madd (Q8_0); 1: vpdpbusd (AVX-VNNI), which multiplies,
@@ -37,7 +38,7 @@
 
 /* ---- Q4_1 x Q8_1: (d_w d_y) sum q y + m_w s_y per block ---- */
 
-__attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
     int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
     const float (*sy)[SLICE], float *const *yr, int first) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -80,7 +81,7 @@ __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
 
 /* ---- Q8_0 x Q8_0: |w| times y with w's sign, per 4-byte quad ---- */
 
-__attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
     int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
     float *const *yr, int first) {
     __m256 acc[TILE];
@@ -118,7 +119,7 @@ __attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
 /* ---- Q4_0 x Q8_0: (q - 8) y = q y - 8 y, with the blocks' sums of y
  * staged with their scales ---- */
 
-__attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
     int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
     const int32_t (*s8)[SLICE], float *const *yr, int first) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -162,7 +163,7 @@ __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
 
 /* kind is a constant once inlined, so each entry point keeps only its own
  * tile. */
-__attribute__((always_inline)) static inline void X8_FN(x8_drive)(int kind, int64_t n, int ng,
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int kind, int64_t n, int ng,
                                                                   const void *w, int nc,
                                                                   const void *x, size_t ldx,
                                                                   float *y, size_t ldy) {
@@ -216,17 +217,17 @@ __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int kind, int6
     }
 }
 
-void X8_FN(codi_gemm_x8_q4_1)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+X8_TARGET void X8_FN(codi_gemm_x8_q4_1)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q4_1, n, ng, w, nc, x, ldx, y, ldy);
 }
 
-void X8_FN(codi_gemm_x8_q8_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+X8_TARGET void X8_FN(codi_gemm_x8_q8_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q8_0, n, ng, w, nc, x, ldx, y, ldy);
 }
 
-void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+X8_TARGET void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q4_0, n, ng, w, nc, x, ldx, y, ldy);
 }
