@@ -36,12 +36,34 @@
                                                        _mm256_set1_epi16(1))))
 #endif
 
+/* ---- Q4_x: one block's integer sums, T tokens. The block's 4 vectors of
+ * nibbles at qs (8 rows x 32 quants) against token t's 32 activation
+ * quants at q[t]; s[t] as X8_DOT4 leaves it (X8_DOT4_SUM widens). ---- */
+
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_block_sums)(
+    const uint8_t *qs, int T, const int8_t *const *q, __m256i *s) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        s[t] = _mm256_setzero_si256();
+    _Pragma("GCC unroll 8")
+    for (int k = 0; k < 4; k++) {
+        const __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+        const __m256i lo = _mm256_and_si256(p, m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            X8_DOT4(s[t], lo, bcast4(q[t] + 8 * k));
+            X8_DOT4(s[t], hi, bcast4(q[t] + 8 * k + 4));
+        }
+    }
+}
+
 /* ---- Q4_1 x Q8_1: (d_w d_y) sum q y + m_w s_y per block ---- */
 
 X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
     int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
     const float (*sy)[SLICE], float *const *yr, int first) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[TILE];
     _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
@@ -51,22 +73,12 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
         prefetch_ahead(b, sizeof(codi_block_q4_1) * CODI_X8_ROWS);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
-        __m256i s[TILE];
+        const int8_t *q[TILE];
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++)
-            s[t] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < 4; k++) {
-            const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 32 + 32 * k));
-            const __m256i lo = _mm256_and_si256(p, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                const int8_t *q = ((const codi_block_q8_1 *)xr[t])[i].qs + 8 * k;
-                X8_DOT4(s[t], lo, bcast4(q));
-                X8_DOT4(s[t], hi, bcast4(q + 4));
-            }
-        }
+            q[t] = ((const codi_block_q8_1 *)xr[t])[i].qs;
+        __m256i s[TILE];
+        X8_FN(q4_block_sums)(b + 32, T, q, s);
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const __m256 sum = _mm256_cvtepi32_ps(X8_DOT4_SUM(s[t]));
@@ -122,7 +134,6 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
 X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
     int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
     const int32_t (*s8)[SLICE], float *const *yr, int first) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[TILE];
     _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
@@ -131,22 +142,12 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
         const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_0) * CODI_X8_ROWS);
         prefetch_ahead(b, sizeof(codi_block_q4_0) * CODI_X8_ROWS);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
-        __m256i s[TILE];
+        const int8_t *q[TILE];
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++)
-            s[t] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < 4; k++) {
-            const __m256i p = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * k));
-            const __m256i lo = _mm256_and_si256(p, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                const int8_t *q = ((const codi_block_q8_0 *)xr[t])[i].qs + 8 * k;
-                X8_DOT4(s[t], lo, bcast4(q));
-                X8_DOT4(s[t], hi, bcast4(q + 4));
-            }
-        }
+            q[t] = ((const codi_block_q8_0 *)xr[t])[i].qs;
+        __m256i s[TILE];
+        X8_FN(q4_block_sums)(b + 16, T, q, s);
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const __m256i si = _mm256_sub_epi32(X8_DOT4_SUM(s[t]), _mm256_set1_epi32(s8[t][i]));
