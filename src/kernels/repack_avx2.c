@@ -201,6 +201,17 @@ K512 __attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, c
     default: { enum { T = 8 }; BODY; } break;                                                    \
     }
 
+/* Rows of tokens c .. c+tn-1 for a tile of groups g and g+1: activations
+ * xoff bytes into each row, outputs of the two groups. */
+static inline void x16_rows(const void *x, size_t ldx, size_t xoff, float *y, size_t ldy, int c, int tn, int g,
+                            const uint8_t **xr, float **y0, float **y1) {
+    for (int t = 0; t < tn; t++) {
+        xr[t] = (const uint8_t *)x + (size_t)(c + t) * ldx + xoff;
+        y0[t] = y + (size_t)(c + t) * ldy + (size_t)g * CODI_X8_ROWS;
+        y1[t] = y0[t] + CODI_X8_ROWS;
+    }
+}
+
 K512 void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     if (nc < 2) { /* see X16_PF */
@@ -227,11 +238,7 @@ K512 void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, con
                     const int tn = ncb - c0 < tile ? ncb - c0 : tile;
                     const uint8_t *xr[TILE16];
                     float *y0[TILE16], *y1[TILE16];
-                    for (int t = 0; t < tn; t++) {
-                        xr[t] = (const uint8_t *)x + (size_t)(cb + c0 + t) * ldx + (size_t)i0 * xbytes;
-                        y0[t] = y + (size_t)(cb + c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
-                        y1[t] = y0[t] + CODI_X8_ROWS;
-                    }
+                    x16_rows(x, ldx, (size_t)i0 * xbytes, y, ldy, cb + c0, tn, g, xr, y0, y1);
                     const float(*d)[SLICE] = (const float(*)[SLICE])(dy + c0);
                     const float(*sm)[SLICE] = (const float(*)[SLICE])(sy + c0);
                     if (pair)
@@ -338,11 +345,7 @@ K512 void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, con
                     const int tn = ncb - c0 < tile ? ncb - c0 : tile;
                     const uint8_t *xr[TILE16];
                     float *y0[TILE16], *y1[TILE16];
-                    for (int t = 0; t < tn; t++) {
-                        xr[t] = (const uint8_t *)x + (size_t)(cb + c0 + t) * ldx + (size_t)i0 * xbytes;
-                        y0[t] = y + (size_t)(cb + c0 + t) * ldy + (size_t)g * CODI_X8_ROWS;
-                        y1[t] = y0[t] + CODI_X8_ROWS;
-                    }
+                    x16_rows(x, ldx, (size_t)i0 * xbytes, y, ldy, cb + c0, tn, g, xr, y0, y1);
                     const float(*d)[SLICE] = (const float(*)[SLICE])(dy + c0);
                     if (pair) {
                         const uint8_t *ur[TILE16];
