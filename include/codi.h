@@ -45,6 +45,7 @@ int32_t codi_model_n_vocab(const codi_model *model);
 int32_t codi_model_n_ctx_train(const codi_model *model);
 int32_t codi_model_n_embd(const codi_model *model);
 int32_t codi_model_n_layer(const codi_model *model);
+int32_t codi_model_n_head_kv(const codi_model *model); /* KV heads per layer */
 const char *codi_model_arch(const codi_model *model);
 /* Bytes of tensor data the model maps. */
 uint64_t codi_model_size_bytes(const codi_model *model);
@@ -235,12 +236,13 @@ int codi_context_create(codi_model *model, const codi_context_params *params,
 void codi_context_free(codi_context *ctx);
 int32_t codi_context_n_ctx(const codi_context *ctx);
 void codi_context_memory(const codi_context *ctx, codi_memory_info *out);
-/* Positions cached for sequence seq in layer `layer` (with a budget, the
- * tokens kept; without, 0..len-1), in cache slot order, into out[n_max].
- * Returns how many there are (possibly more than n_max), or -1 for a bad
- * sequence or layer. */
+/* Positions cached for sequence seq in layer `layer`, KV head kv_head
+ * (with a budget, the tokens that head kept: every KV head keeps its own,
+ * as many as the others; without, 0..len-1), in cache slot order, into
+ * out[n_max]. Returns how many there are (possibly more than n_max), or -1
+ * for a bad sequence, layer or head. */
 int32_t codi_kv_seq_positions(const codi_context *ctx, int32_t seq, int32_t layer,
-                              int32_t *out, int32_t n_max);
+                              int32_t kv_head, int32_t *out, int32_t n_max);
 /* Parse "f16" | "q8" | "q4" (enum codi_kv_type) and "alisa" | "window" |
  * "h2o" (enum codi_kv_policy); -1 when unknown. */
 int codi_kv_type_from_name(const char *name);

@@ -328,35 +328,46 @@ static int cmp_i32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Check the kept positions of every layer after n tokens. */
-static void check_kept(codi_context *c, int n, int budget, int window, int sinks, int policy) {
-    const int nl = codi_model_n_layer(g_model);
-    int32_t pos[2048];
+/* Check the kept positions of every layer and KV head after n tokens;
+ * returns how many layers' KV heads do not all keep the same positions. */
+static int check_kept(codi_context *c, int n, int budget, int window, int sinks, int policy) {
+    const int nl = codi_model_n_layer(g_model), nkv = codi_model_n_head_kv(g_model);
+    int32_t pos[2048], first[2048];
+    int split = 0;
     for (int l = 0; l < nl; l++) {
-        const int32_t k = codi_kv_seq_positions(c, 0, l, pos, 2048);
-        const int expect = n < budget ? n : budget;
-        if (k != expect)
-            fail_msg("after %d tokens layer %d keeps %d (budget %d)", n, l, k, budget);
-        qsort(pos, (size_t)k, sizeof(int32_t), cmp_i32);
-        for (int i = 0; i < k; i++) {
-            assert_true(pos[i] >= 0 && pos[i] < n);
-            if (i > 0 && pos[i] == pos[i - 1])
-                fail_msg("layer %d keeps position %d twice", l, pos[i]);
+        bool same = true;
+        for (int kh = 0; kh < nkv; kh++) {
+            const int32_t k = codi_kv_seq_positions(c, 0, l, kh, pos, 2048);
+            const int expect = n < budget ? n : budget;
+            if (k != expect)
+                fail_msg("after %d tokens layer %d head %d keeps %d (budget %d)", n, l, kh, k, budget);
+            qsort(pos, (size_t)k, sizeof(int32_t), cmp_i32);
+            for (int i = 0; i < k; i++) {
+                assert_true(pos[i] >= 0 && pos[i] < n);
+                if (i > 0 && pos[i] == pos[i - 1])
+                    fail_msg("layer %d keeps position %d twice", l, pos[i]);
+            }
+            /* sinks and the recent window are there */
+            for (int s = 0; s < sinks && s < n; s++)
+                assert_int_equal(pos[s], s);
+            const int w = n < window ? n : window;
+            for (int i = 0; i < w; i++)
+                assert_int_equal(pos[k - 1 - i], n - 1 - i);
+            if (policy == CODI_KV_WINDOW && n > budget)
+                for (int i = sinks; i < k; i++)
+                    assert_int_equal(pos[i], n - (k - i));
+            if (kh == 0)
+                memcpy(first, pos, (size_t)k * sizeof(int32_t));
+            else
+                same = same && !memcmp(first, pos, (size_t)k * sizeof(int32_t));
         }
-        /* sinks and the recent window are there */
-        for (int s = 0; s < sinks && s < n; s++)
-            assert_int_equal(pos[s], s);
-        const int w = n < window ? n : window;
-        for (int i = 0; i < w; i++)
-            assert_int_equal(pos[k - 1 - i], n - 1 - i);
-        if (policy == CODI_KV_WINDOW && n > budget)
-            for (int i = sinks; i < k; i++)
-                assert_int_equal(pos[i], n - (k - i));
+        split += !same;
     }
     codi_memory_info mi;
     codi_context_memory(c, &mi);
     assert_int_equal(mi.kv_kept, n < budget ? n : budget);
     assert_int_equal(mi.kv_evicted, n > budget ? n - budget : 0);
+    return split;
 }
 
 static void test_budget_bookkeeping(void **state) {
@@ -374,24 +385,42 @@ static void test_budget_bookkeeping(void **state) {
         p.n_batch = 8;
         codi_context *c = make_ctx(p);
         /* calls of 1..13 tokens: passes of up to 8 tokens each */
-        int n = 0, step = 1;
+        int n = 0, step = 1, split = 0;
         while (n < (g_quick ? 120 : 300)) {
             const int k = step;
             assert_int_equal(codi_decode(c, g_toks + n, k, n, false, err, sizeof(err)), 0);
             n += k;
-            check_kept(c, n, p.kv_budget, p.kv_window, p.kv_sinks, p.kv_policy);
+            split = check_kept(c, n, p.kv_budget, p.kv_window, p.kv_sinks, p.kv_policy);
             step = step % 13 + 1;
         }
-        /* rewinding drops every later position */
+        /* alisa and h2o: each KV head keeps the tokens its own queries
+         * attend to, so heads differ; window: all keep the same */
+        if (p.kv_policy == CODI_KV_WINDOW)
+            assert_int_equal(split, 0);
+        else
+            assert_true(split > 0);
+        /* rewinding drops every later position; heads that kept more
+         * below the cut evict down to the same count, sinks stay */
         const int back = n - 50;
         codi_kv_truncate(c, back);
         int32_t pos[64];
+        const int nkv = codi_model_n_head_kv(g_model);
         for (int l = 0; l < codi_model_n_layer(g_model); l++) {
-            const int32_t k = codi_kv_seq_positions(c, 0, l, pos, 64);
-            assert_true(k > 0 && k <= 48);
-            for (int i = 0; i < k; i++)
-                assert_true(pos[i] < back);
+            const int32_t k0 = codi_kv_seq_positions(c, 0, l, 0, pos, 64);
+            for (int kh = 0; kh < nkv; kh++) {
+                const int32_t k = codi_kv_seq_positions(c, 0, l, kh, pos, 64);
+                assert_int_equal(k, k0);
+                assert_true(k >= p.kv_sinks && k <= 48);
+                qsort(pos, (size_t)k, sizeof(int32_t), cmp_i32);
+                for (int i = 0; i < k; i++) {
+                    assert_true(pos[i] < back);
+                    assert_true(i == 0 || pos[i] > pos[i - 1]);
+                }
+                for (int s = 0; s < p.kv_sinks; s++)
+                    assert_int_equal(pos[s], s);
+            }
         }
+        assert_int_equal(codi_kv_seq_positions(c, 0, 0, nkv, pos, 64), -1);
         /* and decoding continues from there */
         assert_int_equal(codi_decode(c, g_toks + back, 20, back, false, err, sizeof(err)), 0);
         assert_non_null(codi_get_logits(c, -1));
@@ -511,15 +540,16 @@ static void test_recompute_bookkeeping(void **state) {
             codi_context_memory(c, &mi);
             if (mi.recomputes > runs) { /* a rebuild ran in this call */
                 runs = mi.recomputes;
-                for (int l = 0; l < nl; l++) {
-                    int32_t a[64], b[64];
-                    const int32_t ka = codi_kv_seq_positions(c, 0, l, a, 64);
-                    const int32_t kb = codi_kv_seq_positions(plain, 0, l, b, 64);
-                    assert_int_equal(ka, kb);
-                    qsort(a, (size_t)ka, sizeof(int32_t), cmp_i32);
-                    qsort(b, (size_t)kb, sizeof(int32_t), cmp_i32);
-                    differ += memcmp(a, b, (size_t)ka * sizeof(int32_t)) != 0;
-                }
+                for (int l = 0; l < nl; l++)
+                    for (int kh = 0; kh < codi_model_n_head_kv(g_model); kh++) {
+                        int32_t a[64], b[64];
+                        const int32_t ka = codi_kv_seq_positions(c, 0, l, kh, a, 64);
+                        const int32_t kb = codi_kv_seq_positions(plain, 0, l, kh, b, 64);
+                        assert_int_equal(ka, kb);
+                        qsort(a, (size_t)ka, sizeof(int32_t), cmp_i32);
+                        qsort(b, (size_t)kb, sizeof(int32_t), cmp_i32);
+                        differ += memcmp(a, b, (size_t)ka * sizeof(int32_t)) != 0;
+                    }
             }
             step = step % 13 + 1;
         }
@@ -544,7 +574,7 @@ static void test_recompute_bookkeeping(void **state) {
         assert_true(m2.recomputes > mi.recomputes);
         for (int l = 0; l < nl; l++) {
             int32_t a[64];
-            const int32_t k = codi_kv_seq_positions(c, 0, l, a, 64);
+            const int32_t k = codi_kv_seq_positions(c, 0, l, codi_model_n_head_kv(g_model) - 1, a, 64);
             assert_int_equal(k, p.kv_budget);
             for (int i = 0; i < k; i++)
                 assert_true(a[i] >= 0 && a[i] < n + 10);

@@ -65,11 +65,15 @@ struct codi_context {
     /* token budget (kv_budget > 0) */
     int32_t kv_budget, kv_window, kv_sinks, kv_policy;
     float kv_decay;       /* importance decay per query (ALISA), 1 (H2O) */
-    int32_t *slot_pos;    /* [n_seq][n_layer][kv_cap] position of each slot */
+    int32_t *slot_pos;    /* [n_seq][n_layer][n_head_kv][kv_cap] position of
+                             each slot: every KV head keeps its own tokens */
     int32_t *n_slots;     /* [n_seq][n_layer] slots in use */
     float *imp;           /* [n_seq][n_layer][kv_cap] attention importance */
-    float *imp_th;        /* [n_threads][n_seq][kv_cap] this pass's share */
+    float *imp_th;        /* [n_threads][n_seq][n_head_kv][kv_cap] this pass's share */
+    float *vnorm;         /* alisa: [n_seq][n_layer][n_head_kv][kv_cap] |v| of
+                             each slot, the weight of its attention */
     int32_t *ev_idx;      /* [kv_cap] eviction scratch */
+    int32_t *kh_slots;    /* [n_head_kv] truncation scratch */
     uint8_t *ev_mark;     /* [kv_cap] */
     int64_t n_evicted;    /* slot entries evicted, all layers */
     float *vtmp;          /* [n_threads][ATT_G][kv_cap] q8/q4 V scratch */
@@ -83,7 +87,8 @@ struct codi_context {
     float *rc_h;          /* [n_ctx][n_embd] hidden states of the history */
     uint16_t *rc_k, *rc_v;/* [kv_dim][n_ctx] one layer's K (after RoPE)
                              and V of every position, fp16, transposed */
-    float *rc_imp;        /* [n_threads][n_ctx] importance, per thread */
+    float *rc_imp;        /* [n_threads][n_head_kv][n_ctx] importance, per thread */
+    float *rc_vn;         /* alisa: [n_head_kv][n_ctx] |v| per position */
     int32_t *rc_idx;      /* [n_ctx] selection scratch */
     uint8_t *rc_mark;     /* [n_ctx] kept before (1) / after (2) a rebuild */
     float *rc_sc;         /* [n_threads][ATT_T * ATT_G][n_ctx] scores */
@@ -515,16 +520,23 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         }
     }
     if (c->kv_budget > 0) {
-        c->slot_pos = xalloc_n(NS * NL * cap * sizeof(int32_t), &c->kv_bytes);
+        const size_t NH = (size_t)hp->n_head_kv;
+        c->slot_pos = xalloc_n(NS * NL * NH * cap * sizeof(int32_t), &c->kv_bytes);
         c->n_slots = calloc(NS * NL, sizeof(int32_t));
-        c->imp = xalloc_n(NS * NL * cap * sizeof(float), &c->kv_bytes);
-        c->imp_th = xalloc_n((size_t)p.n_threads * NS * cap * sizeof(float), &c->kv_bytes);
+        c->imp = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
+        c->imp_th = xalloc_n((size_t)p.n_threads * NS * NH * cap * sizeof(float), &c->kv_bytes);
         c->ev_idx = xalloc_n(cap * sizeof(int32_t), &c->kv_bytes);
         c->ev_mark = xalloc_n(cap, &c->kv_bytes);
+        c->kh_slots = xalloc_n(NH * sizeof(int32_t), &c->kv_bytes);
         c->kv_bytes += NS * NL * sizeof(int32_t);
-        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_mark;
+        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_mark &&
+             c->kh_slots;
+        if (p.kv_policy == CODI_KV_ALISA) {
+            c->vnorm = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
+            ok = ok && c->vnorm;
+        }
         if (c->imp_th)
-            memset(c->imp_th, 0, (size_t)p.n_threads * NS * cap * sizeof(float));
+            memset(c->imp_th, 0, (size_t)p.n_threads * NS * NH * cap * sizeof(float));
     }
     if (p.kv_recompute > 0) {
         const size_t N = (size_t)p.n_ctx, T = (size_t)p.n_threads, rows = (size_t)ATT_T * ATT_G;
@@ -535,7 +547,11 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         c->rc_h = xalloc_n(N * d * sizeof(float), rb);
         c->rc_k = xalloc_n(dkv * N * sizeof(uint16_t), rb);
         c->rc_v = xalloc_n(dkv * N * sizeof(uint16_t), rb);
-        c->rc_imp = xalloc_n(T * N * sizeof(float), rb);
+        c->rc_imp = xalloc_n(T * (size_t)hp->n_head_kv * N * sizeof(float), rb);
+        if (p.kv_policy == CODI_KV_ALISA) {
+            c->rc_vn = xalloc_n((size_t)hp->n_head_kv * N * sizeof(float), rb);
+            ok = ok && c->rc_vn;
+        }
         c->rc_idx = xalloc_n(N * sizeof(int32_t), rb);
         c->rc_mark = xalloc_n(N, rb);
         c->rc_sc = xalloc_n(T * rows * N * sizeof(float), rb);
@@ -698,6 +714,9 @@ void codi_context_free(codi_context *c) {
     free(c->imp_th);
     free(c->ev_idx);
     free(c->ev_mark);
+    free(c->kh_slots);
+    free(c->vnorm);
+    free(c->rc_vn);
     free(c->vtmp);
     free(c->tok_hist);
     free(c->rc_last);
@@ -819,41 +838,46 @@ static void kch_rewind(codi_context *c, int32_t seq, int32_t pos) {
     }
 }
 
-static size_t sl_index(const codi_context *c, int seq, int layer) {
-    return ((size_t)seq * c->m->hp.n_layer + (size_t)layer) * (size_t)c->kv_cap;
+/* The slots of KV head kh of one sequence and layer: slot_pos, imp */
+static size_t sl_index(const codi_context *c, int seq, int layer, int kh) {
+    const codi_hparams *hp = &c->m->hp;
+    return (((size_t)seq * hp->n_layer + (size_t)layer) * (size_t)hp->n_head_kv + (size_t)kh) *
+           (size_t)c->kv_cap;
 }
 
-/* Copy slot src to slot dst in every row of one sequence and layer. */
-static void kv_move_slot(codi_context *c, int seq, int layer, int32_t src, int32_t dst) {
+/* Copy slot src to slot dst in KV head kh's rows of one sequence and layer. */
+static void kv_move_slot(codi_context *c, int seq, int layer, int kh, int32_t src, int32_t dst) {
     const codi_hparams *hp = &c->m->hp;
-    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t hd = (size_t)hp->head_dim;
     uint8_t *bases[2] = {kv_at(c, c->kc, seq, layer), kv_at(c, c->vc, seq, layer)};
     for (int kv = 0; kv < 2; kv++)
-        for (size_t i = 0; i < dkv; i++) {
+        for (size_t i = (size_t)kh * hd; i < (size_t)(kh + 1) * hd; i++) {
             uint8_t *row = bases[kv] + i * c->kv_row;
             if (c->kv_bits == 16)
                 ((uint16_t *)row)[dst] = ((uint16_t *)row)[src];
             else
                 codi_kvq_set(c->kv_bits, row, (size_t)dst, codi_kvq_get(c->kv_bits, row, (size_t)src));
         }
-    if (c->kv_bits < 16) {
-        const size_t ngrp = dkv / (size_t)c->kv_gs;
+    if (c->kv_bits < 16) { /* groups never cross heads (kv_gs divides head_dim) */
+        const size_t hpg = hd / (size_t)c->kv_gs;
         uint16_t *sc[4] = {sc_at(c, c->ksc, seq, layer), sc_at(c, c->kmn, seq, layer),
                            sc_at(c, c->vsc, seq, layer), sc_at(c, c->vmn, seq, layer)};
         for (int a = 0; a < 4; a++)
-            for (size_t g = 0; g < ngrp; g++)
+            for (size_t g = (size_t)kh * hpg; g < (size_t)(kh + 1) * hpg; g++)
                 sc[a][g * (size_t)c->kv_cap + (size_t)dst] = sc[a][g * (size_t)c->kv_cap + (size_t)src];
     }
-    const size_t si = sl_index(c, seq, layer);
+    const size_t si = sl_index(c, seq, layer, kh);
     c->slot_pos[si + (size_t)dst] = c->slot_pos[si + (size_t)src];
     c->imp[si + (size_t)dst] = c->imp[si + (size_t)src];
+    if (c->vnorm)
+        c->vnorm[si + (size_t)dst] = c->vnorm[si + (size_t)src];
 }
 
-/* Drop the slots marked in c->ev_mark of one sequence and layer: the last
- * kept slots move into the holes, so slots 0..n-1 stay dense. */
-static void kv_compact(codi_context *c, int seq, int layer) {
-    int32_t *ns = &c->n_slots[(size_t)seq * c->m->hp.n_layer + (size_t)layer];
-    int32_t lo = 0, hi = *ns - 1;
+/* Drop the slots marked in c->ev_mark among the n_old slots of KV head kh
+ * of one sequence and layer: the last kept slots move into the holes, so
+ * slots 0..n-1 stay dense. Returns n, the slots kept. */
+static int32_t kv_compact(codi_context *c, int seq, int layer, int kh, int32_t n_old) {
+    int32_t lo = 0, hi = n_old - 1;
     for (;;) {
         while (lo <= hi && !c->ev_mark[lo])
             lo++;
@@ -861,33 +885,47 @@ static void kv_compact(codi_context *c, int seq, int layer) {
             hi--;
         if (lo >= hi)
             break;
-        kv_move_slot(c, seq, layer, hi, lo);
+        kv_move_slot(c, seq, layer, kh, hi, lo);
         c->ev_mark[lo] = 0;
         c->ev_mark[hi] = 1;
     }
     int32_t n = 0;
-    while (n < *ns && !c->ev_mark[n])
+    while (n < n_old && !c->ev_mark[n])
         n++;
-    *ns = n;
+    return n;
 }
 
-/* Budget mode: forget every slot of seq at position >= pos. */
+static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n, int32_t e,
+                          int32_t last);
+
+/* Budget mode: forget every slot of seq at position >= pos. The KV heads
+ * kept different tokens below pos; those that keep more then evict their
+ * least important down to the smallest count, since all heads of a layer
+ * hold as many slots. */
 static void kv_drop_from(codi_context *c, int32_t seq, int32_t pos) {
     kch_rewind(c, seq, pos);
     if (c->rc_last) /* the next rebuild counts from the cut */
         c->rc_last[seq] = CODI_MIN(c->rc_last[seq], pos);
     if (c->kv_budget <= 0)
         return;
+    const int nkv = c->m->hp.n_head_kv;
     for (int l = 0; l < c->m->hp.n_layer; l++) {
-        const size_t si = sl_index(c, seq, l);
-        const int32_t n = c->n_slots[(size_t)seq * c->m->hp.n_layer + (size_t)l];
-        bool any = false;
-        for (int32_t t = 0; t < n; t++) {
-            c->ev_mark[t] = c->slot_pos[si + (size_t)t] >= pos;
-            any = any || c->ev_mark[t];
+        int32_t *ns = &c->n_slots[(size_t)seq * c->m->hp.n_layer + (size_t)l];
+        int32_t kmin = *ns;
+        for (int kh = 0; kh < nkv; kh++) {
+            const size_t si = sl_index(c, seq, l, kh);
+            bool any = false;
+            for (int32_t t = 0; t < *ns; t++) {
+                c->ev_mark[t] = c->slot_pos[si + (size_t)t] >= pos;
+                any = any || c->ev_mark[t];
+            }
+            c->kh_slots[kh] = any ? kv_compact(c, seq, l, kh, *ns) : *ns;
+            kmin = CODI_MIN(kmin, c->kh_slots[kh]);
         }
-        if (any)
-            kv_compact(c, seq, l);
+        for (int kh = 0; kh < nkv; kh++)
+            if (c->kh_slots[kh] > kmin)
+                kv_evict_head(c, seq, l, kh, c->kh_slots[kh], c->kh_slots[kh] - kmin, pos - 1);
+        *ns = kmin;
     }
 }
 
@@ -912,9 +950,10 @@ int32_t codi_kv_seq_len(const codi_context *c, int32_t seq) {
     return c->n_past[seq];
 }
 
-int32_t codi_kv_seq_positions(const codi_context *c, int32_t seq, int32_t layer, int32_t *out,
-                              int32_t n_max) {
-    if (!c || seq < 0 || seq >= c->n_seq || layer < 0 || layer >= c->m->hp.n_layer)
+int32_t codi_kv_seq_positions(const codi_context *c, int32_t seq, int32_t layer, int32_t kv_head,
+                              int32_t *out, int32_t n_max) {
+    if (!c || seq < 0 || seq >= c->n_seq || layer < 0 || layer >= c->m->hp.n_layer || kv_head < 0 ||
+        kv_head >= c->m->hp.n_head_kv)
         return -1;
     if (c->kv_budget <= 0) {
         for (int32_t t = 0; t < c->n_past[seq] && t < n_max; t++)
@@ -922,7 +961,7 @@ int32_t codi_kv_seq_positions(const codi_context *c, int32_t seq, int32_t layer,
         return c->n_past[seq];
     }
     const int32_t n = c->n_slots[(size_t)seq * c->m->hp.n_layer + (size_t)layer];
-    const int32_t *sp = c->slot_pos + sl_index(c, seq, layer);
+    const int32_t *sp = c->slot_pos + sl_index(c, seq, layer, kv_head);
     for (int32_t t = 0; t < n && t < n_max; t++)
         out[t] = sp[t];
     return n;
@@ -1328,7 +1367,7 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
                              scb, cap, scale);
     }
     if (swa && budget) {
-        const int32_t *sp = c->slot_pos + sl_index(c, seq, layer);
+        const int32_t *sp = c->slot_pos + sl_index(c, seq, layer, kh);
         for (int t = 0; t < n; t++)
             if (pos - sp[t] >= hp->n_swa)
                 for (int g = 0; g < G; g++)
@@ -1342,11 +1381,21 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         float wq = 1.0f;
         if (c->kv_decay != 1.0f)
             wq = powf(c->kv_decay, (float)(c->seq_last[seq] - pos));
-        float *acc = c->imp_th + ((size_t)ith * c->n_seq + (size_t)seq) * cap + t0;
-        for (int g = 0; g < G; g++) {
-            const float *pg = scb + (size_t)g * cap;
-            for (int t = 0; t < n; t++)
-                acc[t] += wq * pg[t];
+        float *acc = c->imp_th +
+                     (((size_t)ith * c->n_seq + (size_t)seq) * (size_t)hp->n_head_kv + (size_t)kh) * cap + t0;
+        if (c->vnorm) { /* alisa: weight by |v| (kv_value_norms) */
+            const float *vn = c->vnorm + sl_index(c, seq, layer, kh) + t0;
+            for (int g = 0; g < G; g++) {
+                const float *pg = scb + (size_t)g * cap;
+                for (int t = 0; t < n; t++)
+                    acc[t] += wq * pg[t] * vn[t];
+            }
+        } else {
+            for (int g = 0; g < G; g++) {
+                const float *pg = scb + (size_t)g * cap;
+                for (int t = 0; t < n; t++)
+                    acc[t] += wq * pg[t];
+            }
         }
     }
     if (bits == 16) {
@@ -1599,6 +1648,18 @@ static void row_embed(const rows_job *j, int b) {
     kv_layer_prefetch(c, 0, b);
 }
 
+/* |v| of one KV head's value vector. ALISA (codi) weights the attention a
+ * token receives by it: what the token adds to the attention output is
+ * its weight times its value, so a token with a large weight and a tiny
+ * value matters little (Guo et al. 2024, "Attention score is not all you
+ * need for token importance ... value also matters"). */
+static float v_norm(const float *v, int hd) {
+    float s = 0.0f;
+    for (int i = 0; i < hd; i++)
+        s += v[i] * v[i];
+    return sqrtf(s);
+}
+
 /* Q/K/V bias, Q/K norms, RoPE at position p, Gemma's query scale: one
  * token's q, k, v as attention and the cache take them */
 static void qkv_prep(const codi_context *c, const codi_layer *L, float *q, float *k, float *v, int p) {
@@ -1631,9 +1692,13 @@ static void row_qkv(const rows_job *j, int b) {
     int32_t slot = p;
     if (c->kv_budget > 0) {
         slot = c->n_slots[(size_t)seq * hp->n_layer + (size_t)j->layer] + c->row_rank[b];
-        const size_t si = sl_index(c, seq, j->layer) + (size_t)slot;
-        c->slot_pos[si] = p;
-        c->imp[si] = 0.0f;
+        for (int kh = 0; kh < hp->n_head_kv; kh++) {
+            const size_t si = sl_index(c, seq, j->layer, kh) + (size_t)slot;
+            c->slot_pos[si] = p;
+            c->imp[si] = 0.0f;
+            if (c->vnorm)
+                c->vnorm[si] = v_norm(v + (size_t)kh * hp->head_dim, hp->head_dim);
+        }
     }
     c->row_slot[b] = slot;
     if (c->kv_bits < 16) {
@@ -1771,11 +1836,6 @@ static void kch_stage(codi_context *c, int layer) {
     }
 }
 
-/* Budget mode, after a layer's attention: fold this pass's importance into
- * the slots, count the new slots, and evict each sequence down to the
- * budget. Protected: the first kv_sinks positions and the kv_window most
- * recent ones; of the rest, the policy evicts the oldest (window) or the
- * least important (alisa, h2o). */
 /* Sort slot indices by key (ties: lower slot first); shell sort, since
  * C11's qsort takes no context and n is at most budget + n_batch. */
 static bool ev_before(const float *key, int32_t a, int32_t b) {
@@ -1794,8 +1854,56 @@ static void sort_by_key(int32_t *idx, int32_t n, const float *key) {
     }
 }
 
+/* Evict e of the n slots of KV head kh of one sequence and layer: the
+ * oldest (window) or least important (alisa, h2o) of those that are
+ * neither sinks nor within the recent window of `last`. A truncation
+ * (kv_drop_from) may find fewer of those than e: then the window gives
+ * way, never the sinks. */
+static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n, int32_t e,
+                          int32_t last) {
+    const bool track = c->kv_policy != CODI_KV_WINDOW;
+    const size_t si = sl_index(c, seq, layer, kh);
+    const int32_t *sp = c->slot_pos + si;
+    int32_t nc = 0;
+    for (int32_t t = 0; t < n; t++) {
+        c->ev_mark[t] = 0;
+        if (sp[t] >= c->kv_sinks && sp[t] <= last - c->kv_window)
+            c->ev_idx[nc++] = t;
+    }
+    if (nc < e) {
+        nc = 0;
+        for (int32_t t = 0; t < n; t++)
+            if (sp[t] >= c->kv_sinks)
+                c->ev_idx[nc++] = t;
+    }
+    CODI_ASSERT(nc >= e); /* budget > window + sinks (context_create) */
+    /* window: oldest first (key = position); else least important */
+    float *key = c->imp + si;
+    if (!track) {
+        key = c->imp_th; /* free scratch while no importance is tracked */
+        for (int32_t t = 0; t < n; t++)
+            key[t] = (float)sp[t];
+    }
+    if (e == 1) {
+        int32_t best = 0;
+        for (int32_t k2 = 1; k2 < nc; k2++)
+            if (key[c->ev_idx[k2]] < key[c->ev_idx[best]])
+                best = k2;
+        c->ev_mark[c->ev_idx[best]] = 1;
+    } else {
+        sort_by_key(c->ev_idx, nc, key);
+        for (int32_t k2 = 0; k2 < e; k2++)
+            c->ev_mark[c->ev_idx[k2]] = 1;
+    }
+    kv_compact(c, seq, layer, kh, n);
+}
+
+/* Budget mode, after a layer's attention: fold this pass's importance into
+ * the slots of each KV head, count the new slots, and evict each sequence
+ * down to the budget, every KV head by its own importance (kv_evict_head):
+ * query heads of different KV heads attend to different tokens. */
 static void kv_budget_step(codi_context *c, int layer) {
-    const int nl = c->m->hp.n_layer;
+    const int nl = c->m->hp.n_layer, nkv = c->m->hp.n_head_kv;
     const size_t cap = (size_t)c->kv_cap;
     const bool track = c->kv_policy != CODI_KV_WINDOW;
     for (int s = 0; s < c->n_seq; s++) {
@@ -1803,51 +1911,28 @@ static void kv_budget_step(codi_context *c, int layer) {
             continue;
         int32_t *ns = &c->n_slots[(size_t)s * nl + (size_t)layer];
         const int32_t n_old = *ns, n = n_old + c->seq_cnt[s];
-        const size_t si = sl_index(c, s, layer);
-        float *imp = c->imp + si;
-        int32_t *sp = c->slot_pos + si;
         if (track) {
             const float dec = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)c->seq_cnt[s]);
-            for (int32_t t = 0; t < n_old; t++)
-                imp[t] *= dec;
-            for (int th = 0; th < c->n_threads; th++) {
-                float *acc = c->imp_th + ((size_t)th * c->n_seq + (size_t)s) * cap;
-                for (int32_t t = 0; t < n; t++) {
-                    imp[t] += acc[t];
-                    acc[t] = 0.0f;
+            for (int kh = 0; kh < nkv; kh++) {
+                float *imp = c->imp + sl_index(c, s, layer, kh);
+                for (int32_t t = 0; t < n_old; t++)
+                    imp[t] *= dec;
+                for (int th = 0; th < c->n_threads; th++) {
+                    float *acc = c->imp_th + (((size_t)th * c->n_seq + (size_t)s) * (size_t)nkv + (size_t)kh) * cap;
+                    for (int32_t t = 0; t < n; t++) {
+                        imp[t] += acc[t];
+                        acc[t] = 0.0f;
+                    }
                 }
             }
         }
         *ns = n;
         if (n <= c->kv_budget)
             continue;
-        const int32_t e = n - c->kv_budget, last = c->seq_last[s];
-        int32_t nc = 0;
-        for (int32_t t = 0; t < n; t++) {
-            c->ev_mark[t] = 0;
-            if (sp[t] >= c->kv_sinks && sp[t] <= last - c->kv_window)
-                c->ev_idx[nc++] = t;
-        }
-        CODI_ASSERT(nc >= e); /* budget > window + sinks (context_create) */
-        /* window: oldest first (key = position); else least important */
-        float *key = imp;
-        if (!track) {
-            key = c->imp_th; /* free scratch while no importance is tracked */
-            for (int32_t t = 0; t < n; t++)
-                key[t] = (float)sp[t];
-        }
-        if (e == 1) {
-            int32_t best = 0;
-            for (int32_t k2 = 1; k2 < nc; k2++)
-                if (key[c->ev_idx[k2]] < key[c->ev_idx[best]])
-                    best = k2;
-            c->ev_mark[c->ev_idx[best]] = 1;
-        } else {
-            sort_by_key(c->ev_idx, nc, key);
-            for (int32_t k2 = 0; k2 < e; k2++)
-                c->ev_mark[c->ev_idx[k2]] = 1;
-        }
-        kv_compact(c, s, layer);
+        const int32_t e = n - c->kv_budget;
+        for (int kh = 0; kh < nkv; kh++)
+            kv_evict_head(c, s, layer, kh, n, e, c->seq_last[s]);
+        *ns = n - e;
         c->n_evicted += e;
     }
 }
@@ -2510,6 +2595,9 @@ static void row_rc_qkv(const rows_job *j, int b) {
             c->rc_v[(i0 + i) * ld + (size_t)p] = h[1][i];
         }
     }
+    if (c->rc_vn)
+        for (int kh = 0; kh < hp->n_head_kv; kh++)
+            c->rc_vn[(size_t)kh * ld + (size_t)p] = v_norm(v + (size_t)kh * hp->head_dim, hp->head_dim);
 }
 
 typedef struct {
@@ -2535,7 +2623,7 @@ static void rc_attn(codi_context *c, int layer, int ith, int32_t last, int b0, i
     float *scb = c->rc_sc + (size_t)ith * rows * ld;
     uint16_t *pb = c->rc_p16 + (size_t)ith * ld;
     float *q32 = c->rc_q + (size_t)ith * rows * hd;
-    float *imp = c->rc_imp + (size_t)ith * ld;
+    float *imp = c->rc_imp + ((size_t)ith * hp->n_head_kv + (size_t)kh) * ld;
     int n[ATT_T * ATT_G], n_max = 0;
     float *o[ATT_T * ATT_G];
     const int t0 = T == 1 && swa ? CODI_MAX(0, c->row_pos[b0] + 1 - hp->n_swa) : 0;
@@ -2561,7 +2649,11 @@ static void rc_attn(codi_context *c, int layer, int ith, int32_t last, int b0, i
         if (c->kv_policy != CODI_KV_WINDOW) {
             const int32_t pos = c->row_pos[b0 + jr / G];
             const float wq = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)(last - pos));
-            if (wq > 0.0f)
+            const float *vn = c->rc_vn ? c->rc_vn + (size_t)kh * ld + t0 : NULL;
+            if (wq > 0.0f && vn)
+                for (int t = 0; t < n[jr]; t++)
+                    imp[t0 + t] += wq * sj[t] * vn[t];
+            else if (wq > 0.0f)
                 for (int t = 0; t < n[jr]; t++)
                     imp[t0 + t] += wq * sj[t];
         }
@@ -2593,83 +2685,92 @@ static void rc_attn_task(void *arg, int ith, int nth) {
     }
 }
 
-/* After layer l of a rebuild: the tokens it keeps (sinks, the recent
- * window, the most important of the rest by the policy, up to the
+/* After layer l of a rebuild: the tokens each KV head keeps (sinks, the
+ * recent window, the most important of the rest by the policy, up to the
  * budget), with their K/V from rc_k / rc_v, into the slots in position
- * order; importance in rc_imp row 0. */
+ * order; head kh's importance in row kh of rc_imp's first thread. */
 static void rc_store_layer(codi_context *c, int seq, int layer, int32_t n) {
     const codi_hparams *hp = &c->m->hp;
-    const size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, ld = (size_t)c->n_ctx;
-    const size_t cap = (size_t)c->kv_cap, si = sl_index(c, seq, layer);
+    const size_t hd = (size_t)hp->head_dim, dkv = (size_t)hp->n_head_kv * hd, ld = (size_t)c->n_ctx;
+    const size_t cap = (size_t)c->kv_cap;
     int32_t *ns = &c->n_slots[(size_t)seq * hp->n_layer + (size_t)layer];
-    int32_t *sp = c->slot_pos + si;
-    float *key = c->rc_imp;
     const bool track = c->kv_policy != CODI_KV_WINDOW;
     uint8_t *mark = c->rc_mark;
-    memset(mark, 0, (size_t)n);
-    for (int32_t t = 0; t < *ns; t++)
-        if (sp[t] < n)
-            mark[sp[t]] = 1;
-    /* 2: kept after the rebuild */
-    const int32_t last = n - 1;
-    int32_t nc = 0, kept = 0;
-    for (int32_t p = 0; p < n; p++) {
-        if (n <= c->kv_budget || p < c->kv_sinks || p > last - c->kv_window) {
-            mark[p] |= 2;
-            kept++;
-        } else {
-            c->rc_idx[nc++] = p;
-        }
-    }
-    const int32_t room = CODI_MIN(n, c->kv_budget) - kept;
-    CODI_ASSERT(room >= 0 && room <= nc);
-    if (track) /* least important first (ties: older first), as kv_budget_step */
-        sort_by_key(c->rc_idx, nc, key);
-    /* window: rc_idx is in position order already, oldest first */
-    for (int32_t k = nc - room; k < nc; k++)
-        mark[c->rc_idx[k]] |= 2;
     uint8_t *kb = kv_at(c, c->kc, seq, layer), *vb = kv_at(c, c->vc, seq, layer);
-    const int gs = c->kv_gs, ngrp = (int)(dkv / (size_t)gs), bits = c->kv_bits;
+    const int gs = c->kv_gs, hpg = (int)(hd / (size_t)gs), bits = c->kv_bits;
+    const float *lam = c->smooth ? c->smooth + (size_t)layer * dkv : NULL;
+    const float *mu = c->smooth ? c->kshift + (size_t)layer * dkv : NULL;
+    const int32_t last = n - 1;
+    int64_t restored = 0;
     int32_t s = 0;
-    for (int32_t p = 0; p < n; p++) {
-        if (!(mark[p] & 2))
-            continue;
-        c->rc_restored += !(mark[p] & 1);
-        sp[s] = p;
-        c->imp[si + (size_t)s] = track ? key[p] : 0.0f;
-        if (bits == 16) {
-            for (size_t i = 0; i < dkv; i++) {
-                ((uint16_t *)(kb + i * c->kv_row))[s] = c->rc_k[i * ld + (size_t)p];
-                ((uint16_t *)(vb + i * c->kv_row))[s] = c->rc_v[i * ld + (size_t)p];
+    for (int kh = 0; kh < hp->n_head_kv; kh++) {
+        const size_t si = sl_index(c, seq, layer, kh);
+        int32_t *sp = c->slot_pos + si;
+        const float *key = c->rc_imp + (size_t)kh * ld;
+        memset(mark, 0, (size_t)n);
+        for (int32_t t = 0; t < *ns; t++)
+            if (sp[t] < n)
+                mark[sp[t]] = 1;
+        /* 2: kept after the rebuild */
+        int32_t nc = 0, kept = 0;
+        for (int32_t p = 0; p < n; p++) {
+            if (n <= c->kv_budget || p < c->kv_sinks || p > last - c->kv_window) {
+                mark[p] |= 2;
+                kept++;
+            } else {
+                c->rc_idx[nc++] = p;
             }
-        } else {
-            /* as store_kv_quant, from the fp16 values (their rounding is
-             * far below a q8 step) */
-            const float *lam = c->smooth ? c->smooth + (size_t)layer * dkv : NULL;
-            const float *mu = c->smooth ? c->kshift + (size_t)layer * dkv : NULL;
-            for (int kv = 0; kv < 2; kv++) {
-                uint8_t *base = kv ? vb : kb;
-                uint16_t *scr = sc_at(c, kv ? c->vsc : c->ksc, seq, layer);
-                uint16_t *mnr = sc_at(c, kv ? c->vmn : c->kmn, seq, layer);
-                const uint16_t *src = kv ? c->rc_v : c->rc_k;
-                for (int g = 0; g < ngrp; g++) {
-                    float x[1024];
-                    uint8_t codes[1024];
-                    for (int i = 0; i < gs; i++) {
-                        const size_t ch = (size_t)g * gs + (size_t)i;
-                        x[i] = codi_fp16_to_fp32(src[ch * ld + (size_t)p]);
-                        if (!kv && lam)
-                            x[i] = (x[i] - mu[ch]) / lam[ch];
+        }
+        const int32_t room = CODI_MIN(n, c->kv_budget) - kept;
+        CODI_ASSERT(room >= 0 && room <= nc);
+        if (track) /* least important first (ties: older first), as kv_evict_head */
+            sort_by_key(c->rc_idx, nc, key);
+        /* window: rc_idx is in position order already, oldest first */
+        for (int32_t k = nc - room; k < nc; k++)
+            mark[c->rc_idx[k]] |= 2;
+        s = 0;
+        for (int32_t p = 0; p < n; p++) {
+            if (!(mark[p] & 2))
+                continue;
+            restored += !(mark[p] & 1);
+            sp[s] = p;
+            c->imp[si + (size_t)s] = track ? key[p] : 0.0f;
+            if (c->vnorm)
+                c->vnorm[si + (size_t)s] = c->rc_vn[(size_t)kh * ld + (size_t)p];
+            if (bits == 16) {
+                for (size_t i = (size_t)kh * hd; i < (size_t)(kh + 1) * hd; i++) {
+                    ((uint16_t *)(kb + i * c->kv_row))[s] = c->rc_k[i * ld + (size_t)p];
+                    ((uint16_t *)(vb + i * c->kv_row))[s] = c->rc_v[i * ld + (size_t)p];
+                }
+            } else {
+                /* as store_kv_quant, from the fp16 values (their rounding
+                 * is far below a q8 step) */
+                for (int kv = 0; kv < 2; kv++) {
+                    uint8_t *base = kv ? vb : kb;
+                    uint16_t *scr = sc_at(c, kv ? c->vsc : c->ksc, seq, layer);
+                    uint16_t *mnr = sc_at(c, kv ? c->vmn : c->kmn, seq, layer);
+                    const uint16_t *src = kv ? c->rc_v : c->rc_k;
+                    for (int g = kh * hpg; g < (kh + 1) * hpg; g++) {
+                        float x[1024];
+                        uint8_t codes[1024];
+                        for (int i = 0; i < gs; i++) {
+                            const size_t ch = (size_t)g * gs + (size_t)i;
+                            x[i] = codi_fp16_to_fp32(src[ch * ld + (size_t)p]);
+                            if (!kv && lam)
+                                x[i] = (x[i] - mu[ch]) / lam[ch];
+                        }
+                        codi_kvq_quantize_group(bits, x, gs, codes, &scr[(size_t)g * cap + (size_t)s],
+                                                &mnr[(size_t)g * cap + (size_t)s]);
+                        for (int i = 0; i < gs; i++)
+                            codi_kvq_set(bits, base + ((size_t)g * gs + (size_t)i) * c->kv_row, (size_t)s,
+                                         codes[i]);
                     }
-                    codi_kvq_quantize_group(bits, x, gs, codes, &scr[(size_t)g * cap + (size_t)s],
-                                            &mnr[(size_t)g * cap + (size_t)s]);
-                    for (int i = 0; i < gs; i++)
-                        codi_kvq_set(bits, base + ((size_t)g * gs + (size_t)i) * c->kv_row, (size_t)s, codes[i]);
                 }
             }
+            s++;
         }
-        s++;
     }
+    c->rc_restored += restored / hp->n_head_kv; /* tokens per head, as n_evicted */
     *ns = s;
 }
 
@@ -2691,7 +2792,8 @@ static void kv_recompute_seq(codi_context *c, int seq) {
     for (int l = 0; l < hp->n_layer; l++) {
         const codi_layer *L = &m->layers[l];
         const bool last_layer = l + 1 == hp->n_layer; /* its output is not needed */
-        memset(c->rc_imp, 0, (size_t)c->n_threads * N * sizeof(float));
+        const size_t NI = (size_t)hp->n_head_kv * N; /* one thread's importance rows */
+        memset(c->rc_imp, 0, (size_t)c->n_threads * NI * sizeof(float));
         for (int32_t c0 = 0; c0 < n; c0 += c->n_batch) {
             const int B = (int)CODI_MIN(c->n_batch, n - c0);
             float *h = c->rc_h + (size_t)c0 * d;
@@ -2722,8 +2824,8 @@ static void kv_recompute_seq(codi_context *c, int seq) {
             memcpy(h, c->x, (size_t)B * d * sizeof(float));
         }
         for (int th = 1; th < c->n_threads; th++) {
-            const float *a = c->rc_imp + (size_t)th * N;
-            for (int32_t t = 0; t < n; t++)
+            const float *a = c->rc_imp + (size_t)th * NI;
+            for (size_t t = 0; t < NI; t++)
                 c->rc_imp[t] += a[t];
         }
         rc_store_layer(c, seq, l, n);

@@ -672,6 +672,7 @@ int32_t codi_model_n_vocab(const codi_model *m) { return m->hp.n_vocab; }
 int32_t codi_model_n_ctx_train(const codi_model *m) { return m->hp.n_ctx_train; }
 int32_t codi_model_n_embd(const codi_model *m) { return m->hp.n_embd; }
 int32_t codi_model_n_layer(const codi_model *m) { return m->hp.n_layer; }
+int32_t codi_model_n_head_kv(const codi_model *m) { return m->hp.n_head_kv; }
 const char *codi_model_arch(const codi_model *m) { return m->hp.arch; }
 uint64_t codi_model_size_bytes(const codi_model *m) { return m->weight_bytes; }
 
