@@ -1864,6 +1864,25 @@ static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n
     const bool track = c->kv_policy != CODI_KV_WINDOW;
     const size_t si = sl_index(c, seq, layer, kh);
     const int32_t *sp = c->slot_pos + si;
+    if (e == 1) { /* decode: one pass, the last slot fills the hole */
+        const float *imp = c->imp + si;
+        int32_t best = -1;
+        float bk = 0.0f;
+        for (int32_t t = 0; t < n; t++) {
+            if (sp[t] < c->kv_sinks || sp[t] > last - c->kv_window)
+                continue;
+            const float k = track ? imp[t] : (float)sp[t];
+            if (best < 0 || k < bk) { /* ties: the lower slot, as sort_by_key */
+                best = t;
+                bk = k;
+            }
+        }
+        if (best >= 0) {
+            if (best != n - 1)
+                kv_move_slot(c, seq, layer, kh, n - 1, best);
+            return;
+        }
+    }
     int32_t nc = 0;
     for (int32_t t = 0; t < n; t++) {
         c->ev_mark[t] = 0;
