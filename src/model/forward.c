@@ -69,12 +69,14 @@ struct codi_context {
                              each slot: every KV head keeps its own tokens */
     int32_t *n_slots;     /* [n_seq][n_layer] slots in use */
     float *imp;           /* [n_seq][n_layer][kv_cap] attention importance */
-    float *imp_th;        /* [n_threads][n_seq][n_head_kv][kv_cap] this pass's share */
+    int64_t *imp_th;      /* [n_threads][n_seq][n_head_kv][kv_cap] this pass's
+                             share, fixed point (imp_fix) */
     float *vnorm;         /* alisa: [n_seq][n_layer][n_head_kv][kv_cap] |v| of
                              each slot, the weight of its attention */
-    int32_t *ev_idx;      /* [kv_cap] eviction scratch */
+    int32_t *ev_idx;      /* [n_threads][kv_cap] eviction scratch */
+    float *ev_key;        /* [n_threads][kv_cap] (window: positions) */
     int32_t *kh_slots;    /* [n_head_kv] truncation scratch */
-    uint8_t *ev_mark;     /* [kv_cap] */
+    uint8_t *ev_mark;     /* [n_threads][kv_cap] */
     int64_t n_evicted;    /* slot entries evicted, all layers */
     float *vtmp;          /* [n_threads][ATT_G][kv_cap] q8/q4 V scratch */
     /* Recomputation (kv_recompute > 0, kv_recompute_seq): every
@@ -87,7 +89,9 @@ struct codi_context {
     float *rc_h;          /* [n_ctx][n_embd] hidden states of the history */
     uint16_t *rc_k, *rc_v;/* [kv_dim][n_ctx] one layer's K (after RoPE)
                              and V of every position, fp16, transposed */
-    float *rc_imp;        /* [n_threads][n_head_kv][n_ctx] importance, per thread */
+    int64_t *rc_imp;      /* [n_threads][n_head_kv][n_ctx] importance, per
+                             thread, fixed point (imp_fix) */
+    float *rc_key;        /* [n_head_kv][n_ctx] the sum, as floats */
     float *rc_vn;         /* alisa: [n_head_kv][n_ctx] |v| per position */
     int32_t *rc_idx;      /* [n_ctx] selection scratch */
     uint8_t *rc_mark;     /* [n_ctx] kept before (1) / after (2) a rebuild */
@@ -524,19 +528,21 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         c->slot_pos = xalloc_n(NS * NL * NH * cap * sizeof(int32_t), &c->kv_bytes);
         c->n_slots = calloc(NS * NL, sizeof(int32_t));
         c->imp = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
-        c->imp_th = xalloc_n((size_t)p.n_threads * NS * NH * cap * sizeof(float), &c->kv_bytes);
-        c->ev_idx = xalloc_n(cap * sizeof(int32_t), &c->kv_bytes);
-        c->ev_mark = xalloc_n(cap, &c->kv_bytes);
+        c->imp_th = xalloc_n((size_t)p.n_threads * NS * NH * cap * sizeof(int64_t), &c->kv_bytes);
+        const size_t T = (size_t)p.n_threads;
+        c->ev_idx = xalloc_n(T * cap * sizeof(int32_t), &c->kv_bytes);
+        c->ev_key = xalloc_n(T * cap * sizeof(float), &c->kv_bytes);
+        c->ev_mark = xalloc_n(T * cap, &c->kv_bytes);
         c->kh_slots = xalloc_n(NH * sizeof(int32_t), &c->kv_bytes);
         c->kv_bytes += NS * NL * sizeof(int32_t);
-        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_mark &&
+        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_key && c->ev_mark &&
              c->kh_slots;
         if (p.kv_policy == CODI_KV_ALISA) {
             c->vnorm = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
             ok = ok && c->vnorm;
         }
         if (c->imp_th)
-            memset(c->imp_th, 0, (size_t)p.n_threads * NS * NH * cap * sizeof(float));
+            memset(c->imp_th, 0, (size_t)p.n_threads * NS * NH * cap * sizeof(int64_t));
     }
     if (p.kv_recompute > 0) {
         const size_t N = (size_t)p.n_ctx, T = (size_t)p.n_threads, rows = (size_t)ATT_T * ATT_G;
@@ -547,7 +553,9 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         c->rc_h = xalloc_n(N * d * sizeof(float), rb);
         c->rc_k = xalloc_n(dkv * N * sizeof(uint16_t), rb);
         c->rc_v = xalloc_n(dkv * N * sizeof(uint16_t), rb);
-        c->rc_imp = xalloc_n(T * (size_t)hp->n_head_kv * N * sizeof(float), rb);
+        c->rc_imp = xalloc_n(T * (size_t)hp->n_head_kv * N * sizeof(int64_t), rb);
+        c->rc_key = xalloc_n((size_t)hp->n_head_kv * N * sizeof(float), rb);
+        ok = ok && c->rc_key;
         if (p.kv_policy == CODI_KV_ALISA) {
             c->rc_vn = xalloc_n((size_t)hp->n_head_kv * N * sizeof(float), rb);
             ok = ok && c->rc_vn;
@@ -714,6 +722,7 @@ void codi_context_free(codi_context *c) {
     free(c->imp_th);
     free(c->ev_idx);
     free(c->ev_mark);
+    free(c->ev_key);
     free(c->kh_slots);
     free(c->vnorm);
     free(c->rc_vn);
@@ -724,6 +733,7 @@ void codi_context_free(codi_context *c) {
     free(c->rc_k);
     free(c->rc_v);
     free(c->rc_imp);
+    free(c->rc_key);
     free(c->rc_idx);
     free(c->rc_mark);
     free(c->rc_sc);
@@ -873,30 +883,30 @@ static void kv_move_slot(codi_context *c, int seq, int layer, int kh, int32_t sr
         c->vnorm[si + (size_t)dst] = c->vnorm[si + (size_t)src];
 }
 
-/* Drop the slots marked in c->ev_mark among the n_old slots of KV head kh
- * of one sequence and layer: the last kept slots move into the holes, so
- * slots 0..n-1 stay dense. Returns n, the slots kept. */
-static int32_t kv_compact(codi_context *c, int seq, int layer, int kh, int32_t n_old) {
+/* Drop the slots marked in mark among the n_old slots of KV head kh of one
+ * sequence and layer: the last kept slots move into the holes, so slots
+ * 0..n-1 stay dense. Returns n, the slots kept. */
+static int32_t kv_compact(codi_context *c, int seq, int layer, int kh, int32_t n_old, uint8_t *mark) {
     int32_t lo = 0, hi = n_old - 1;
     for (;;) {
-        while (lo <= hi && !c->ev_mark[lo])
+        while (lo <= hi && !mark[lo])
             lo++;
-        while (hi >= lo && c->ev_mark[hi])
+        while (hi >= lo && mark[hi])
             hi--;
         if (lo >= hi)
             break;
         kv_move_slot(c, seq, layer, kh, hi, lo);
-        c->ev_mark[lo] = 0;
-        c->ev_mark[hi] = 1;
+        mark[lo] = 0;
+        mark[hi] = 1;
     }
     int32_t n = 0;
-    while (n < n_old && !c->ev_mark[n])
+    while (n < n_old && !mark[n])
         n++;
     return n;
 }
 
 static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n, int32_t e,
-                          int32_t last);
+                          int32_t last, int ith);
 
 /* Budget mode: forget every slot of seq at position >= pos. The KV heads
  * kept different tokens below pos; those that keep more then evict their
@@ -919,12 +929,12 @@ static void kv_drop_from(codi_context *c, int32_t seq, int32_t pos) {
                 c->ev_mark[t] = c->slot_pos[si + (size_t)t] >= pos;
                 any = any || c->ev_mark[t];
             }
-            c->kh_slots[kh] = any ? kv_compact(c, seq, l, kh, *ns) : *ns;
+            c->kh_slots[kh] = any ? kv_compact(c, seq, l, kh, *ns, c->ev_mark) : *ns;
             kmin = CODI_MIN(kmin, c->kh_slots[kh]);
         }
         for (int kh = 0; kh < nkv; kh++)
             if (c->kh_slots[kh] > kmin)
-                kv_evict_head(c, seq, l, kh, c->kh_slots[kh], c->kh_slots[kh] - kmin, pos - 1);
+                kv_evict_head(c, seq, l, kh, c->kh_slots[kh], c->kh_slots[kh] - kmin, pos - 1, 0);
         *ns = kmin;
     }
 }
@@ -1306,6 +1316,13 @@ enum { KV_PF_LINES = 4 };
         }                                                                                      \
     } while (0)
 
+/* A pass's importance is summed in fixed point, 2^-32 units: the work
+ * items of a pass go to whichever thread takes them, and integer sums do
+ * not depend on that order, so evictions (decided by near ties) are the
+ * same in every run. Contributions are at most a few thousand. */
+#define IMP_ONE 4294967296.0
+static inline int64_t imp_fix(float x) { return (int64_t)((double)x * IMP_ONE + 0.5); }
+
 /* Layer `layer`'s K and V rows of row b's sequence into L2, when b is the
  * sequence's last row of the pass (the others' keys come before it). */
 static void kv_layer_prefetch(const codi_context *c, int layer, int b) {
@@ -1381,21 +1398,14 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         float wq = 1.0f;
         if (c->kv_decay != 1.0f)
             wq = powf(c->kv_decay, (float)(c->seq_last[seq] - pos));
-        float *acc = c->imp_th +
-                     (((size_t)ith * c->n_seq + (size_t)seq) * (size_t)hp->n_head_kv + (size_t)kh) * cap + t0;
-        if (c->vnorm) { /* alisa: weight by |v| (kv_value_norms) */
-            const float *vn = c->vnorm + sl_index(c, seq, layer, kh) + t0;
-            for (int g = 0; g < G; g++) {
-                const float *pg = scb + (size_t)g * cap;
-                for (int t = 0; t < n; t++)
-                    acc[t] += wq * pg[t] * vn[t];
-            }
-        } else {
-            for (int g = 0; g < G; g++) {
-                const float *pg = scb + (size_t)g * cap;
-                for (int t = 0; t < n; t++)
-                    acc[t] += wq * pg[t];
-            }
+        int64_t *acc = c->imp_th +
+                       (((size_t)ith * c->n_seq + (size_t)seq) * (size_t)hp->n_head_kv + (size_t)kh) * cap + t0;
+        const float *vn = c->vnorm ? c->vnorm + sl_index(c, seq, layer, kh) + t0 : NULL; /* alisa: |v| */
+        for (int t = 0; t < n; t++) {
+            float a = 0.0f;
+            for (int g = 0; g < G; g++)
+                a += scb[(size_t)g * cap + (size_t)t];
+            acc[t] += imp_fix(wq * a * (vn ? vn[t] : 1.0f));
         }
     }
     if (bits == 16) {
@@ -1860,7 +1870,7 @@ static void sort_by_key(int32_t *idx, int32_t n, const float *key) {
  * (kv_drop_from) may find fewer of those than e: then the window gives
  * way, never the sinks. */
 static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n, int32_t e,
-                          int32_t last) {
+                          int32_t last, int ith) {
     const bool track = c->kv_policy != CODI_KV_WINDOW;
     const size_t si = sl_index(c, seq, layer, kh);
     const int32_t *sp = c->slot_pos + si;
@@ -1883,74 +1893,98 @@ static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n
             return;
         }
     }
+    const size_t cap = (size_t)c->kv_cap;
+    int32_t *idx = c->ev_idx + (size_t)ith * cap;
+    uint8_t *mark = c->ev_mark + (size_t)ith * cap;
     int32_t nc = 0;
     for (int32_t t = 0; t < n; t++) {
-        c->ev_mark[t] = 0;
+        mark[t] = 0;
         if (sp[t] >= c->kv_sinks && sp[t] <= last - c->kv_window)
-            c->ev_idx[nc++] = t;
+            idx[nc++] = t;
     }
     if (nc < e) {
         nc = 0;
         for (int32_t t = 0; t < n; t++)
             if (sp[t] >= c->kv_sinks)
-                c->ev_idx[nc++] = t;
+                idx[nc++] = t;
     }
     CODI_ASSERT(nc >= e); /* budget > window + sinks (context_create) */
     /* window: oldest first (key = position); else least important */
     float *key = c->imp + si;
     if (!track) {
-        key = c->imp_th; /* free scratch while no importance is tracked */
+        key = c->ev_key + (size_t)ith * cap;
         for (int32_t t = 0; t < n; t++)
             key[t] = (float)sp[t];
     }
     if (e == 1) {
         int32_t best = 0;
         for (int32_t k2 = 1; k2 < nc; k2++)
-            if (key[c->ev_idx[k2]] < key[c->ev_idx[best]])
+            if (key[idx[k2]] < key[idx[best]])
                 best = k2;
-        c->ev_mark[c->ev_idx[best]] = 1;
+        mark[idx[best]] = 1;
     } else {
-        sort_by_key(c->ev_idx, nc, key);
+        sort_by_key(idx, nc, key);
         for (int32_t k2 = 0; k2 < e; k2++)
-            c->ev_mark[c->ev_idx[k2]] = 1;
+            mark[idx[k2]] = 1;
     }
-    kv_compact(c, seq, layer, kh, n);
+    kv_compact(c, seq, layer, kh, n, mark);
+}
+
+typedef struct {
+    codi_context *c;
+    int layer;
+    atomic_int next; /* next (sequence, KV head) */
+} evict_job;
+
+/* One (sequence, KV head) of kv_budget_step: fold, then evict. Heads
+ * touch disjoint rows, scales and slot arrays; each thread its own
+ * scratch. */
+static void evict_task(void *arg, int ith, int nth) {
+    (void)nth;
+    evict_job *j = arg;
+    codi_context *c = j->c;
+    const int nl = c->m->hp.n_layer, nkv = c->m->hp.n_head_kv, layer = j->layer;
+    const size_t cap = (size_t)c->kv_cap;
+    const bool track = c->kv_policy != CODI_KV_WINDOW;
+    for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < c->n_seq * nkv;) {
+        const int s = w / nkv, kh = w % nkv;
+        if (c->seq_cnt[s] == 0)
+            continue;
+        const int32_t n_old = c->n_slots[(size_t)s * nl + (size_t)layer], n = n_old + c->seq_cnt[s];
+        if (track) {
+            const float dec = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)c->seq_cnt[s]);
+            float *imp = c->imp + sl_index(c, s, layer, kh);
+            for (int32_t t = 0; t < n_old; t++)
+                imp[t] *= dec;
+            for (int32_t t = 0; t < n; t++) {
+                int64_t sum = 0;
+                for (int th = 0; th < c->n_threads; th++) {
+                    int64_t *acc = c->imp_th + (((size_t)th * c->n_seq + (size_t)s) * (size_t)nkv + (size_t)kh) * cap;
+                    sum += acc[t];
+                    acc[t] = 0;
+                }
+                imp[t] += (float)((double)sum / IMP_ONE);
+            }
+        }
+        if (n > c->kv_budget)
+            kv_evict_head(c, s, layer, kh, n, n - c->kv_budget, c->seq_last[s], ith);
+    }
 }
 
 /* Budget mode, after a layer's attention: fold this pass's importance into
  * the slots of each KV head, count the new slots, and evict each sequence
  * down to the budget, every KV head by its own importance (kv_evict_head):
- * query heads of different KV heads attend to different tokens. */
+ * query heads of different KV heads attend to different tokens. The
+ * (sequence, KV head) pairs run on the pool. */
 static void kv_budget_step(codi_context *c, int layer) {
-    const int nl = c->m->hp.n_layer, nkv = c->m->hp.n_head_kv;
-    const size_t cap = (size_t)c->kv_cap;
-    const bool track = c->kv_policy != CODI_KV_WINDOW;
+    const int nl = c->m->hp.n_layer;
+    evict_job ej = {c, layer, 0};
+    codi_threadpool_run(c->pool, evict_task, &ej);
     for (int s = 0; s < c->n_seq; s++) {
         if (c->seq_cnt[s] == 0)
             continue;
         int32_t *ns = &c->n_slots[(size_t)s * nl + (size_t)layer];
-        const int32_t n_old = *ns, n = n_old + c->seq_cnt[s];
-        if (track) {
-            const float dec = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)c->seq_cnt[s]);
-            for (int kh = 0; kh < nkv; kh++) {
-                float *imp = c->imp + sl_index(c, s, layer, kh);
-                for (int32_t t = 0; t < n_old; t++)
-                    imp[t] *= dec;
-                for (int th = 0; th < c->n_threads; th++) {
-                    float *acc = c->imp_th + (((size_t)th * c->n_seq + (size_t)s) * (size_t)nkv + (size_t)kh) * cap;
-                    for (int32_t t = 0; t < n; t++) {
-                        imp[t] += acc[t];
-                        acc[t] = 0.0f;
-                    }
-                }
-            }
-        }
-        *ns = n;
-        if (n <= c->kv_budget)
-            continue;
-        const int32_t e = n - c->kv_budget;
-        for (int kh = 0; kh < nkv; kh++)
-            kv_evict_head(c, s, layer, kh, n, e, c->seq_last[s]);
+        const int32_t n = *ns + c->seq_cnt[s], e = CODI_MAX(0, n - c->kv_budget);
         *ns = n - e;
         c->n_evicted += e;
     }
@@ -2642,7 +2676,7 @@ static void rc_attn(codi_context *c, int layer, int ith, int32_t last, int b0, i
     float *scb = c->rc_sc + (size_t)ith * rows * ld;
     uint16_t *pb = c->rc_p16 + (size_t)ith * ld;
     float *q32 = c->rc_q + (size_t)ith * rows * hd;
-    float *imp = c->rc_imp + ((size_t)ith * hp->n_head_kv + (size_t)kh) * ld;
+    int64_t *imp = c->rc_imp + ((size_t)ith * hp->n_head_kv + (size_t)kh) * ld;
     int n[ATT_T * ATT_G], n_max = 0;
     float *o[ATT_T * ATT_G];
     const int t0 = T == 1 && swa ? CODI_MAX(0, c->row_pos[b0] + 1 - hp->n_swa) : 0;
@@ -2669,12 +2703,9 @@ static void rc_attn(codi_context *c, int layer, int ith, int32_t last, int b0, i
             const int32_t pos = c->row_pos[b0 + jr / G];
             const float wq = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)(last - pos));
             const float *vn = c->rc_vn ? c->rc_vn + (size_t)kh * ld + t0 : NULL;
-            if (wq > 0.0f && vn)
+            if (wq > 0.0f)
                 for (int t = 0; t < n[jr]; t++)
-                    imp[t0 + t] += wq * sj[t] * vn[t];
-            else if (wq > 0.0f)
-                for (int t = 0; t < n[jr]; t++)
-                    imp[t0 + t] += wq * sj[t];
+                    imp[t0 + t] += imp_fix(wq * sj[t] * (vn ? vn[t] : 1.0f));
         }
         codi_fp32_to_fp16_row(sj, pb, n[jr]);
         codi_fp16_to_fp32_row(pb, sj, n[jr]);
@@ -2707,7 +2738,7 @@ static void rc_attn_task(void *arg, int ith, int nth) {
 /* After layer l of a rebuild: the tokens each KV head keeps (sinks, the
  * recent window, the most important of the rest by the policy, up to the
  * budget), with their K/V from rc_k / rc_v, into the slots in position
- * order; head kh's importance in row kh of rc_imp's first thread. */
+ * order; head kh's importance in row kh of rc_key. */
 static void rc_store_layer(codi_context *c, int seq, int layer, int32_t n) {
     const codi_hparams *hp = &c->m->hp;
     const size_t hd = (size_t)hp->head_dim, dkv = (size_t)hp->n_head_kv * hd, ld = (size_t)c->n_ctx;
@@ -2725,7 +2756,7 @@ static void rc_store_layer(codi_context *c, int seq, int layer, int32_t n) {
     for (int kh = 0; kh < hp->n_head_kv; kh++) {
         const size_t si = sl_index(c, seq, layer, kh);
         int32_t *sp = c->slot_pos + si;
-        const float *key = c->rc_imp + (size_t)kh * ld;
+        const float *key = c->rc_key + (size_t)kh * ld;
         memset(mark, 0, (size_t)n);
         for (int32_t t = 0; t < *ns; t++)
             if (sp[t] < n)
@@ -2812,7 +2843,7 @@ static void kv_recompute_seq(codi_context *c, int seq) {
         const codi_layer *L = &m->layers[l];
         const bool last_layer = l + 1 == hp->n_layer; /* its output is not needed */
         const size_t NI = (size_t)hp->n_head_kv * N; /* one thread's importance rows */
-        memset(c->rc_imp, 0, (size_t)c->n_threads * NI * sizeof(float));
+        memset(c->rc_imp, 0, (size_t)c->n_threads * NI * sizeof(int64_t));
         for (int32_t c0 = 0; c0 < n; c0 += c->n_batch) {
             const int B = (int)CODI_MIN(c->n_batch, n - c0);
             float *h = c->rc_h + (size_t)c0 * d;
@@ -2842,10 +2873,11 @@ static void kv_recompute_seq(codi_context *c, int seq) {
             for_rows(c, l, B, NULL, row_ffn_out);
             memcpy(h, c->x, (size_t)B * d * sizeof(float));
         }
-        for (int th = 1; th < c->n_threads; th++) {
-            const float *a = c->rc_imp + (size_t)th * NI;
-            for (size_t t = 0; t < NI; t++)
-                c->rc_imp[t] += a[t];
+        for (size_t t = 0; t < NI; t++) { /* fixed point: the same sum in any order */
+            int64_t sum = 0;
+            for (int th = 0; th < c->n_threads; th++)
+                sum += c->rc_imp[(size_t)th * NI + t];
+            c->rc_key[t] = (float)((double)sum / IMP_ONE);
         }
         rc_store_layer(c, seq, l, n);
     }
