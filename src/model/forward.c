@@ -71,6 +71,7 @@ struct codi_context {
     float *imp;           /* [n_seq][n_layer][kv_cap] attention importance */
     int64_t *imp_th;      /* [n_threads][n_seq][n_head_kv][kv_cap] this pass's
                              share, fixed point (imp_fix) */
+    float *imp_tmp;       /* [n_threads][kv_cap] */
     float *vnorm;         /* alisa: [n_seq][n_layer][n_head_kv][kv_cap] |v| of
                              each slot, the weight of its attention */
     int32_t *ev_idx;      /* [n_threads][kv_cap] eviction scratch */
@@ -529,13 +530,15 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         c->n_slots = calloc(NS * NL, sizeof(int32_t));
         c->imp = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
         c->imp_th = xalloc_n((size_t)p.n_threads * NS * NH * cap * sizeof(int64_t), &c->kv_bytes);
+        c->imp_tmp = xalloc_n((size_t)p.n_threads * cap * sizeof(float), &c->kv_bytes);
         const size_t T = (size_t)p.n_threads;
         c->ev_idx = xalloc_n(T * cap * sizeof(int32_t), &c->kv_bytes);
         c->ev_key = xalloc_n(T * cap * sizeof(float), &c->kv_bytes);
         c->ev_mark = xalloc_n(T * cap, &c->kv_bytes);
         c->kh_slots = xalloc_n(NH * sizeof(int32_t), &c->kv_bytes);
         c->kv_bytes += NS * NL * sizeof(int32_t);
-        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_key && c->ev_mark &&
+        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->imp_tmp && c->ev_idx && c->ev_key &&
+             c->ev_mark &&
              c->kh_slots;
         if (p.kv_policy == CODI_KV_ALISA) {
             c->vnorm = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
@@ -720,6 +723,7 @@ void codi_context_free(codi_context *c) {
     free(c->n_slots);
     free(c->imp);
     free(c->imp_th);
+    free(c->imp_tmp);
     free(c->ev_idx);
     free(c->ev_mark);
     free(c->ev_key);
@@ -1401,12 +1405,16 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         int64_t *acc = c->imp_th +
                        (((size_t)ith * c->n_seq + (size_t)seq) * (size_t)hp->n_head_kv + (size_t)kh) * cap + t0;
         const float *vn = c->vnorm ? c->vnorm + sl_index(c, seq, layer, kh) + t0 : NULL; /* alisa: |v| */
-        for (int t = 0; t < n; t++) {
-            float a = 0.0f;
-            for (int g = 0; g < G; g++)
-                a += scb[(size_t)g * cap + (size_t)t];
-            acc[t] += imp_fix(wq * a * (vn ? vn[t] : 1.0f));
-        }
+        float *a = c->imp_tmp + (size_t)ith * cap; /* the heads' sum, vectorised */
+        for (int t = 0; t < n; t++)
+            a[t] = scb[t];
+        for (int g = 1; g < G; g++)
+            for (int t = 0; t < n; t++)
+                a[t] += scb[(size_t)g * cap + (size_t)t];
+        for (int t = 0; t < n; t++)
+            a[t] *= wq * (vn ? vn[t] : 1.0f);
+        for (int t = 0; t < n; t++)
+            acc[t] += imp_fix(a[t]);
     }
     if (bits == 16) {
         /* o[i] = sum_t p_t v_t[i] with the weights rounded to fp16 (kept as
@@ -1876,16 +1884,15 @@ static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n
     const int32_t *sp = c->slot_pos + si;
     if (e == 1) { /* decode: one pass, the last slot fills the hole */
         const float *imp = c->imp + si;
+        const int32_t lo = c->kv_sinks, hi = last - c->kv_window;
         int32_t best = -1;
-        float bk = 0.0f;
+        float bk = INFINITY;
         for (int32_t t = 0; t < n; t++) {
-            if (sp[t] < c->kv_sinks || sp[t] > last - c->kv_window)
-                continue;
-            const float k = track ? imp[t] : (float)sp[t];
-            if (best < 0 || k < bk) { /* ties: the lower slot, as sort_by_key */
-                best = t;
-                bk = k;
-            }
+            const bool cand = sp[t] >= lo && sp[t] <= hi;
+            const float k = cand ? (track ? imp[t] : (float)sp[t]) : INFINITY;
+            const bool better = k < bk || (cand && best < 0); /* ties: the lower slot, as sort_by_key */
+            best = better ? t : best;
+            bk = better ? k : bk;
         }
         if (best >= 0) {
             if (best != n - 1)
