@@ -538,8 +538,7 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         c->kh_slots = xalloc_n(NH * sizeof(int32_t), &c->kv_bytes);
         c->kv_bytes += NS * NL * sizeof(int32_t);
         ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->imp_tmp && c->ev_idx && c->ev_key &&
-             c->ev_mark &&
-             c->kh_slots;
+             c->ev_mark && c->kh_slots;
         if (p.kv_policy == CODI_KV_ALISA) {
             c->vnorm = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
             ok = ok && c->vnorm;
