@@ -17,6 +17,8 @@ void codi_attn_values_kvq_avx2(int bits, const float *p, size_t ldp, int G, int 
                                const uint8_t *vT, size_t ldv, const uint16_t *vs,
                                const uint16_t *vm, size_t ldsc, int t0, int n, float *o,
                                float *tmp);
+void codi_imp_accumulate_avx2(int64_t *acc, const float *p, size_t ldp, int G, int n, float w,
+                              const float *vn);
 void codi_attn_scores_kvc_avx2(int bits, const float *q, int G, int hd, const uint8_t *kT,
                                size_t ldk, const uint16_t *ks, const uint16_t *km, size_t ldsc,
                                int t0, int n, float *s, size_t lds, float scale);
@@ -98,6 +100,27 @@ void codi_attn_scores_kvq(int bits, const float *q, int G, int hd, int gs, const
     }
 #endif
     codi_attn_scores_kvq_ref(bits, q, G, hd, gs, kT, ldk, ks, km, ldsc, t0, n, s, lds, scale);
+}
+
+void codi_imp_accumulate_ref(int64_t *acc, const float *p, size_t ldp, int G, int n, float w,
+                             const float *vn) {
+    for (int t = 0; t < n; t++) {
+        float a = p[t];
+        for (int g = 1; g < G; g++)
+            a += p[(size_t)g * ldp + (size_t)t];
+        const float x = a * (w * (vn ? vn[t] : 1.0f));
+        acc[t] += (int64_t)llrint((double)x * 4294967296.0); /* exact product, then nearest */
+    }
+}
+
+void codi_imp_accumulate(int64_t *acc, const float *p, size_t ldp, int G, int n, float w, const float *vn) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (kvq_use_avx2()) {
+        codi_imp_accumulate_avx2(acc, p, ldp, G, n, w, vn);
+        return;
+    }
+#endif
+    codi_imp_accumulate_ref(acc, p, ldp, G, n, w, vn);
 }
 
 void codi_attn_values_kvq(int bits, const float *p, size_t ldp, int G, int hd, int gs,

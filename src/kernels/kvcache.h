@@ -63,6 +63,17 @@ void codi_attn_values_kvq_ref(int bits, const float *p, size_t ldp, int G, int h
                               const uint8_t *vT, size_t ldv, const uint16_t *vs,
                               const uint16_t *vm, size_t ldsc, int t0, int n, float *o);
 
+/* Attention importance of one KV head for a token budget (alisa, h2o):
+ * for t < n,
+ *   acc[t] += fix((p[0][t] + p[1][t] + ... + p[G-1][t]) * (w * vn[t]))
+ * with rows p[g * ldp + t], the heads added in order g = 0, 1, ..., vn
+ * NULL meaning 1, and fix(x) = x * 2^32 rounded to the nearest integer
+ * (ties to even). Integer sums do not depend on how a pass's work items
+ * were split between threads. Needs 0 <= x * 2^32 < 2^51. */
+void codi_imp_accumulate(int64_t *acc, const float *p, size_t ldp, int G, int n, float w, const float *vn);
+void codi_imp_accumulate_ref(int64_t *acc, const float *p, size_t ldp, int G, int n, float w,
+                             const float *vn);
+
 /* Keys quantized per channel (--kv-keys channel, KIVI): codes laid out as
  * above, but every channel row i has its own fp16 scale and minimum per
  * group j of CODI_KVC_G consecutive slots, ks[j * ldsc + i] (and km alike;

@@ -111,6 +111,33 @@ __attribute__((always_inline)) static inline void scores_g(const float *q, int h
                 scale * score1(bits, q + (size_t)g * hd, hd, gs, kT, ldk, ks, km, ldsc, (size_t)t0 + (size_t)t);
 }
 
+/* codi_imp_accumulate_ref, eight slots at a time: the same float
+ * operations (no FMA), then x * 2^32 in double (exact) plus 1.5 * 2^52,
+ * whose low mantissa bits are then the integer rounded to nearest even,
+ * as llrint does, for |x * 2^32| < 2^51. */
+void codi_imp_accumulate_avx2(int64_t *acc, const float *p, size_t ldp, int G, int n, float w,
+                              const float *vn) {
+    const __m256 wv = _mm256_set1_ps(w), one = _mm256_set1_ps(1.0f);
+    const __m256d two32 = _mm256_set1_pd(4294967296.0), magic = _mm256_set1_pd(6755399441055744.0);
+    const __m256i magic_bits = _mm256_castpd_si256(magic);
+    int t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 a = _mm256_loadu_ps(p + t);
+        for (int g = 1; g < G; g++)
+            a = _mm256_add_ps(a, _mm256_loadu_ps(p + (size_t)g * ldp + (size_t)t));
+        const __m256 x = _mm256_mul_ps(a, _mm256_mul_ps(wv, vn ? _mm256_loadu_ps(vn + t) : one));
+        const __m256d lo = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), two32), magic);
+        const __m256d hi = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), two32), magic);
+        const __m256i il = _mm256_sub_epi64(_mm256_castpd_si256(lo), magic_bits);
+        const __m256i ih = _mm256_sub_epi64(_mm256_castpd_si256(hi), magic_bits);
+        __m256i *d = (__m256i *)(acc + t);
+        _mm256_storeu_si256(d, _mm256_add_epi64(_mm256_loadu_si256(d), il));
+        _mm256_storeu_si256(d + 1, _mm256_add_epi64(_mm256_loadu_si256(d + 1), ih));
+    }
+    if (t < n)
+        codi_imp_accumulate_ref(acc + t, p + t, ldp, G, n - t, w, vn ? vn + t : NULL);
+}
+
 void codi_attn_scores_kvq_avx2(int bits, const float *q, int G, int hd, int gs, const uint8_t *kT,
                                size_t ldk, const uint16_t *ks, const uint16_t *km, size_t ldsc,
                                int t0, int n, float *s, size_t lds, float scale) {

@@ -70,8 +70,7 @@ struct codi_context {
     int32_t *n_slots;     /* [n_seq][n_layer] slots in use */
     float *imp;           /* [n_seq][n_layer][kv_cap] attention importance */
     int64_t *imp_th;      /* [n_threads][n_seq][n_head_kv][kv_cap] this pass's
-                             share, fixed point (imp_fix) */
-    float *imp_tmp;       /* [n_threads][kv_cap] */
+                             share, fixed point (codi_imp_accumulate) */
     float *vnorm;         /* alisa: [n_seq][n_layer][n_head_kv][kv_cap] |v| of
                              each slot, the weight of its attention */
     int32_t *ev_idx;      /* [n_threads][kv_cap] eviction scratch */
@@ -91,7 +90,7 @@ struct codi_context {
     uint16_t *rc_k, *rc_v;/* [kv_dim][n_ctx] one layer's K (after RoPE)
                              and V of every position, fp16, transposed */
     int64_t *rc_imp;      /* [n_threads][n_head_kv][n_ctx] importance, per
-                             thread, fixed point (imp_fix) */
+                             thread, fixed point (codi_imp_accumulate) */
     float *rc_key;        /* [n_head_kv][n_ctx] the sum, as floats */
     float *rc_vn;         /* alisa: [n_head_kv][n_ctx] |v| per position */
     int32_t *rc_idx;      /* [n_ctx] selection scratch */
@@ -530,14 +529,13 @@ int codi_context_create(codi_model *m, const codi_context_params *params,
         c->n_slots = calloc(NS * NL, sizeof(int32_t));
         c->imp = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
         c->imp_th = xalloc_n((size_t)p.n_threads * NS * NH * cap * sizeof(int64_t), &c->kv_bytes);
-        c->imp_tmp = xalloc_n((size_t)p.n_threads * cap * sizeof(float), &c->kv_bytes);
         const size_t T = (size_t)p.n_threads;
         c->ev_idx = xalloc_n(T * cap * sizeof(int32_t), &c->kv_bytes);
         c->ev_key = xalloc_n(T * cap * sizeof(float), &c->kv_bytes);
         c->ev_mark = xalloc_n(T * cap, &c->kv_bytes);
         c->kh_slots = xalloc_n(NH * sizeof(int32_t), &c->kv_bytes);
         c->kv_bytes += NS * NL * sizeof(int32_t);
-        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->imp_tmp && c->ev_idx && c->ev_key &&
+        ok = ok && c->slot_pos && c->n_slots && c->imp && c->imp_th && c->ev_idx && c->ev_key &&
              c->ev_mark && c->kh_slots;
         if (p.kv_policy == CODI_KV_ALISA) {
             c->vnorm = xalloc_n(NS * NL * NH * cap * sizeof(float), &c->kv_bytes);
@@ -722,7 +720,6 @@ void codi_context_free(codi_context *c) {
     free(c->n_slots);
     free(c->imp);
     free(c->imp_th);
-    free(c->imp_tmp);
     free(c->ev_idx);
     free(c->ev_mark);
     free(c->ev_key);
@@ -1319,12 +1316,12 @@ enum { KV_PF_LINES = 4 };
         }                                                                                      \
     } while (0)
 
-/* A pass's importance is summed in fixed point, 2^-32 units: the work
- * items of a pass go to whichever thread takes them, and integer sums do
- * not depend on that order, so evictions (decided by near ties) are the
- * same in every run. Contributions are at most a few thousand. */
+/* A pass's importance is summed in fixed point, 2^-32 units
+ * (codi_imp_accumulate): the work items of a pass go to whichever thread
+ * takes them, and integer sums do not depend on that order, so evictions
+ * (decided by near ties) are the same in every run. Contributions are at
+ * most a few thousand, far below the kernel's 2^19. */
 #define IMP_ONE 4294967296.0
-static inline int64_t imp_fix(float x) { return (int64_t)((double)x * IMP_ONE + 0.5); }
 
 /* Layer `layer`'s K and V rows of row b's sequence into L2, when b is the
  * sequence's last row of the pass (the others' keys come before it). */
@@ -1404,16 +1401,7 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         int64_t *acc = c->imp_th +
                        (((size_t)ith * c->n_seq + (size_t)seq) * (size_t)hp->n_head_kv + (size_t)kh) * cap + t0;
         const float *vn = c->vnorm ? c->vnorm + sl_index(c, seq, layer, kh) + t0 : NULL; /* alisa: |v| */
-        float *a = c->imp_tmp + (size_t)ith * cap; /* the heads' sum, vectorised */
-        for (int t = 0; t < n; t++)
-            a[t] = scb[t];
-        for (int g = 1; g < G; g++)
-            for (int t = 0; t < n; t++)
-                a[t] += scb[(size_t)g * cap + (size_t)t];
-        for (int t = 0; t < n; t++)
-            a[t] *= wq * (vn ? vn[t] : 1.0f);
-        for (int t = 0; t < n; t++)
-            acc[t] += imp_fix(a[t]);
+        codi_imp_accumulate(acc, scb, cap, G, n, wq, vn);
     }
     if (bits == 16) {
         /* o[i] = sum_t p_t v_t[i] with the weights rounded to fp16 (kept as
@@ -2710,8 +2698,7 @@ static void rc_attn(codi_context *c, int layer, int ith, int32_t last, int b0, i
             const float wq = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)(last - pos));
             const float *vn = c->rc_vn ? c->rc_vn + (size_t)kh * ld + t0 : NULL;
             if (wq > 0.0f)
-                for (int t = 0; t < n[jr]; t++)
-                    imp[t0 + t] += imp_fix(wq * sj[t] * (vn ? vn[t] : 1.0f));
+                codi_imp_accumulate(imp + t0, sj, 0, 1, n[jr], wq, vn);
         }
         codi_fp32_to_fp16_row(sj, pb, n[jr]);
         codi_fp16_to_fp32_row(pb, sj, n[jr]);
