@@ -1945,23 +1945,41 @@ static void evict_task(void *arg, int ith, int nth) {
         if (c->seq_cnt[s] == 0)
             continue;
         const int32_t n_old = c->n_slots[(size_t)s * nl + (size_t)layer], n = n_old + c->seq_cnt[s];
+        const int32_t e = CODI_MAX(0, n - c->kv_budget);
         if (track) {
+            /* fold (new slots hold 0, so they take the same formula), and
+             * for a single eviction find the victim in the same pass, as
+             * kv_evict_head would */
             const float dec = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)c->seq_cnt[s]);
-            float *imp = c->imp + sl_index(c, s, layer, kh);
-            for (int32_t t = 0; t < n_old; t++)
-                imp[t] *= dec;
+            const size_t si = sl_index(c, s, layer, kh);
+            float *imp = c->imp + si;
+            const int32_t *sp = c->slot_pos + si;
+            const int32_t lo = c->kv_sinks, hi = c->seq_last[s] - c->kv_window;
+            int64_t *acc0 = c->imp_th + ((size_t)s * (size_t)nkv + (size_t)kh) * cap;
+            const size_t th_stride = (size_t)c->n_seq * (size_t)nkv * cap;
+            int32_t best = -1;
+            float bk = INFINITY;
             for (int32_t t = 0; t < n; t++) {
                 int64_t sum = 0;
                 for (int th = 0; th < c->n_threads; th++) {
-                    int64_t *acc = c->imp_th + (((size_t)th * c->n_seq + (size_t)s) * (size_t)nkv + (size_t)kh) * cap;
-                    sum += acc[t];
-                    acc[t] = 0;
+                    sum += acc0[(size_t)th * th_stride + (size_t)t];
+                    acc0[(size_t)th * th_stride + (size_t)t] = 0;
                 }
-                imp[t] += (float)((double)sum / IMP_ONE);
+                const float v = imp[t] * dec + (float)((double)sum / IMP_ONE);
+                imp[t] = v;
+                const bool cand = sp[t] >= lo && sp[t] <= hi;
+                const bool better = cand && (v < bk || best < 0); /* ties: the lower slot */
+                best = better ? t : best;
+                bk = better ? v : bk;
+            }
+            if (e == 1 && best >= 0) {
+                if (best != n - 1)
+                    kv_move_slot(c, s, layer, kh, n - 1, best);
+                continue;
             }
         }
-        if (n > c->kv_budget)
-            kv_evict_head(c, s, layer, kh, n, n - c->kv_budget, c->seq_last[s], ith);
+        if (e > 0)
+            kv_evict_head(c, s, layer, kh, n, e, c->seq_last[s], ith);
     }
 }
 
