@@ -657,6 +657,72 @@ static void test_budget_thread_invariance(void **state) {
     }
 }
 
+/* Two sequences under one budget context, decoded in shared batches: each
+ * keeps, per layer and KV head, the tokens it keeps when decoded alone
+ * (budgets, importance and evictions are per sequence), and its logits
+ * stay those of the lone run. Then truncating one sequence leaves the
+ * other's slots alone. */
+static void test_budget_two_sequences(void **state) {
+    (void)state;
+    const int n = g_quick ? 90 : 150, off = 200, nv = codi_model_n_vocab(g_model);
+    const int nl = codi_model_n_layer(g_model), nkv = codi_model_n_head_kv(g_model);
+    char err[512];
+    codi_context_params p = base_params();
+    p.kv_budget = 40;
+    p.kv_window = 8;
+    p.n_batch = 8;
+    p.n_seq = 2;
+    codi_context *both = make_ctx(p);
+    p.n_seq = 1;
+    codi_context *alone[2] = {make_ctx(p), make_ctx(p)};
+    float maxd = 0.0f;
+    for (int i = 0; i < n; i += 3) {
+        const int m = n - i < 3 ? n - i : 3;
+        int32_t tok[6], pos[6], seq[6];
+        bool keep[6];
+        for (int k = 0; k < 2 * m; k++) {
+            const int sq = k / m, j = i + k % m;
+            tok[k] = g_toks[sq * off + j];
+            pos[k] = j;
+            seq[k] = sq;
+            keep[k] = k % m == m - 1;
+        }
+        codi_batch bt = {2 * m, tok, pos, seq, keep};
+        assert_int_equal(codi_decode_batch(both, &bt, err, sizeof(err)), 0);
+        for (int sq = 0; sq < 2; sq++) {
+            assert_int_equal(codi_decode(alone[sq], g_toks + sq * off + i, m, i, false, err, sizeof(err)), 0);
+            const float *a = codi_get_logits(both, sq * m + m - 1), *b = codi_get_logits(alone[sq], -1);
+            for (int v = 0; v < nv; v++)
+                maxd = fmaxf(maxd, fabsf(a[v] - b[v]));
+        }
+    }
+    printf("two sequences under a budget vs each alone: max |logit diff| %.6f\n", maxd);
+    assert_true(maxd < 1e-3f);
+    int32_t pa[64], pb[64];
+    for (int sq = 0; sq < 2; sq++)
+        for (int l = 0; l < nl; l++)
+            for (int kh = 0; kh < nkv; kh++) {
+                const int32_t ka = codi_kv_seq_positions(both, sq, l, kh, pa, 64);
+                const int32_t kb = codi_kv_seq_positions(alone[sq], 0, l, kh, pb, 64);
+                assert_int_equal(ka, kb);
+                assert_memory_equal(pa, pb, (size_t)ka * sizeof(int32_t));
+            }
+    codi_kv_seq_truncate(both, 0, n / 2);
+    for (int l = 0; l < nl; l++)
+        for (int kh = 0; kh < nkv; kh++) {
+            const int32_t ka = codi_kv_seq_positions(both, 1, l, kh, pa, 64);
+            const int32_t kb = codi_kv_seq_positions(alone[1], 0, l, kh, pb, 64);
+            assert_int_equal(ka, kb);
+            assert_memory_equal(pa, pb, (size_t)ka * sizeof(int32_t));
+            const int32_t k0 = codi_kv_seq_positions(both, 0, l, kh, pa, 64);
+            for (int i = 0; i < k0; i++)
+                assert_true(pa[i] < n / 2);
+        }
+    codi_context_free(both);
+    codi_context_free(alone[0]);
+    codi_context_free(alone[1]);
+}
+
 /* Quality: with rebuilds every 64 tokens a 25% budget (alisa) stays at
  * least as close to the full cache as without them over 512 tokens
  * (0.0459 -> 0.0314 since KV heads keep their own tokens; 0.0441 -> 0.0338
@@ -866,6 +932,7 @@ int main(void) {
         cmocka_unit_test(test_budget_without_eviction),
         cmocka_unit_test(test_budget_quality),
         cmocka_unit_test(test_budget_thread_invariance),
+        cmocka_unit_test(test_budget_two_sequences),
         cmocka_unit_test(test_chunked_prefill),
         cmocka_unit_test(test_kch_decode_and_truncate),
         cmocka_unit_test(test_recompute_without_eviction),
