@@ -135,6 +135,37 @@ K512 static inline __m512 cvtph2x8(const uint8_t *a, const uint8_t *b) {
         _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)), _mm_loadu_si128((const __m128i *)b), 1));
 }
 
+/* A tile's accumulators: group g's 8 rows in the low half, g+1's in the
+ * high half; zero on a row's first slice, else what earlier slices left. */
+K512 __attribute__((always_inline)) static inline void x16_acc_load(__m512 *acc, int T, float *const *y0,
+                                                                float *const *y1, int first) {
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm512_setzero_ps()
+                       : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(y0[t])),
+                                            _mm256_loadu_ps(y1[t]), 1);
+}
+
+K512 __attribute__((always_inline)) static inline void x16_acc_store(const __m512 *acc, int T, float *const *y0,
+                                                                 float *const *y1) {
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++) {
+        _mm256_storeu_ps(y0[t], _mm512_castps512_ps256(acc[t]));
+        _mm256_storeu_ps(y1[t], _mm512_extractf32x8_ps(acc[t], 1));
+    }
+}
+
+/* Block i of the two groups (bb bytes a block of 8 rows), their lines
+ * further ahead asked for. */
+K512 __attribute__((always_inline)) static inline void x16_blocks(const uint8_t *w0, const uint8_t *w1, int64_t i,
+                                                              size_t bb, const uint8_t **b0,
+                                                              const uint8_t **b1) {
+    *b0 = w0 + (size_t)i * bb;
+    *b1 = w1 + (size_t)i * bb;
+    prefetch_far(*b0, bb);
+    prefetch_far(*b1, bb);
+}
+
 K512 __attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, const uint8_t *w0,
                                                               const uint8_t *w1, int T,
                                                               const uint8_t *const *xr,
@@ -144,16 +175,10 @@ K512 __attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, c
                                                               int first) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 acc[TILE16];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm512_setzero_ps()
-                       : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(y0[t])),
-                                            _mm256_loadu_ps(y1[t]), 1);
+    x16_acc_load(acc, T, y0, y1, first);
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b0 = w0 + (size_t)i * (sizeof(codi_block_q4_1) * CODI_X8_ROWS);
-        const uint8_t *b1 = w1 + (size_t)i * (sizeof(codi_block_q4_1) * CODI_X8_ROWS);
-        prefetch_far(b0, sizeof(codi_block_q4_1) * CODI_X8_ROWS);
-        prefetch_far(b1, sizeof(codi_block_q4_1) * CODI_X8_ROWS);
+        const uint8_t *b0, *b1;
+        x16_blocks(w0, w1, i, sizeof(codi_block_q4_1) * CODI_X8_ROWS, &b0, &b1);
         const __m512 dw = cvtph2x8(b0, b1);
         const __m512 mw = cvtph2x8(b0 + 16, b1 + 16);
         __m512i s[TILE16];
@@ -182,11 +207,7 @@ K512 __attribute__((always_inline)) static inline void q4_1_tile16(int64_t nb, c
             acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sy[t][i]), acc[t]);
         }
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++) {
-        _mm256_storeu_ps(y0[t], _mm512_castps512_ps256(acc[t]));
-        _mm256_storeu_ps(y1[t], _mm512_extractf32x8_ps(acc[t], 1));
-    }
+    x16_acc_store(acc, T, y0, y1);
 }
 
 #define X16_TOKENS(T_, BODY)                                                                     \
@@ -272,16 +293,10 @@ K512 __attribute__((always_inline)) static inline void q8_0_tile16(int64_t nb, c
                                                               int first) {
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
     __m512 acc[TILE16];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm512_setzero_ps()
-                       : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(y0[t])),
-                                            _mm256_loadu_ps(y1[t]), 1);
+    x16_acc_load(acc, T, y0, y1, first);
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b0 = w0 + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
-        const uint8_t *b1 = w1 + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
-        prefetch_far(b0, sizeof(codi_block_q8_0) * CODI_X8_ROWS);
-        prefetch_far(b1, sizeof(codi_block_q8_0) * CODI_X8_ROWS);
+        const uint8_t *b0, *b1;
+        x16_blocks(w0, w1, i, sizeof(codi_block_q8_0) * CODI_X8_ROWS, &b0, &b1);
         const __m512 dw = cvtph2x8(b0, b1);
         __m512i c128 = _mm512_setzero_si512();
         _Pragma("GCC unroll 8")
@@ -307,11 +322,7 @@ K512 __attribute__((always_inline)) static inline void q8_0_tile16(int64_t nb, c
             acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(dy[t][i])),
                                      _mm512_cvtepi32_ps(s[t]), acc[t]);
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++) {
-        _mm256_storeu_ps(y0[t], _mm512_castps512_ps256(acc[t]));
-        _mm256_storeu_ps(y1[t], _mm512_extractf32x8_ps(acc[t], 1));
-    }
+    x16_acc_store(acc, T, y0, y1);
 }
 
 enum { USLICE = 64 }; /* blocks of Q8_0 activations staged as y + 128 */
