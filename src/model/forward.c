@@ -1910,17 +1910,9 @@ static void kv_evict_head(codi_context *c, int seq, int layer, int kh, int32_t n
         for (int32_t t = 0; t < n; t++)
             key[t] = (float)sp[t];
     }
-    if (e == 1) {
-        int32_t best = 0;
-        for (int32_t k2 = 1; k2 < nc; k2++)
-            if (key[idx[k2]] < key[idx[best]])
-                best = k2;
-        mark[idx[best]] = 1;
-    } else {
-        sort_by_key(idx, nc, key);
-        for (int32_t k2 = 0; k2 < e; k2++)
-            mark[idx[k2]] = 1;
-    }
+    sort_by_key(idx, nc, key); /* e == 1 gets here only from a truncation */
+    for (int32_t k2 = 0; k2 < e; k2++)
+        mark[idx[k2]] = 1;
     kv_compact(c, seq, layer, kh, n, mark);
 }
 
