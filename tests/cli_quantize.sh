@@ -129,6 +129,16 @@ if [ -s "$TMP/out" ] && cmp -s "$TMP/out" "$TMP/w4a8_x8"; then
 else
     ko "w4a8: x8 and per-row kernels give the same text" "outputs differ"
 fi
+# Prefill of 16 tokens or more runs W4A8 on AMX tiles where the CPU has
+# them (same integer sums and roundings as the x8 kernel): the same PPL.
+run_capture "$CODI" ppl -m "$O" -f tests/data/eval.txt -c 64 --chunks 3 -t "$THREADS"
+grep '^ppl:' "$TMP/out" >"$TMP/w4a8_ppl"
+CODI_NO_AMX=1 run_capture "$CODI" ppl -m "$O" -f tests/data/eval.txt -c 64 --chunks 3 -t "$THREADS"
+if [ -s "$TMP/w4a8_ppl" ] && grep '^ppl:' "$TMP/out" | cmp -s - "$TMP/w4a8_ppl"; then
+    ok "w4a8: prefill with and without AMX gives the same PPL"
+else
+    ko "w4a8: prefill with and without AMX gives the same PPL" "$(cat "$TMP/w4a8_ppl") vs $(grep '^ppl:' "$TMP/out")"
+fi
 quantize_ok "f16 base" "blk.0.ffn_up.weight F16" "$TINY" "$O" --type f16
 quantize_ok "f32 base" "blk.0.ffn_up.weight F32" "$TINY" "$O" --type f32
 

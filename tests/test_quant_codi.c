@@ -616,6 +616,147 @@ static void test_w4a8_x8(void **state) {
     }
 }
 
+/* W4A8's per-row scale: the dispatched kernel (AVX2 on x86) gives the
+ * reference's products for any row count (8-lane body and scalar tail). */
+static void test_scale_rows(void **state) {
+    (void)state;
+    enum { MR = 37, MC = 5, LD = 41 };
+    float a[MC * LD], b[MC * LD], scale[MR];
+    rng_seed(99);
+    for (int nr = 0; nr <= MR; nr++) {
+        for (int i = 0; i < MC * LD; i++)
+            a[i] = b[i] = rnd_gauss();
+        for (int r = 0; r < MR; r++)
+            scale[r] = (float)rnd_unit();
+        codi_scale_rows(a, nr, MC, LD, scale);
+        codi_scale_rows_ref(b, nr, MC, LD, scale);
+        for (int i = 0; i < MC * LD; i++)
+            assert_int_equal(f2u(a[i]), f2u(b[i]));
+        /* rows past nr and the gaps between token rows are left alone */
+        for (int c = 0; c < MC && nr < MR; c++)
+            for (int r = nr; r < LD; r++)
+                assert_int_equal(f2u(a[c * LD + r]), f2u(b[c * LD + r]));
+    }
+    float x[3] = {2.0f, 3.0f, 5.0f}, sc[3] = {0.5f, 0.25f, 2.0f};
+    codi_scale_rows(x, 3, 1, 3, sc);
+    assert_true(x[0] == 1.0f && x[1] == 0.75f && x[2] == 10.0f);
+}
+
+/* W4A8 on AMX tiles: bit-equal to the reference dot for rows that fit
+ * int8 — quantized rows, and random codes and headers kept to the int8
+ * range, including groups at its edges (-128 and 127) — over the paths of
+ * the kernel: several K slabs, token counts past a multiple of 16 and past
+ * one pass (256), an unpaired x8 group. codi_w4a8_row_fits_int8 accepts
+ * every quantized row and rejects a group one step out of range. */
+static void test_w4a8_amx(void **state) {
+    (void)state;
+    enum { NR = 40, MAXC = 300 };
+    static const int64_t NS[] = {32, 128, 576, 2048 + 128, 4096 + 1536};
+    static const int NCS[] = {16, 37, 64, MAXC};
+    const int has_amx = codi_cpu_get_features()->amx;
+    for (size_t gi = 0; gi < 3; gi++) {
+        const int G = GROUPS[gi];
+        const int type = codi_type_codi_group(48, G);
+        const codi_type_traits *t = codi_type_get(type);
+        codi_gemm_x8_amx_fn amx = codi_kernel_gemm_x8_amx(type);
+        if (!has_amx) {
+            assert_null(amx);
+            print_message("no AMX on this CPU (or not granted): AMX W4A8 kernel not run\n");
+            return;
+        }
+        if (!amx) { /* CODI_NO_AMX set, or scalar kernels forced */
+            print_message("AMX W4A8 kernel turned off: not run\n");
+            return;
+        }
+        for (size_t ni = 0; ni < sizeof NS / sizeof NS[0]; ni++) {
+            const int64_t n = NS[ni] < G ? G : NS[ni] / G * G;
+            const size_t ldw = codi_row_size(type, n), ldx = codi_row_size(CODI_TYPE_A8, n);
+            uint8_t *w = malloc(NR * ldw), *p = malloc(NR * ldw), *a = malloc(MAXC * ldx);
+            float *x = malloc((size_t)n * sizeof *x);
+            float *ref = malloc((size_t)MAXC * NR * sizeof *ref), *y = malloc((size_t)MAXC * NR * sizeof *y);
+            float *refs = malloc((size_t)MAXC * NR * sizeof *refs), scale[NR];
+            rng_seed((uint64_t)ni * 31 + (uint64_t)G);
+            for (int r = 0; r < NR; r++)
+                scale[r] = (float)(0.001 + 0.01 * rnd_unit());
+            for (int r = 0; r < NR; r++) {
+                uint8_t *row = w + (size_t)r * ldw;
+                if (r % 2 == 0) {
+                    fill_weights(x, n, (int)ni + r);
+                    codi_quantize_row_w4a8(x, row, n, G, NULL);
+                } else {
+                    for (int64_t g = 0; g < n / G; g++) {
+                        uint8_t *b = row + (size_t)g * CODI_W4A8_BYTES(G);
+                        int sg = 1 + (int)(rnd_u64() % 16), z;
+                        if (g % 5 == 1) { /* reaches 127 (sg 1, z -112) or -128 (sg 8, z 16) */
+                            sg = r % 4 == 1 ? 1 : 8;
+                            z = sg == 1 ? -112 : 16;
+                        } else {
+                            /* sg (15 - z) <= 127 and sg (0 - z) >= -128 */
+                            const int zmin = 15 - 127 / sg, zmax = 128 / sg > 127 ? 127 : 128 / sg;
+                            z = zmin + (int)(rnd_u64() % (uint64_t)(zmax - zmin + 1));
+                        }
+                        b[0] = (uint8_t)sg;
+                        b[1] = (uint8_t)(int8_t)z;
+                        for (int j = 0; j < G / 2; j++)
+                            b[2 + j] = (uint8_t)(rnd_u64() >> 32);
+                        if (g % 5 == 1)
+                            memset(b + 2, sg == 1 ? 0xFF : 0x00, (size_t)G / 2);
+                    }
+                }
+                assert_true(codi_w4a8_row_fits_int8(row, n, G));
+            }
+            for (int c = 0; c < MAXC; c++) {
+                for (int64_t i = 0; i < n; i++)
+                    x[i] = c % 7 == 3 ? (i % 2 ? 1.0f : -1.0f) : rnd_gauss();
+                codi_quantize_row_a8_ref(x, a + (size_t)c * ldx, n);
+            }
+            for (int g = 0; g < NR / CODI_X8_ROWS; g++)
+                codi_x8_pack_group(type, n, w + (size_t)g * CODI_X8_ROWS * ldw, ldw,
+                                   p + (size_t)g * CODI_X8_ROWS * ldw);
+            codi_gemm_generic(t->vec_dot, n, NR, MAXC, w, ldw, a, ldx, ref, NR);
+            codi_gemm_generic(t->vec_dot, n, NR, MAXC, w, ldw, a, ldx, refs, NR);
+            codi_scale_rows_ref(refs, NR, MAXC, NR, scale);
+            for (size_t ci = 0; ci < sizeof NCS / sizeof NCS[0]; ci++) {
+                const int nc = NCS[ci];
+                /* 1 group (no pair), 2-3 (one pair), 4-5 (two pairs, 2 x 2 tiles) */
+                for (int ng = 1; ng <= NR / CODI_X8_ROWS; ng++) {
+                    const int sc = (ng + (int)ci) % 2;
+                    for (int i = 0; i < MAXC * NR; i++)
+                        y[i] = -1.0f;
+                    amx(n, ng, p, sc ? scale : NULL, nc, a, ldx, y, NR);
+                    const float *want = sc ? refs : ref;
+                    for (int c = 0; c < MAXC; c++)
+                        for (int r = 0; r < NR; r++) {
+                            if (c < nc && r < ng * CODI_X8_ROWS)
+                                assert_int_equal(f2u(y[c * NR + r]), f2u(want[c * NR + r]));
+                            else
+                                assert_true(y[c * NR + r] == -1.0f);
+                        }
+                }
+            }
+            free(w);
+            free(p);
+            free(a);
+            free(x);
+            free(ref);
+            free(refs);
+            free(y);
+        }
+    }
+    /* one weight past the int8 range: 9 * (15 - 1) = 126 fits, 10 * 14 does not */
+    uint8_t row[CODI_W4A8_BYTES(32) * 2];
+    memset(row, 0, sizeof row);
+    row[0] = row[CODI_W4A8_BYTES(32)] = 9;
+    row[1] = row[CODI_W4A8_BYTES(32) + 1] = 1;
+    row[CODI_W4A8_BYTES(32) + 2 + 5] = 0xF0;
+    assert_true(codi_w4a8_row_fits_int8(row, 64, 32));
+    row[CODI_W4A8_BYTES(32)] = 10;
+    assert_false(codi_w4a8_row_fits_int8(row, 64, 32));
+    row[CODI_W4A8_BYTES(32)] = 9;
+    row[CODI_W4A8_BYTES(32) + 1] = (uint8_t)(int8_t)15; /* 9 * (0 - 15) = -135 */
+    assert_false(codi_w4a8_row_fits_int8(row, 64, 32));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
@@ -628,6 +769,8 @@ int main(void) {
         cmocka_unit_test(test_a8_quantize),
         cmocka_unit_test(test_w4a8_extremes),
         cmocka_unit_test(test_w4a8_x8),
+        cmocka_unit_test(test_scale_rows),
+        cmocka_unit_test(test_w4a8_amx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

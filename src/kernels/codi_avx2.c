@@ -451,3 +451,14 @@ DEFINE_GROUP(64)
 DEFINE_GROUP(128)
 
 #endif
+
+void codi_scale_rows_avx2(float *y, int nr, int nc, size_t ldy, const float *scale) {
+    for (int c = 0; c < nc; c++) {
+        float *yc = y + (size_t)c * ldy;
+        int r = 0;
+        for (; r + 8 <= nr; r += 8)
+            _mm256_storeu_ps(yc + r, _mm256_mul_ps(_mm256_loadu_ps(yc + r), _mm256_loadu_ps(scale + r)));
+        for (; r < nr; r++)
+            yc[r] *= scale[r];
+    }
+}

@@ -28,6 +28,8 @@
     void codi_gemm_x8_w4a8_##G##_avxvnni(int64_t n, int ng, const void *w, int nc,             \
                                          const void *x, size_t ldx, float *y, size_t ldy);
 void codi_quantize_row_a8_avx2(const float *x, void *y, int64_t n);
+/* codi_scale_rows (quant/mix.h) in 8 lanes: the same products. */
+void codi_scale_rows_avx2(float *y, int nr, int nc, size_t ldy, const float *scale);
 CODI_DECL_GROUP_AVX2(32)
 CODI_DECL_GROUP_AVX2(64)
 CODI_DECL_GROUP_AVX2(128)

@@ -9,6 +9,10 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "kernels/avx2.h"
 #include "kernels/codi_avx2.h"
@@ -22,6 +26,7 @@ static int g_use_avx2;
 static int g_no_repack;
 static int g_use_vnni;
 static int g_use_avx512;
+static int g_use_amx;
 static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
 
 static void probe(void) {
@@ -47,6 +52,27 @@ static void probe(void) {
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                         __builtin_cpu_supports("avx512vnni");
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+    {
+        /* AMX: CPUID.(7,0):EDX bits 24 (tile) and 25 (int8), the OS
+         * enabling the tile state in XCR0 (bits 17, 18), and Linux granting
+         * it to this process (ARCH_REQ_XCOMP_PERM for XTILEDATA). */
+        unsigned a, b, c, d;
+        __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+        const unsigned max_leaf = a;
+        __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+        const int osxsave = (c >> 27) & 1;
+        if (max_leaf >= 7 && osxsave) {
+            __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+            const int tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+            unsigned lo, hi;
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            if (tile && int8 && ((lo >> 17) & 3) == 3)
+                g_features.amx = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                                         18 /* XFEATURE_XTILEDATA */) == 0;
+        }
+    }
+#endif
     /* CODI_NO_VNNI=1: the plain AVX2 x8 kernels even where AVX-VNNI is
      * present; CODI_NO_AVX512=1: no AVX-512 Q4_1 kernel (for A/B
      * measurements; the results are the same) */
@@ -54,6 +80,9 @@ static void probe(void) {
     g_use_vnni = g_features.avxvnni && !(novnni && *novnni && strcmp(novnni, "0") != 0);
     /* its odd last group runs the AVX-VNNI tile */
     g_use_avx512 = g_use_vnni && g_features.avx512 && !(no512 && *no512 && strcmp(no512, "0") != 0);
+    /* CODI_NO_AMX=1: no AMX W4A8 kernel (A/B runs; the results are the same) */
+    const char *noamx = getenv("CODI_NO_AMX");
+    g_use_amx = g_features.amx && !(noamx && *noamx && strcmp(noamx, "0") != 0);
     const char *norep = getenv("CODI_NO_REPACK");
     g_no_repack = norep && *norep && strcmp(norep, "0") != 0;
     const char *force = getenv("CODI_FORCE_SCALAR");
@@ -163,6 +192,21 @@ codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
         case CODI_TYPE_W4A8_64: return g_use_vnni ? codi_gemm_x8_w4a8_64_avxvnni : codi_gemm_x8_w4a8_64_avx2;
         case CODI_TYPE_W4A8_128:
             return g_use_vnni ? codi_gemm_x8_w4a8_128_avxvnni : codi_gemm_x8_w4a8_128_avx2;
+        default: break;
+        }
+    }
+#endif
+    (void)type;
+    return NULL;
+}
+
+codi_gemm_x8_amx_fn codi_kernel_gemm_x8_amx(int type) {
+#if defined(CODI_HAVE_AVX2_KERNELS) && defined(__x86_64__)
+    if (codi_kernel_gemm_x8(type) && g_use_amx) {
+        switch (type) {
+        case CODI_TYPE_W4A8_32: return codi_gemm_x8_w4a8_32_amx;
+        case CODI_TYPE_W4A8_64: return codi_gemm_x8_w4a8_64_amx;
+        case CODI_TYPE_W4A8_128: return codi_gemm_x8_w4a8_128_amx;
         default: break;
         }
     }

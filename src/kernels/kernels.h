@@ -12,6 +12,8 @@ typedef struct codi_cpu_features {
     int avx2, fma, f16c;
     int avxvnni; /* VEX-coded vpdpbusd (the x8 kernels use it with AVX2) */
     int avx512;  /* AVX-512 F, BW, VL, DQ and VNNI, with the OS saving zmm */
+    int amx;     /* AMX-TILE and AMX-INT8, tile state enabled in XCR0 and
+                    granted to this process (arch_prctl) */
 } codi_cpu_features;
 
 const codi_cpu_features *codi_cpu_get_features(void);

@@ -53,6 +53,11 @@ typedef void (*codi_gemm_x8_fn)(int64_t n, int ng, const void *w, int nc, const 
  * environment turns repacking off (for A/B measurements). */
 codi_gemm_x8_fn codi_kernel_gemm_x8(int type);
 
+/* The AMX kernels' type (below): an x8 kernel that also multiplies row r
+ * by row_scale[r] (W4A8's per-row scale), unless row_scale is NULL. */
+typedef void (*codi_gemm_x8_amx_fn)(int64_t n, int ng, const void *w, const float *row_scale, int nc,
+                                    const void *x, size_t ldx, float *y, size_t ldy);
+
 #if defined(__x86_64__) || defined(__i386__)
 void codi_gemm_x8_q4_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
@@ -77,6 +82,21 @@ void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, const vo
 /* Q8_0 likewise (activations staged as y + 128 for vpdpbusd). */
 void codi_gemm_x8_q8_0_avx512(int64_t n, int ng, const void *w, int nc, const void *x,
                               size_t ldx, float *y, size_t ldy);
+/* W4A8 on AMX tiles (kernels/w4a8_amx_avx2.c), for prefill: the x8
+ * kernel's y, then times row_scale[r] (unless NULL), bit for bit, but only
+ * for weights whose every sg * (q - z) fits an int8
+ * (codi_w4a8_row_fits_int8); tokens past a multiple of 16 run the x8
+ * kernel. Only where codi_cpu_features.amx is set. */
+void codi_gemm_x8_w4a8_32_amx(int64_t n, int ng, const void *w, const float *row_scale, int nc,
+                              const void *x, size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_w4a8_64_amx(int64_t n, int ng, const void *w, const float *row_scale, int nc,
+                              const void *x, size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_w4a8_128_amx(int64_t n, int ng, const void *w, const float *row_scale, int nc,
+                               const void *x, size_t ldx, float *y, size_t ldy);
 #endif
+
+/* The AMX kernel for W4A8 `type` (see above), or NULL: no AMX, the OS
+ * refused the tile state, another type, or CODI_NO_AMX=1 (A/B runs). */
+codi_gemm_x8_amx_fn codi_kernel_gemm_x8_amx(int type);
 
 #endif

@@ -1021,6 +1021,8 @@ typedef struct {
     int rows, cols;         /* chunk: rows of one weight x cols tokens */
     int rchunks[MAX_FUSED + 1]; /* prefix sums of row chunks per weight */
     int n_chunks;
+    codi_gemm_x8_amx_fn amx[MAX_FUSED]; /* W4A8 on AMX (prefill), or NULL */
+    bool any_amx;
     atomic_int next;        /* next chunk to take (dynamic scheduling: a
                                thread the OS preempts holds up nobody) */
 } matmul_job;
@@ -1054,7 +1056,16 @@ static void matmul_task(void *arg, int ith, int nth) {
         const int64_t r_first = r0;
         const int nr_all = nr;
         float *const y_first = yr;
-        if (j->x8[i] && r0 < w->x8_rows) {
+        int scaled = 0; /* rows the kernel already multiplied by row_scale */
+        if (j->amx[i] && r0 < w->x8_rows) {
+            const int ng = (int)((CODI_MIN(r0 + nr, w->x8_rows) - r0) / CODI_X8_ROWS);
+            j->amx[i](n, ng, (const uint8_t *)w->x8 + (size_t)r0 * w->row_bytes, w->row_scale + r0, nc, xr,
+                      j->xq_stride, yr, (size_t)w->ne1);
+            scaled = ng * CODI_X8_ROWS;
+            r0 += scaled;
+            nr -= scaled;
+            yr += scaled;
+        } else if (j->x8[i] && r0 < w->x8_rows) {
             /* repacked rows (kernels/repack.h): chunks start on a group */
             const int ng = (int)((CODI_MIN(r0 + nr, w->x8_rows) - r0) / CODI_X8_ROWS);
             j->x8[i](n, ng, (const uint8_t *)w->x8 + (size_t)r0 * w->row_bytes, nc, xr,
@@ -1075,8 +1086,8 @@ static void matmul_task(void *arg, int ith, int nth) {
                                   xr + (size_t)nt * j->xq_stride, j->xq_stride, yr + (size_t)nt * w->ne1,
                                   (size_t)w->ne1);
         }
-        if (w->row_scale) /* W4A8: integer dots, then the per-row scale */
-            codi_scale_rows(y_first, nr_all, nc, (size_t)w->ne1, w->row_scale + r_first);
+        if (w->row_scale && nr_all > scaled) /* W4A8: integer dots, then the per-row scale */
+            codi_scale_rows(y_first + scaled, nr_all - scaled, nc, (size_t)w->ne1, w->row_scale + r_first + scaled);
     }
 }
 
@@ -1109,7 +1120,9 @@ static void job_weights(matmul_job *j, int n_w, const codi_weight *const *w, flo
         j->y[i] = y[i];
         j->dot[i] = codi_kernel_vec_dot(w[i]->type);
         j->gemm[i] = codi_kernel_gemm(w[i]->type);
+        j->amx[i] = w[i]->x8_int8 && j->B >= 16 ? codi_kernel_gemm_x8_amx(w[i]->type) : NULL;
         j->x8[i] = w[i]->x8 ? codi_kernel_gemm_x8(w[i]->type) : NULL;
+        j->any_amx |= j->amx[i] != NULL;
         CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt && w[i]->ne0 == n_in);
         j->rchunks[i + 1] = j->rchunks[i] + (int)((w[i]->ne1 + j->rows - 1) / j->rows);
     }
@@ -1145,6 +1158,14 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
     j.rows = stream ? decode_rows_per_chunk(c, n_w, w) : 16;
     j.cols = stream ? B : 64;
     job_weights(&j, n_w, w, y, vdt, w[0]->ne0);
+    if (j.any_amx) {
+        /* the AMX kernel expands 32 rows' codes to int8 once per call:
+         * give it 32 rows and up to 256 tokens (kernels/w4a8_amx_avx2.c) */
+        j.rows = 32;
+        j.cols = CODI_MIN(B, 256);
+        for (int i = 0; i < n_w; i++)
+            j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
+    }
     j.n_chunks = j.rchunks[n_w] * ((B + j.cols - 1) / j.cols);
     atomic_init(&j.next, 0);
     if (vdt == CODI_TYPE_F32) {

@@ -90,6 +90,9 @@ typedef struct codi_weight {
      * rows past x8_rows from `data`. */
     const void *x8;
     int64_t x8_rows;
+    /* W4A8 whose every weight fits an int8 (codi_w4a8_row_fits_int8):
+     * prefill may run it on AMX tiles (codi_kernel_gemm_x8_amx). */
+    bool x8_int8;
 } codi_weight;
 
 typedef struct codi_layer {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels/codi_avx2.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "tensor/quant_codi.h"
@@ -102,10 +103,20 @@ void codi_mix_chunk(const codi_weight *w, int64_t r0, int nr, const void *xq, si
             y[(size_t)c * ldy + (size_t)w->perm[r0 + r]] = buf[(size_t)c * nr + r];
 }
 
-void codi_scale_rows(float *y, int nr, int nc, size_t ldy, const float *scale) {
+void codi_scale_rows_ref(float *y, int nr, int nc, size_t ldy, const float *scale) {
     for (int c = 0; c < nc; c++)
         for (int r = 0; r < nr; r++)
             y[(size_t)c * ldy + r] *= scale[r];
+}
+
+void codi_scale_rows(float *y, int nr, int nc, size_t ldy, const float *scale) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (!strcmp(codi_kernel_backend(), "avx2")) {
+        codi_scale_rows_avx2(y, nr, nc, ldy, scale);
+        return;
+    }
+#endif
+    codi_scale_rows_ref(y, nr, nc, ldy, scale);
 }
 
 int codi_quant_bind_w4a8(const codi_gguf *g, const codi_gguf_tensor *t, int64_t ne0, int64_t ne1, codi_weight *w,

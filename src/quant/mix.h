@@ -28,6 +28,8 @@ void codi_mix_chunk(const codi_weight *w, int64_t r0, int nr, const void *xq, si
 
 /* W4A8: y[c * ldy + r] *= scale[r] for r < nr, c < nc. */
 void codi_scale_rows(float *y, int nr, int nc, size_t ldy, const float *scale);
+/* Its scalar reference (the AVX2 kernel gives the same products). */
+void codi_scale_rows_ref(float *y, int nr, int nc, size_t ldy, const float *scale);
 /* Bind a W4A8 tensor t and its "<name>.wscale" (F32 [ne1]) as w. */
 int codi_quant_bind_w4a8(const codi_gguf *g, const codi_gguf_tensor *t, int64_t ne0, int64_t ne1, codi_weight *w,
                          char *err, size_t errlen);

@@ -379,7 +379,10 @@ void codi_quantize_row_w4a8(const float *x, void *vy, int64_t n, int G, float *r
     float amax = 0.0f;
     for (int64_t i = 0; i < n; i++)
         amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
-    const float sc = amax / 127.0f, isc = sc > 0.0f ? 1.0f / sc : 0.0f;
+    /* QServe's protective range: int8 steps of max|w| / 119, so that
+     * sg * (q - z) stays within int8 after the group step (|w8| <= 119,
+     * sg <= 16: at most 119 + 8); the AMX kernel multiplies those. */
+    const float sc = amax / 119.0f, isc = sc > 0.0f ? 1.0f / sc : 0.0f;
     if (row_scale)
         *row_scale = sc;
     uint8_t *b = vy;
@@ -387,7 +390,7 @@ void codi_quantize_row_w4a8(const float *x, void *vy, int64_t n, int G, float *r
         int w8[128], mn = 127, mx = -127;
         for (int j = 0; j < G; j++) {
             const int v = (int)lrintf(x[g * G + j] * isc);
-            w8[j] = v > 127 ? 127 : v < -127 ? -127 : v;
+            w8[j] = v > 119 ? 119 : v < -119 ? -119 : v;
             mn = w8[j] < mn ? w8[j] : mn;
             mx = w8[j] > mx ? w8[j] : mx;
         }
@@ -406,6 +409,24 @@ void codi_quantize_row_w4a8(const float *x, void *vy, int64_t n, int G, float *r
                 qs[16 * k + j] = (uint8_t)(q0 | q1 << 4);
             }
     }
+}
+
+bool codi_w4a8_row_fits_int8(const void *vx, int64_t n, int G) {
+    const uint8_t *b = vx;
+    for (int64_t g = 0; g < n / G; g++, b += CODI_W4A8_BYTES(G)) {
+        const int sg = b[0], z = (int8_t)b[1];
+        if (sg * (0 - z) >= -128 && sg * (15 - z) <= 127)
+            continue;
+        int qmin = 15, qmax = 0;
+        for (int j = 0; j < G / 2; j++) {
+            const int lo = b[2 + j] & 15, hi = b[2 + j] >> 4;
+            qmin = CODI_MIN(qmin, CODI_MIN(lo, hi));
+            qmax = CODI_MAX(qmax, CODI_MAX(lo, hi));
+        }
+        if (sg * (qmin - z) < -128 || sg * (qmax - z) > 127)
+            return false;
+    }
+    return true;
 }
 
 /* In int8 units (times the row scale gives the weights). */
