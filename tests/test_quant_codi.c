@@ -422,10 +422,15 @@ static void test_w4a8(void **state) {
                         mn = fminf(mn, x[g * G + i]);
                         mx = fmaxf(mx, x[g * G + i]);
                     }
-                    /* half a group step (>= 1 int8 unit) plus the int8 rounding */
+                    /* RMS over the group: at most half the min/max group step
+                     * (>= 1 int8 unit) plus one int8 unit (the search keeps
+                     * the least squared error, min/max's choice included) */
                     const float step = fmaxf(sc, sc * ceilf((mx - mn) / sc / 15.0f + 1e-3f));
+                    double se = 0.0;
                     for (int i = 0; i < G; i++)
-                        assert_true(fabsf(back[g * G + i] * sc - x[g * G + i]) <= 0.5f * step + sc + 1e-6f);
+                        se += (double)(back[g * G + i] * sc - x[g * G + i]) * (back[g * G + i] * sc - x[g * G + i]);
+                    assert_true(sqrt(se / G) <= 0.5f * step + sc + 1e-6f);
+                    assert_true(codi_w4a8_row_fits_int8(w + (size_t)r * ldw, n, G));
                 }
             }
             for (int c = 0; c < nc; c++) {

@@ -373,6 +373,21 @@ void codi_dequantize_row_a8_ref(const void *vx, float *y, int64_t n) {
         y[i] = x[i / 32].qs[i % 32] * x[i / 32].d;
 }
 
+#ifndef W4A8_SEARCH
+#define W4A8_SEARCH 2
+#endif
+/* The code of v (int8 units) for group scale sg and zero z: nearest in
+ * 0..15, and kept so that sg * (q - z) fits an int8. */
+static int w4a8_code(float v, int sg, int z) {
+    int q = (int)lrintf(v / (float)sg) + z;
+    q = q < 0 ? 0 : q > 15 ? 15 : q;
+    while (q > 0 && sg * (q - z) > 127)
+        q--;
+    while (q < 15 && sg * (q - z) < -128)
+        q++;
+    return q;
+}
+
 void codi_quantize_row_w4a8(const float *x, void *vy, int64_t n, int G, float *row_scale) {
     CODI_ASSERT(G == 32 || G == 64 || G == 128);
     CODI_ASSERT(n >= 0 && n % G == 0);
@@ -387,27 +402,42 @@ void codi_quantize_row_w4a8(const float *x, void *vy, int64_t n, int G, float *r
         *row_scale = sc;
     uint8_t *b = vy;
     for (int64_t g = 0; g < n / G; g++, b += CODI_W4A8_BYTES(G)) {
-        int w8[128], mn = 127, mx = -127;
+        float v[128];
+        int mn = 127, mx = -127;
         for (int j = 0; j < G; j++) {
-            const int v = (int)lrintf(x[g * G + j] * isc);
-            w8[j] = v > 119 ? 119 : v < -119 ? -119 : v;
-            mn = w8[j] < mn ? w8[j] : mn;
-            mx = w8[j] > mx ? w8[j] : mx;
+            v[j] = x[g * G + j] * isc;
+            const int w8 = (int)lrintf(v[j] > 119.0f ? 119.0f : v[j] < -119.0f ? -119.0f : v[j]);
+            mn = w8 < mn ? w8 : mn;
+            mx = w8 > mx ? w8 : mx;
         }
-        int sg = (mx - mn + 14) / 15;
-        sg = sg < 1 ? 1 : sg;
-        int z = (int)lrintf((float)-mn / (float)sg); /* |z| <= 127 */
-        b[0] = (uint8_t)sg;
-        b[1] = (uint8_t)(int8_t)z;
+        const int s0 = CODI_MAX(1, (mx - mn + 14) / 15);
+        int best_sg = s0, best_z = (int)lrintf((float)-mn / (float)s0);
+        float best = INFINITY;
+        for (int sg = CODI_MAX(1, s0 - W4A8_SEARCH); sg <= s0 + W4A8_SEARCH; sg++) {
+            const int zc = (int)lrintf((float)-mn / (float)sg);
+            for (int z = zc - W4A8_SEARCH; z <= zc + W4A8_SEARCH; z++) {
+                if (z < -128 || z > 127)
+                    continue;
+                float e = 0.0f;
+                for (int j = 0; j < G; j++) {
+                    const int q = w4a8_code(v[j], sg, z);
+                    const float d = (float)(sg * (q - z)) - v[j];
+                    e += d * d;
+                }
+                if (e < best) {
+                    best = e;
+                    best_sg = sg;
+                    best_z = z;
+                }
+            }
+        }
+        b[0] = (uint8_t)best_sg;
+        b[1] = (uint8_t)(int8_t)best_z;
         uint8_t *qs = b + 2;
         for (int k = 0; k < G / 32; k++)
-            for (int j = 0; j < 16; j++) {
-                int q0 = (int)lrintf((float)w8[32 * k + j] / (float)sg) + z;
-                int q1 = (int)lrintf((float)w8[32 * k + j + 16] / (float)sg) + z;
-                q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
-                q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
-                qs[16 * k + j] = (uint8_t)(q0 | q1 << 4);
-            }
+            for (int j = 0; j < 16; j++)
+                qs[16 * k + j] = (uint8_t)(w4a8_code(v[32 * k + j], best_sg, best_z) |
+                                           w4a8_code(v[32 * k + j + 16], best_sg, best_z) << 4);
     }
 }
 

@@ -53,10 +53,11 @@ static inline int codi_type_is_w4a8(int type) {
 void codi_dequantize_row_a8_ref(const void *x, float *y, int64_t n);
 void codi_quantize_row_a8_ref(const float *x, void *y, int64_t n);
 /* W4A8 row of n weights: *row_scale = max|w| / 119 (the per-channel int8
- * step, QServe's protective range), then per group of G the int8 values
- * w / row_scale as sg * (q - z), sg = max(1, ceil((max - min) / 15)) in
- * 1..16 (u8), z = round(-min / sg) in -119..119 (i8), q in 0..15; every
- * sg * (q - z) written is within [-127, 127]. */
+ * step, QServe's protective range), then per group of G the values
+ * v = w / row_scale as sg * (q - z), q in 0..15: of sg within 2 of
+ * s0 = max(1, ceil((max - min) / 15)) (max, min of the rounded v) and z
+ * within 2 of round(-min / sg), the pair with the least squared error in
+ * the group. Every sg * (q - z) written fits an int8. */
 void codi_quantize_row_w4a8(const float *x, void *y, int64_t n, int G, float *row_scale);
 /* True when every weight of the row, sg * (q - z) in int8 units, fits an
  * int8 (rows written by codi_quantize_row_w4a8 do; files from before the
