@@ -16,6 +16,7 @@
 #include "kernels/avx2.h"
 #include "kernels/kernels.h"
 #include "kernels/softmax.h"
+#include "tensor/types.h"
 
 static uint64_t rng = 88172645463325252ull;
 static double rnd(void) {
@@ -144,11 +145,75 @@ static void test_swiglu(void **state) {
     free(u);
 }
 
+/* GeGLU: the table-and-gather kernel equals the reference bit for bit
+ * (both round the input to fp16 and read/compute the same gelu), over
+ * random rows of every tail length, inputs spread past the +-10 cut-offs,
+ * every fp16 value in (-10, 10) exactly, and the floats halfway between
+ * neighbouring fp16 values (the rounding ties). */
+static void test_geglu(void **state) {
+    (void)state;
+    if (!have_avx2()) {
+        print_message("no AVX2+FMA+F16C on this CPU: skipped\n");
+        skip();
+    }
+    enum { MAXN = 4096 };
+    float *g = malloc(MAXN * sizeof *g), *g2 = malloc(MAXN * sizeof *g2), *u = malloc(MAXN * sizeof *u);
+    assert_true(g && g2 && u);
+    for (int t = 0; t < 300; t++) {
+        const int n = t < 40 ? 1 + t : 1 + (int)(rnd() * (MAXN - 1));
+        for (int i = 0; i < n; i++) {
+            const double spread = t % 3 == 0 ? 30.0 : 8.0;
+            g[i] = g2[i] = (float)((rnd() - 0.5) * spread);
+            u[i] = (float)((rnd() - 0.5) * 4.0);
+        }
+        if (t == 7) { /* the cut-offs themselves */
+            g[0] = g2[0] = -10.0f;
+            g[1] = g2[1] = 10.0f;
+            g[2] = g2[2] = nextafterf(-10.0f, 0.0f);
+            g[3] = g2[3] = nextafterf(10.0f, 0.0f);
+        }
+        codi_geglu_ref(g, u, n);
+        codi_geglu(g2, u, n);
+        for (int i = 0; i < n; i++)
+            if (memcmp(&g[i], &g2[i], 4) != 0)
+                fail_msg("n %d i %d: avx2 %.9g ref %.9g", n, i, g2[i], g[i]);
+    }
+    /* every fp16 value below 10 in magnitude, and each tie above it */
+    int m = 0, checked = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = codi_fp16_to_fp32((uint16_t)h);
+        if (!(fabsf(f) < 10.0f))
+            continue;
+        const float up = codi_fp16_to_fp32((uint16_t)(h + 1));
+        g[m] = f;
+        u[m++] = 1.0f;
+        if (isfinite(up) && fabsf(up) < 10.0f && (h & 0x7fff) != 0x7bff) {
+            g[m] = (float)(((double)f + up) / 2); /* a tie: to the even one */
+            u[m++] = -1.0f;
+        }
+        if (m >= MAXN - 2 || h == 65535) {
+            memcpy(g2, g, (size_t)m * sizeof *g);
+            codi_geglu_ref(g, u, m);
+            codi_geglu(g2, u, m);
+            for (int i = 0; i < m; i++)
+                if (memcmp(&g[i], &g2[i], 4) != 0)
+                    fail_msg("fp16 sweep: avx2 %.9g ref %.9g", g2[i], g[i]);
+            checked += m;
+            m = 0;
+        }
+    }
+    assert_true(checked > 60000);
+    free(g);
+    free(g2);
+    free(u);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exp),
         cmocka_unit_test(test_softmax_rows),
         cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_geglu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -415,6 +415,35 @@ void codi_swiglu(float *g, const float *u, int n) {
     codi_swiglu_ref(g, u, n);
 }
 
+float codi_gelu_fp16(uint16_t h) {
+    const float f = codi_fp16_to_fp32(h);
+    const float g = 0.5f * f * (1.0f + tanhf(0.79788456080286535587989211986876f * f * (1.0f + 0.044715f * f * f)));
+    return codi_fp16_to_fp32(codi_fp32_to_fp16(g));
+}
+
+float codi_gelu_ggml(float x) {
+    if (x <= -10.0f)
+        return 0.0f;
+    if (x >= 10.0f)
+        return x;
+    return codi_gelu_fp16(codi_fp32_to_fp16(x));
+}
+
+void codi_geglu_ref(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++)
+        g[i] = codi_gelu_ggml(g[i]) * u[i];
+}
+
+void codi_geglu(float *g, const float *u, int n) {
+#if defined(CODI_HAVE_AVX2_KERNELS)
+    if (use_avx2()) {
+        codi_geglu_avx2(g, u, n);
+        return;
+    }
+#endif
+    codi_geglu_ref(g, u, n);
+}
+
 void codi_swiglu_ref(float *g, const float *u, int n) {
     for (int i = 0; i < n; i++) {
         const float gv = g[i];

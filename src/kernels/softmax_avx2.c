@@ -7,6 +7,10 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "tensor/types.h"
 
 /* e^x, 8 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so
  * n ln2 is exact), e^r by Cephes' expf polynomial, 2^n put into the
@@ -105,6 +109,30 @@ void codi_swiglu_avx2(float *g, const float *u, int n) {
         _mm256_storeu_ps(t, exp_neg(_mm256_loadu_ps(t)));
         g[i] = g[i] / (1.0f + t[0]) * u[i];
     }
+}
+
+static float g_gelu_table[65536];
+static pthread_once_t g_gelu_once = PTHREAD_ONCE_INIT;
+
+static void gelu_table_init(void) {
+    for (uint32_t h = 0; h < 65536; h++)
+        g_gelu_table[h] = codi_gelu_fp16((uint16_t)h);
+}
+
+void codi_geglu_avx2(float *g, const float *u, int n) {
+    pthread_once(&g_gelu_once, gelu_table_init);
+    const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+        __m256 t = _mm256_i32gather_ps(g_gelu_table, _mm256_cvtepu16_epi32(h), 4);
+        t = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LE_OQ), t);
+        t = _mm256_blendv_ps(t, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(t, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++)
+        g[i] = codi_gelu_ggml(g[i]) * u[i];
 }
 
 #else

@@ -20,6 +20,7 @@
 #include "quant/mix.h"
 #include "kernels/kernels.h"
 #include "kernels/kvcache.h"
+#include "kernels/softmax.h"
 #include "model/model.h"
 #include "moe/expert_store.h"
 #include "tensor/types.h"
@@ -1593,19 +1594,6 @@ static void matmul_mixed(codi_context *c, int n_w, const codi_weight *const *w,
         matmul1(c, w[i], y[i], x, B);
 }
 
-/* ggml's CPU gelu (tanh approximation) reads an fp16 table: the input is
- * rounded to fp16, the result is stored as fp16. */
-static float gelu_ggml(float x) {
-    if (x <= -10.0f)
-        return 0.0f;
-    if (x >= 10.0f)
-        return x;
-    const float f = codi_fp16_to_fp32(codi_fp32_to_fp16(x));
-    const float g = 0.5f * f * (1.0f + tanhf(0.79788456080286535587989211986876f * f *
-                                             (1.0f + 0.044715f * f * f)));
-    return codi_fp16_to_fp32(codi_fp32_to_fp16(g));
-}
-
 static void add_bias(float *y, const float *bias, int B, size_t n) {
     if (!bias)
         return;
@@ -2037,8 +2025,7 @@ static void row_act(const rows_job *j, int b) {
     float *g = c->g + (size_t)b * ff;
     const float *u = c->u + (size_t)b * ff;
     if (hp->ffn_act == CODI_ACT_GELU) {
-        for (size_t i = 0; i < ff; i++)
-            g[i] = gelu_ggml(g[i]) * u[i];
+        codi_geglu(g, u, (int)ff);
     } else {
         for (size_t i = 0; i < ff; i++) {
             const float gv = g[i];
@@ -2060,8 +2047,7 @@ typedef struct {
 
 static void act_row(const codi_hparams *hp, float *g, const float *u, size_t width) {
     if (hp->ffn_act == CODI_ACT_GELU) {
-        for (size_t i = 0; i < width; i++)
-            g[i] = gelu_ggml(g[i]) * u[i];
+        codi_geglu(g, u, (int)width);
     } else {
         codi_swiglu(g, u, (int)width);
     }
