@@ -88,6 +88,9 @@ static void test_hparams(void **state) {
         assert_non_null(L->attn_k_norm);
         assert_non_null(L->attn_post_norm);
         assert_non_null(L->ffn_post_norm);
+        /* ALISA decays importance on the local layers only: the global
+         * ones keep long-range tokens by undecayed attention */
+        assert_true(codi_kv_layer_decay(g_model, l, 0.99f) == (L->swa ? 0.99f : 1.0f));
     }
     assert_int_equal(codi_token_bos(g_model), 2);
     assert_true(codi_model_add_bos(g_model));

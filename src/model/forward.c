@@ -856,6 +856,14 @@ static size_t sl_index(const codi_context *c, int seq, int layer, int kh) {
            (size_t)c->kv_cap;
 }
 
+float codi_kv_layer_decay(const codi_model *m, int layer, float decay) {
+    return m->hp.n_swa > 0 && !m->layers[layer].swa ? 1.0f : decay;
+}
+
+static float kv_layer_decay(const codi_context *c, int layer) {
+    return codi_kv_layer_decay(c->m, layer, c->kv_decay);
+}
+
 /* Copy slot src to slot dst in KV head kh's rows of one sequence and layer. */
 static void kv_move_slot(codi_context *c, int seq, int layer, int kh, int32_t src, int32_t dst) {
     const codi_hparams *hp = &c->m->hp;
@@ -1418,8 +1426,9 @@ static void attn_token(codi_context *c, int layer, int ith, int b, int kh, int h
         /* importance: this query's attention, discounted (ALISA) by
          * how many queries of the pass come after it */
         float wq = 1.0f;
-        if (c->kv_decay != 1.0f)
-            wq = powf(c->kv_decay, (float)(c->seq_last[seq] - pos));
+        const float kd = kv_layer_decay(c, layer);
+        if (kd != 1.0f)
+            wq = powf(kd, (float)(c->seq_last[seq] - pos));
         int64_t *acc = c->imp_th +
                        (((size_t)ith * c->n_seq + (size_t)seq) * (size_t)hp->n_head_kv + (size_t)kh) * cap + t0;
         const float *vn = c->vnorm ? c->vnorm + sl_index(c, seq, layer, kh) + t0 : NULL; /* alisa: |v| */
@@ -1951,7 +1960,8 @@ static void evict_task(void *arg, int ith, int nth) {
             /* fold (new slots hold 0, so they take the same formula), and
              * for a single eviction find the victim in the same pass, as
              * kv_evict_head would */
-            const float dec = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)c->seq_cnt[s]);
+            const float kd = kv_layer_decay(c, layer);
+            const float dec = kd == 1.0f ? 1.0f : powf(kd, (float)c->seq_cnt[s]);
             const size_t si = sl_index(c, s, layer, kh);
             float *imp = c->imp + si;
             const int32_t *sp = c->slot_pos + si;
@@ -2712,7 +2722,8 @@ static void rc_attn(codi_context *c, int layer, int ith, int32_t last, int b0, i
         codi_softmax_inplace(sj, n[jr]);
         if (c->kv_policy != CODI_KV_WINDOW) {
             const int32_t pos = c->row_pos[b0 + jr / G];
-            const float wq = c->kv_decay == 1.0f ? 1.0f : powf(c->kv_decay, (float)(last - pos));
+            const float kd = kv_layer_decay(c, layer);
+            const float wq = kd == 1.0f ? 1.0f : powf(kd, (float)(last - pos));
             const float *vn = c->rc_vn ? c->rc_vn + (size_t)kh * ld + t0 : NULL;
             if (wq > 0.0f)
                 codi_imp_accumulate(imp + t0, sj, 0, 1, n[jr], wq, vn);

@@ -161,4 +161,12 @@ void codi_context_set_observer(codi_context *c, codi_matmul_observer fn, void *u
 int codi_model_validate_hparams(const codi_hparams *hp, char *err,
                                 size_t errlen);
 
+/* ALISA's importance decay per query (`decay`, exp(-1/kv_window)) as
+ * layer `layer` applies it. In a model that interleaves sliding-window
+ * layers with global ones (Gemma 3), the local layers carry the recent
+ * context and the global layers are there for long-range retrieval, so a
+ * global layer does not decay (H2O's accumulation, still weighted by |v|):
+ * 1 there, `decay` everywhere else (docs/kv-cache.md). */
+float codi_kv_layer_decay(const codi_model *m, int layer, float decay);
+
 #endif
