@@ -11,14 +11,17 @@
  * expanded once to int8 in the tile's "VNNI" order (a B row holds 4
  * consecutive in-features of each of the 16 rows: exactly the low, or the
  * high, nibbles of 32 bytes of an x8 block, two groups side by side), in
- * slabs of AMX_KB blocks, and used for every token of the call. A tiles
- * read the A8 blocks' 32 int8 in place (rows = tokens, ldx apart). Sums are
- * int32: |w8| <= 128, |x| <= 127, n <= 131072, so they cannot overflow, and
- * y = d * (float)sum is the reference's value bit for bit (the x8 and
- * reference kernels sum the same integer in int64).
+ * slabs of AMX_KB blocks, and used for every token of the call (up to
+ * AMX_NC at a time). Two pairs (32 rows) run together, 2 x 2 tiles a step,
+ * so each A and B tile feeds two multiplies. A tiles read the A8 blocks'
+ * 32 int8 in place (rows = tokens, ldx apart). Sums are int32: |w8| <=
+ * 128, |x| <= 127, n <= 131072, so they cannot overflow, and
+ * y = (d * (float)sum) * row_scale is the reference's value bit for bit
+ * (the x8 and reference kernels sum the same integer in int64, and
+ * codi_scale_rows multiplies after).
  *
  * Tokens past the last full 16, a group without a pair, and n over the
- * bound go to the AVX2/AVX-VNNI x8 kernel. Compiled for AVX2 (the file
+ * bound go to the AVX2/AVX-VNNI x8 kernel (then codi_scale_rows). Compiled for AVX2 (the file
  * name) plus AMX on these functions; dispatch.c calls them only after
  * probing AMX and asking the kernel for the tile state (arch_prctl). */
 #include "kernels/repack.h"
