@@ -1031,7 +1031,6 @@ typedef struct {
     int rchunks[MAX_FUSED + 1]; /* prefix sums of row chunks per weight */
     int n_chunks;
     codi_gemm_x8_amx_fn amx[MAX_FUSED]; /* W4A8 on AMX (prefill), or NULL */
-    bool any_amx;
     atomic_int next;        /* next chunk to take (dynamic scheduling: a
                                thread the OS preempts holds up nobody) */
 } matmul_job;
@@ -1118,12 +1117,13 @@ static void quant_task(void *arg, int ith, int nth) {
         j->q(j->x + (size_t)b * j->n, (uint8_t *)j->xq + (size_t)b * j->xq_stride, j->n);
 }
 
-/* The weights of a matmul job (j->rows set): kernels per weight and the
- * prefix sums of their row chunks. All share activation type vdt and n_in
+/* The weights of a matmul job (j->B, j->rows and j->cols set): kernels per
+ * weight, the chunk shape of the AMX kernel if one runs, and the prefix
+ * sums of the row chunks. All share activation type vdt and n_in
  * in-features. */
 static void job_weights(matmul_job *j, int n_w, const codi_weight *const *w, float *const *y,
                         int vdt, int64_t n_in) {
-    j->rchunks[0] = 0;
+    bool any_amx = false;
     for (int i = 0; i < n_w; i++) {
         j->w[i] = w[i];
         j->y[i] = y[i];
@@ -1131,10 +1131,18 @@ static void job_weights(matmul_job *j, int n_w, const codi_weight *const *w, flo
         j->gemm[i] = codi_kernel_gemm(w[i]->type);
         j->amx[i] = w[i]->x8_int8 && j->B >= 16 ? codi_kernel_gemm_x8_amx(w[i]->type) : NULL;
         j->x8[i] = w[i]->x8 ? codi_kernel_gemm_x8(w[i]->type) : NULL;
-        j->any_amx |= j->amx[i] != NULL;
+        any_amx |= j->amx[i] != NULL;
         CODI_ASSERT(codi_type_get(w[i]->type)->vec_dot_type == vdt && w[i]->ne0 == n_in);
-        j->rchunks[i + 1] = j->rchunks[i] + (int)((w[i]->ne1 + j->rows - 1) / j->rows);
     }
+    if (any_amx) {
+        /* the AMX kernel expands 32 rows' codes to int8 once per call:
+         * give it 32 rows and up to 256 tokens (kernels/w4a8_amx_avx2.c) */
+        j->rows = 32;
+        j->cols = CODI_MIN(j->B, 256);
+    }
+    j->rchunks[0] = 0;
+    for (int i = 0; i < n_w; i++)
+        j->rchunks[i + 1] = j->rchunks[i] + (int)((w[i]->ne1 + j->rows - 1) / j->rows);
 }
 
 /* Decode chunks: about two per thread of the largest matrix, a multiple of
@@ -1167,14 +1175,6 @@ static void matmul(codi_context *c, int n_w, const codi_weight *const *w,
     j.rows = stream ? decode_rows_per_chunk(c, n_w, w) : 16;
     j.cols = stream ? B : 64;
     job_weights(&j, n_w, w, y, vdt, w[0]->ne0);
-    if (j.any_amx) {
-        /* the AMX kernel expands 32 rows' codes to int8 once per call:
-         * give it 32 rows and up to 256 tokens (kernels/w4a8_amx_avx2.c) */
-        j.rows = 32;
-        j.cols = CODI_MIN(B, 256);
-        for (int i = 0; i < n_w; i++)
-            j.rchunks[i + 1] = j.rchunks[i] + (int)((w[i]->ne1 + j.rows - 1) / j.rows);
-    }
     j.n_chunks = j.rchunks[n_w] * ((B + j.cols - 1) / j.cols);
     atomic_init(&j.next, 0);
     if (vdt == CODI_TYPE_F32) {
