@@ -29,6 +29,12 @@ static int g_use_avx512;
 static int g_use_amx;
 static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
 
+/* An environment switch is on when set to anything but "" or "0". */
+static int env_on(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
 static void probe(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
@@ -76,17 +82,13 @@ static void probe(void) {
     /* CODI_NO_VNNI=1: the plain AVX2 x8 kernels even where AVX-VNNI is
      * present; CODI_NO_AVX512=1: no AVX-512 Q4_1 kernel (for A/B
      * measurements; the results are the same) */
-    const char *novnni = getenv("CODI_NO_VNNI"), *no512 = getenv("CODI_NO_AVX512");
-    g_use_vnni = g_features.avxvnni && !(novnni && *novnni && strcmp(novnni, "0") != 0);
+    g_use_vnni = g_features.avxvnni && !env_on("CODI_NO_VNNI");
     /* its odd last group runs the AVX-VNNI tile */
-    g_use_avx512 = g_use_vnni && g_features.avx512 && !(no512 && *no512 && strcmp(no512, "0") != 0);
+    g_use_avx512 = g_use_vnni && g_features.avx512 && !env_on("CODI_NO_AVX512");
     /* CODI_NO_AMX=1: no AMX W4A8 kernel (A/B runs; the results are the same) */
-    const char *noamx = getenv("CODI_NO_AMX");
-    g_use_amx = g_features.amx && !(noamx && *noamx && strcmp(noamx, "0") != 0);
-    const char *norep = getenv("CODI_NO_REPACK");
-    g_no_repack = norep && *norep && strcmp(norep, "0") != 0;
-    const char *force = getenv("CODI_FORCE_SCALAR");
-    const int forced = force && *force && strcmp(force, "0") != 0;
+    g_use_amx = g_features.amx && !env_on("CODI_NO_AMX");
+    g_no_repack = env_on("CODI_NO_REPACK");
+    const int forced = env_on("CODI_FORCE_SCALAR");
 #if defined(CODI_HAVE_AVX2_KERNELS)
     g_use_avx2 = !forced && g_features.avx2 && g_features.fma && g_features.f16c;
 #else

@@ -596,7 +596,7 @@ static size_t x8_visit(codi_model *m, uint8_t *mem, bool drop) {
                                        w->row_bytes, dst + (size_t)g * gb);
                 w->x8 = dst;
                 w->x8_rows = w->ne1 / CODI_X8_ROWS * CODI_X8_ROWS;
-                w->x8_int8 = codi_type_is_w4a8(w->type) && codi_kernel_gemm_x8_amx(w->type);
+                w->x8_int8 = codi_kernel_gemm_x8_amx(w->type) != NULL; /* W4A8 on an AMX CPU */
                 for (int64_t r = 0; w->x8_int8 && r < w->x8_rows; r++)
                     w->x8_int8 = codi_w4a8_row_fits_int8((const uint8_t *)w->data + (size_t)r * w->row_bytes,
                                                          w->ne0, (int)codi_type_get(w->type)->blck_size);

@@ -373,9 +373,7 @@ void codi_dequantize_row_a8_ref(const void *vx, float *y, int64_t n) {
         y[i] = x[i / 32].qs[i % 32] * x[i / 32].d;
 }
 
-#ifndef W4A8_SEARCH
-#define W4A8_SEARCH 2
-#endif
+enum { W4A8_SEARCH = 2 }; /* sg and z tried around the min/max choice */
 /* The code of v (int8 units) for group scale sg and zero z: nearest in
  * 0..15, and kept so that sg * (q - z) fits an int8. */
 static int w4a8_code(float v, int sg, int z) {
