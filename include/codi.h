@@ -180,6 +180,8 @@ typedef struct codi_moe_info {
     uint64_t uses_8bit;      /* of expert_uses, those run at 8 bits */
     uint64_t tokens;         /* tokens evaluated */
     bool direct;             /* O_DIRECT in use */
+    bool aio;                /* ... with each expert's parts read in parallel
+                                through Linux AIO */
 } codi_moe_info;
 void codi_moe_stats(const codi_context *ctx, codi_moe_info *out);
 void codi_moe_reset(codi_context *ctx);

@@ -2,7 +2,9 @@
  * is a hash of i: every acquire hands out exactly the file's bytes of that
  * expert, with O_DIRECT and without, through evictions (LRU and LFU orders
  * on scripted sequences), pins, prefetches, random mixes with I/O threads,
- * broken layouts and a file truncated under the store. */
+ * broken layouts and a file truncated under the store. O_DIRECT files are
+ * read through Linux AIO (an expert's parts in parallel) and, with no_aio,
+ * by pread alone; both paths run the byte, random-mix and I/O-error tests. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <linux/aio_abi.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -80,13 +84,25 @@ static void fixture_free(fixture *f) {
     free(f);
 }
 
+/* pread only for the stores the next tests open (set per test) */
+static bool g_no_aio;
+
 static codi_expert_store_params params(const fixture *f, int64_t n_slots, int policy, int n_io,
                                        bool direct) {
     codi_expert_store_params p = {
         .path = f->path, .n_layer = NL, .n_expert = NE, .n_parts = NP,
         .part_off = f->off, .part_bytes = f->len, .n_slots = n_slots,
-        .policy = policy, .n_io_threads = n_io, .direct = direct};
+        .policy = policy, .n_io_threads = n_io, .direct = direct, .no_aio = g_no_aio};
     return p;
+}
+
+/* Can this process set up a Linux AIO context at all? */
+static bool aio_available(void) {
+    aio_context_t ctx = 0;
+    if (syscall(SYS_io_setup, 4L, &ctx) != 0)
+        return false;
+    syscall(SYS_io_destroy, ctx);
+    return true;
 }
 
 static codi_expert_store *open_store(const fixture *f, int64_t n_slots, int policy, int n_io,
@@ -210,6 +226,12 @@ static void all_bytes(bool direct) {
     assert_int_equal(st.io_errors, 0);
     assert_int_equal(st.bytes_read, total);
     assert_true(st.read_seconds >= 0.0 && st.stall_seconds >= st.read_seconds * 0.5);
+    /* every read went through AIO exactly when O_DIRECT is in use, AIO is
+     * allowed and the kernel offers it */
+    const bool aio = st.direct && !g_no_aio && aio_available();
+    if (st.direct && !g_no_aio && !aio)
+        print_message("Linux AIO unavailable: the O_DIRECT reads used pread\n");
+    assert_int_equal(st.aio_reads, aio ? (uint64_t)(NL * NE) : 0);
     codi_expert_store_reset_stats(s);
     codi_expert_store_get_stats(s, &st);
     assert_int_equal(st.acquires, 0);
@@ -678,10 +700,20 @@ static void test_io_error_buffered(void **state) {
     io_error(false);
 }
 
+static void test_bytes_direct_pread(void **state) {
+    (void)state;
+    g_no_aio = true;
+    all_bytes(true);
+    random_mix(CODI_EXPERT_NEXTUSE, true, 77);
+    io_error(true);
+    g_no_aio = false;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bytes_direct),
         cmocka_unit_test(test_bytes_buffered),
+        cmocka_unit_test(test_bytes_direct_pread),
         cmocka_unit_test(test_lru_order),
         cmocka_unit_test(test_lfu_order),
         cmocka_unit_test(test_nextuse_order),

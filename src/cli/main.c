@@ -669,7 +669,7 @@ static void print_moe_offload(const codi_moe_info *mo) {
             "moe: %s%s, cache %.2f MiB (%lld experts of %d x %d, %.1f%%), dense %.2f MiB; "
             "hit rate %.1f%% (%llu hits, %llu in flight, %llu sync loads; %llu prefetched, %llu used), "
             "recall %.1f%%, read %.2f MiB/token at %.0f MiB/s, stalled %.3f s\n",
-            modes[mo->mode >= 0 && mo->mode <= 3 ? mo->mode : 0], mo->direct ? " (O_DIRECT)" : " (buffered)",
+            modes[mo->mode >= 0 && mo->mode <= 3 ? mo->mode : 0], mo->direct ? (mo->aio ? " (O_DIRECT, AIO)" : " (O_DIRECT)") : " (buffered)",
             mo->cache_bytes / MiB, (long long)mo->cache_slots, mo->n_layer_moe, mo->n_expert,
             mo->expert_bytes ? 100.0 * (double)mo->cache_bytes / (double)mo->expert_bytes : 0.0,
             mo->dense_bytes / MiB, acq ? 100.0 * (double)mo->hits / (double)acq : 0.0,

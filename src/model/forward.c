@@ -208,6 +208,7 @@ void codi_moe_stats(const codi_context *c, codi_moe_info *out) {
         out->read_seconds = st.read_seconds;
         out->stall_seconds = st.stall_seconds;
         out->direct = st.direct;
+        out->aio = st.aio_reads > 0;
     }
 }
 

@@ -16,7 +16,9 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
+#include <linux/aio_abi.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,7 +42,7 @@ typedef struct {
 struct codi_expert_store {
     /* fixed after open */
     int fd;
-    bool direct;
+    bool direct, no_aio;
     int n_layer, n_expert, n_parts;
     int policy;
     uint64_t *part_off, *part_bytes; /* [n_layer * n_parts] */
@@ -49,6 +51,9 @@ struct codi_expert_store {
     uint8_t *buf; /* n_slots * slot_bytes, 4096-aligned */
     pthread_t *threads;
     int n_threads;
+    /* the synchronous loads' AIO context (0: none); taken by exchange, so
+     * a second thread loading at the same time uses pread */
+    _Atomic aio_context_t sync_ctx;
 
     /* guarded by mu */
     pthread_mutex_t mu;
@@ -136,7 +141,8 @@ static uint8_t *slot_buf(const codi_expert_store *s, int64_t i) {
 typedef struct {
     uint64_t bytes;  /* aligned bytes requested */
     double seconds;  /* wall time of the reads */
-    int err;         /* errno of a failed pread; 0 with short set: short read */
+    int err;         /* errno of a failed read; 0 with short set: short read */
+    bool aio;        /* the parts went out through AIO */
     bool short_read;
     int part;        /* the part that failed */
     uint64_t got, need;
@@ -159,45 +165,134 @@ static bool injected_failure(void) {
     return false;
 }
 
+/* Linux AIO on the O_DIRECT file: the parts of one expert are submitted
+ * together, so they are read in parallel (one queue entry each) instead of
+ * one after another. A context belongs to one thread: each I/O thread makes
+ * its own, the compute thread's synchronous loads use the store's. 0 = no
+ * context (AIO unavailable, buffered file, or given up after an error):
+ * plain pread. */
+static aio_context_t aio_open(void) {
+    aio_context_t ctx = 0;
+    if (syscall(SYS_io_setup, (long)CODI_EXPERT_MAX_PARTS, &ctx) != 0)
+        return 0;
+    return ctx;
+}
+
+static void aio_close(aio_context_t ctx) {
+    if (ctx)
+        syscall(SYS_io_destroy, ctx);
+}
+
+/* Submits the parts not yet failed (perr[p] == 0, span > 0) and waits for
+ * them: got[p] bytes arrived, or perr[p] = errno. A part that could not be
+ * submitted is left at got 0 for pread. An error in the wait itself (never
+ * expected with valid arguments) destroys the context, which waits for or
+ * cancels what is in flight, so nothing writes the slot afterwards, and
+ * turns AIO off for this caller. */
+static void aio_read_parts(const codi_expert_store *s, aio_context_t *ctx, uint8_t *dst,
+                           const part_range *r, const size_t *pos, uint64_t *got, int *perr) {
+    struct iocb cb[CODI_EXPERT_MAX_PARTS];
+    struct iocb *cbs[CODI_EXPERT_MAX_PARTS];
+    int n = 0;
+    for (int p = 0; p < s->n_parts; p++) {
+        if (r[p].span == 0 || perr[p])
+            continue;
+        memset(&cb[n], 0, sizeof(cb[n]));
+        cb[n].aio_data = (uint64_t)p;
+        cb[n].aio_lio_opcode = IOCB_CMD_PREAD;
+        cb[n].aio_fildes = (uint32_t)s->fd;
+        cb[n].aio_buf = (uint64_t)(uintptr_t)(dst + pos[p]);
+        cb[n].aio_nbytes = r[p].span;
+        cb[n].aio_offset = (int64_t)r[p].a0;
+        cbs[n] = &cb[n];
+        n++;
+    }
+    int sub = 0;
+    while (sub < n) {
+        const long k = syscall(SYS_io_submit, *ctx, (long)(n - sub), cbs + sub);
+        if (k > 0)
+            sub += (int)k;
+        else if (k < 0 && errno == EINTR)
+            continue;
+        else
+            break; /* the rest go to pread */
+    }
+    int done = 0;
+    while (done < sub) {
+        struct io_event ev[CODI_EXPERT_MAX_PARTS];
+        const long k = syscall(SYS_io_getevents, *ctx, (long)(sub - done), (long)(sub - done),
+                               ev, NULL);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            aio_close(*ctx);
+            *ctx = 0;
+            for (int i = done; i < sub; i++) /* their bytes are unknown: read again */
+                got[cbs[i]->aio_data] = 0;
+            return;
+        }
+        for (long i = 0; i < k; i++) {
+            const int p = (int)ev[i].data;
+            if (ev[i].res < 0)
+                perr[p] = (int)-ev[i].res;
+            else
+                got[p] = (uint64_t)ev[i].res;
+        }
+        done += (int)k;
+    }
+}
+
 /* Reads expert (layer, e) into dst (a slot buffer): every part's aligned
- * span, in part order. Runs without the lock; touches only dst. */
-static int read_expert(const codi_expert_store *s, uint8_t *dst, int layer, int e, read_info *ri) {
+ * span, in part order in the slot. With an AIO context all parts are in
+ * flight at once; pread reads what AIO did not (short reads included).
+ * Runs without the lock; touches only dst. */
+static int read_expert(const codi_expert_store *s, uint8_t *dst, int layer, int e,
+                       aio_context_t *ctx, read_info *ri) {
     memset(ri, 0, sizeof(*ri));
     const double t0 = now_seconds();
-    size_t pos = 0;
+    part_range r[CODI_EXPERT_MAX_PARTS];
+    size_t pos[CODI_EXPERT_MAX_PARTS];
+    uint64_t got[CODI_EXPERT_MAX_PARTS] = {0};
+    int perr[CODI_EXPERT_MAX_PARTS] = {0};
+    size_t at = 0;
+    for (int p = 0; p < s->n_parts; p++) {
+        r[p] = range_of(s->part_off, s->part_bytes, s->n_parts, layer, e, p);
+        pos[p] = at;
+        at += (size_t)r[p].span;
+        ri->bytes += r[p].span;
+        if (r[p].span && injected_failure())
+            perr[p] = EIO;
+    }
+    if (ctx && *ctx) {
+        aio_read_parts(s, ctx, dst, r, pos, got, perr);
+        ri->aio = true;
+    }
     int rc = 0;
     for (int p = 0; p < s->n_parts && rc == 0; p++) {
-        const part_range r = range_of(s->part_off, s->part_bytes, s->n_parts, layer, e, p);
-        if (r.len == 0)
+        if (r[p].len == 0)
             continue;
-        const uint64_t need = r.off + r.len - r.a0; /* the span may run past EOF */
-        uint64_t got = 0;
-        ri->bytes += r.span;
-        while (got < need) {
-            const bool fail = injected_failure();
-            const ssize_t n = fail ? -1
-                                   : pread(s->fd, dst + pos + got, (size_t)(r.span - got),
-                                           (off_t)(r.a0 + got));
-            if (fail)
-                errno = EIO;
+        const uint64_t need = r[p].off + r[p].len - r[p].a0; /* the span may run past EOF */
+        while (got[p] < need && !perr[p]) {
+            const ssize_t n = pread(s->fd, dst + pos[p] + got[p], (size_t)(r[p].span - got[p]),
+                                    (off_t)(r[p].a0 + got[p]));
             if (n < 0) {
                 if (errno == EINTR)
                     continue;
-                ri->err = errno;
+                perr[p] = errno;
                 break;
             }
             if (n == 0)
                 break;
-            got += (uint64_t)n;
+            got[p] += (uint64_t)n;
         }
-        if (got < need) {
-            ri->short_read = ri->err == 0;
+        if (got[p] < need) {
+            ri->err = perr[p];
+            ri->short_read = perr[p] == 0;
             ri->part = p;
-            ri->got = got;
+            ri->got = got[p];
             ri->need = need;
             rc = -1;
         }
-        pos += (size_t)r.span;
     }
     ri->seconds = now_seconds() - t0;
     return rc;
@@ -224,6 +319,7 @@ static int io_error(const codi_expert_store *s, const read_info *ri, int layer, 
 /* Under the lock: fold a finished read into the stats. */
 static void count_read(codi_expert_store *s, const read_info *ri, int rc) {
     s->st.bytes_read += ri->bytes;
+    s->st.aio_reads += ri->aio;
     s->st.read_seconds += ri->seconds;
     if (rc) {
         s->st.io_errors++;
@@ -319,6 +415,7 @@ static void unreserve(codi_expert_store *s, int64_t i) {
 
 static void *io_main(void *arg) {
     codi_expert_store *s = arg;
+    aio_context_t ctx = s->direct && !s->no_aio ? aio_open() : 0;
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->stop && s->q_count == 0)
@@ -333,7 +430,7 @@ static void *io_main(void *arg) {
         s->st.prefetches++;
         pthread_mutex_unlock(&s->mu);
         read_info ri;
-        const int rc = read_expert(s, slot_buf(s, i), layer, e, &ri);
+        const int rc = read_expert(s, slot_buf(s, i), layer, e, &ctx, &ri);
         pthread_mutex_lock(&s->mu);
         count_read(s, &ri, rc);
         if (rc)
@@ -343,6 +440,7 @@ static void *io_main(void *arg) {
         pthread_cond_broadcast(&s->ready_cv);
     }
     pthread_mutex_unlock(&s->mu);
+    aio_close(ctx);
     return NULL;
 }
 
@@ -457,7 +555,10 @@ int codi_expert_store_acquire(codi_expert_store *s, int layer, int e,
         reserve(s, v, layer, e);
         pthread_mutex_unlock(&s->mu);
         read_info ri;
-        const int rc = read_expert(s, slot_buf(s, v), layer, e, &ri);
+        aio_context_t ctx = atomic_exchange(&s->sync_ctx, 0);
+        const int rc = read_expert(s, slot_buf(s, v), layer, e, &ctx, &ri);
+        if (ctx)
+            atomic_store(&s->sync_ctx, ctx);
         pthread_mutex_lock(&s->mu);
         count_read(s, &ri, rc);
         s->st.stall_seconds += now_seconds() - t0;
@@ -581,6 +682,7 @@ static void stop_threads(codi_expert_store *s) {
 
 /* Frees what open() set up before the mutex and threads exist. */
 static void free_partial(codi_expert_store *s) {
+    aio_close(atomic_load(&s->sync_ctx));
     if (s->fd >= 0)
         close(s->fd);
     free(s->threads);
@@ -695,6 +797,7 @@ int codi_expert_store_open(const codi_expert_store_params *p, codi_expert_store 
     s->n_expert = p->n_expert;
     s->n_parts = p->n_parts;
     s->policy = p->policy;
+    s->no_aio = p->no_aio;
     s->n_slots = p->n_slots;
     s->cur_layer = -1;
 
@@ -710,6 +813,7 @@ int codi_expert_store_open(const codi_expert_store_params *p, codi_expert_store 
                            p->path, strerror_r(e, ebuf, sizeof(ebuf)));
     }
     s->st.direct = s->direct;
+    atomic_store(&s->sync_ctx, s->direct && !s->no_aio ? aio_open() : 0);
     rc = check_ranges(p, (uint64_t)sb.st_size, err, errlen);
     if (rc) {
         free_partial(s);

@@ -42,6 +42,9 @@ typedef struct codi_expert_store_params {
     int policy;                /* enum codi_expert_policy */
     int n_io_threads;          /* prefetch threads (0: prefetch is a no-op) */
     bool direct;               /* try O_DIRECT (falls back to buffered) */
+    bool no_aio;               /* O_DIRECT reads with pread only: no Linux AIO,
+                                  which otherwise reads an expert's parts in
+                                  parallel */
 } codi_expert_store_params;
 
 typedef struct codi_expert_stats {
@@ -59,6 +62,8 @@ typedef struct codi_expert_stats {
     double read_seconds;     /* summed wall time of the reads themselves */
     double stall_seconds;    /* time acquire() spent waiting for data */
     bool direct;             /* O_DIRECT is in use */
+    uint64_t aio_reads;      /* expert reads whose parts went out together
+                                through Linux AIO (O_DIRECT only) */
     uint64_t io_errors;      /* failed or short reads, sync and prefetch (a
                                 failed prefetch is retried by the acquire) */
 } codi_expert_stats;
