@@ -492,6 +492,52 @@ static void test_prefetch_protected(void **state) {
 
 /* Random acquires (some held), prefetches and releases with 2 I/O threads:
  * bytes checked on every acquire and again before each release. */
+/* prefetch_first: queued ahead of the guesses (the ring's head wraps below
+ * slot 0 on the first one) and admitted where a guess is declined; every
+ * queued read lands with the file's bytes. */
+static void test_prefetch_first(void **state) {
+    (void)state;
+    fixture *f = fixture_new();
+    codi_expert_store *s = open_store(f, 6, CODI_EXPERT_LFU, 1, true);
+    codi_expert_store_prefetch_first(s, 2, 4); /* empty queue: head wraps */
+    codi_expert_store_prefetch(s, 0, 0);
+    codi_expert_store_prefetch(s, 0, 1);
+    codi_expert_store_prefetch_first(s, 1, 0);
+    codi_expert_store_prefetch(s, 0, 2);
+    codi_expert_store_prefetch_first(s, 1, 1);
+    const int got[][2] = {{2, 4}, {0, 0}, {0, 1}, {1, 0}, {0, 2}, {1, 1}};
+    for (int k = 0; k < 6; k++)
+        wait_resident(s, got[k][0], got[k][1]);
+    codi_expert_stats st;
+    codi_expert_store_get_stats(s, &st);
+    assert_int_equal(st.prefetches, 6);
+    assert_int_equal(st.prefetch_dropped, 0);
+    for (int k = 0; k < 6; k++)
+        use(s, f, got[k][0], got[k][1]);
+    codi_expert_store_get_stats(s, &st);
+    assert_int_equal(st.hits, 6);
+    assert_int_equal(st.prefetch_used, 6);
+    codi_expert_store_close(s);
+
+    /* one slot, used on every pass of its layer: a guess right half the time
+     * is declined, the sure read is not */
+    s = open_store(f, 1, CODI_EXPERT_LFU, 1, true);
+    for (int k = 0; k < 3; k++)
+        use(s, f, 0, 0);
+    codi_expert_store_prefetch_p(s, 0, 1, 0.5);
+    codi_expert_store_get_stats(s, &st);
+    assert_int_equal(st.prefetch_declined, 1);
+    assert_true(codi_expert_store_resident(s, 0, 0));
+    codi_expert_store_prefetch_first(s, 0, 1);
+    wait_resident(s, 0, 1);
+    use(s, f, 0, 1);
+    codi_expert_store_get_stats(s, &st);
+    assert_int_equal(st.prefetch_declined, 1);
+    assert_int_equal(st.prefetch_used, 1);
+    codi_expert_store_close(s);
+    fixture_free(f);
+}
+
 static void random_mix(int policy, bool direct, uint64_t seed) {
     fixture *f = fixture_new();
     codi_expert_store *s = open_store(f, 5, policy, 2, direct);
@@ -720,6 +766,7 @@ int main(void) {
         cmocka_unit_test(test_pinned),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_prefetch_protected),
+        cmocka_unit_test(test_prefetch_first),
         cmocka_unit_test(test_random_lru),
         cmocka_unit_test(test_random_lfu),
         cmocka_unit_test(test_bad_open),

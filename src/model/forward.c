@@ -2450,6 +2450,11 @@ static int moe_ffn(codi_context *c, int l, int B, char *err, size_t errlen) {
                 n_pinned++;
             }
         }
+        /* the misses of this layer: queued first, so the I/O threads read
+         * them while the resident experts run */
+        for (int e = 0; e < E; e++)
+            if (c->ex_need[e] == 1)
+                codi_expert_store_prefetch_first(c->store, l * c->sl_mul, e);
         /* 2. pre-gate layer l+1, prefetching into the slots this layer
          * does not need */
         int room = (int)CODI_MIN(CODI_MAX(0, c->moe.cache_slots - n_need), (int64_t)INT32_MAX);

@@ -609,7 +609,17 @@ void codi_expert_store_prefetch(codi_expert_store *s, int layer, int e) {
     codi_expert_store_prefetch_p(s, layer, e, 2.0);
 }
 
+static void prefetch(codi_expert_store *s, int layer, int e, double p, bool first);
+
 void codi_expert_store_prefetch_p(codi_expert_store *s, int layer, int e, double p) {
+    prefetch(s, layer, e, p, false);
+}
+
+void codi_expert_store_prefetch_first(codi_expert_store *s, int layer, int e) {
+    prefetch(s, layer, e, 2.0, true);
+}
+
+static void prefetch(codi_expert_store *s, int layer, int e, double p, bool first) {
     if (!s || s->n_threads == 0 || layer < 0 || layer >= s->n_layer || e < 0 ||
         e >= s->n_expert)
         return;
@@ -630,7 +640,12 @@ void codi_expert_store_prefetch_p(codi_expert_store *s, int layer, int e, double
             reserve(s, v, layer, e);
             s->slots[v].prefetched = true;
             s->slots[v].pass = s->layer_pass[layer];
-            s->queue[(s->q_head + s->q_count) % QUEUE_CAP] = v;
+            if (first) { /* ahead of every queued guess */
+                s->q_head = (s->q_head + QUEUE_CAP - 1) % QUEUE_CAP;
+                s->queue[s->q_head] = v;
+            } else {
+                s->queue[(s->q_head + s->q_count) % QUEUE_CAP] = v;
+            }
             s->q_count++;
             pthread_cond_signal(&s->queue_cv);
         }

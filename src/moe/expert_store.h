@@ -99,6 +99,9 @@ void codi_expert_store_prefetch(codi_expert_store *s, int layer, int e);
  * counted) when the slot it would take holds an expert used on at least a
  * share p of its layer's passes. p > 1: always admitted. */
 void codi_expert_store_prefetch_p(codi_expert_store *s, int layer, int e, double p);
+/* A read the caller is sure to wait for (an expert its current layer uses
+ * and does not have): always admitted, and queued ahead of every guess. */
+void codi_expert_store_prefetch_first(codi_expert_store *s, int layer, int e);
 
 /* The share of its layer's passes that acquired (layer, e) so far. */
 double codi_expert_store_use_share(codi_expert_store *s, int layer, int e);
