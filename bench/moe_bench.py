@@ -11,9 +11,11 @@ the limit each run could reach,
     per token: max(compute time when resident, missed bytes / probe bandwidth)
 
 where the compute time comes from the `resident` run (all experts mapped and
-warm in the page cache) and the probe bandwidth from reading expert-sized
-blocks of the same file with O_DIRECT (queue depth = I/O threads), and the
-fraction of that limit each run achieved.
+warm in the page cache) and the probe bandwidth from reading part-sized
+blocks (an expert's gate, up or down slice) of the same file with O_DIRECT
+at the queue depth codi reaches: each I/O thread has an expert's three parts
+in flight at once (Linux AIO), so 3 x I/O threads; and the fraction of that
+limit each run achieved.
 
     python3 bench/moe_bench.py [--model models/bench/moe-q4_0.gguf]
         [--budgets 100,50,25,10] [--modes ondemand,prefetch] [-n 32] [-t 2]
@@ -161,8 +163,9 @@ def main():
     # expert block size for the probe: one expert's bytes from the cache size
     ref = next((r for _, _, r in rows if r["slots"] > 0), None)
     block = int(ref["cache_mib"] * 1048576 / ref["slots"] / 3) if ref else 1 << 20
-    bw = {q: probe_bandwidth(a.model, block, q) for q in sorted({1, a.io_threads})}
-    bw_q = bw[a.io_threads]
+    qd = 3 * a.io_threads  # every I/O thread reads an expert's 3 parts at once
+    bw = {q: probe_bandwidth(a.model, block, q) for q in sorted({1, a.io_threads, qd})}
+    bw_q = bw[qd]
     lines = []
     lines.append("model `%s`, %d generated tokens, -t %d, %d I/O threads, policy %s; "
                  "O_DIRECT probe (blocks of %.2f MiB): %s"
