@@ -8,7 +8,8 @@
 #include "tensor/types.h"
 
 bool codi_x8_has_layout(int type) {
-    return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q8_0 ||
+    return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q5_0 ||
+           type == CODI_TYPE_Q8_0 ||
            type == CODI_TYPE_Q4G32 || type == CODI_TYPE_Q8G32 || codi_type_is_w4a8(type);
 }
 
@@ -23,6 +24,21 @@ static void pack_nibbles(uint8_t *dst, const uint8_t *const qs[CODI_X8_ROWS]) {
             for (int t = 0; t < 4; t++)
                 dst[32 * k + 4 * r + t] =
                     (uint8_t)(nib(qs[r], 8 * k + t) | nib(qs[r], 8 * k + 4 + t) << 4);
+}
+
+/* Q5_0's fifth bits of the 8 rows' blocks as the masks of repack.h. */
+static void pack_fifth_bits(uint32_t mask[8], const uint8_t *const qh[CODI_X8_ROWS]) {
+    for (int v = 0; v < 8; v++) {
+        const int k = v / 2, h = v % 2;
+        uint32_t m = 0;
+        for (int r = 0; r < CODI_X8_ROWS; r++) {
+            uint32_t bits;
+            memcpy(&bits, qh[r], sizeof bits); /* bit j: element j (little endian) */
+            for (int t = 0; t < 4; t++)
+                m |= ((bits >> (8 * k + 4 * h + t)) & 1u) << (4 * r + t);
+        }
+        mask[v] = m;
+    }
 }
 
 /* W4A8_G: per group of G in-features, the 8 rows' group scales, then their
@@ -80,6 +96,20 @@ void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *
             memcpy(o + sizeof d, m, sizeof m);
             pack_nibbles(o + sizeof d + sizeof m, qs);
             o += sizeof(codi_block_q4_1) * CODI_X8_ROWS;
+        } else if (type == CODI_TYPE_Q5_0) {
+            const uint8_t *qh[CODI_X8_ROWS];
+            uint32_t mask[8];
+            for (int r = 0; r < CODI_X8_ROWS; r++) {
+                const codi_block_q5_0 *b = (const codi_block_q5_0 *)(s + (size_t)r * ldw) + i;
+                d[r] = b->d;
+                qh[r] = b->qh;
+                qs[r] = b->qs;
+            }
+            pack_fifth_bits(mask, qh);
+            memcpy(o, d, sizeof d);
+            memcpy(o + sizeof d, mask, sizeof mask);
+            pack_nibbles(o + sizeof d + sizeof mask, qs);
+            o += sizeof(codi_block_q5_0) * CODI_X8_ROWS;
         } else { /* Q8_0 */
             for (int r = 0; r < CODI_X8_ROWS; r++) {
                 const codi_block_q8_0 *b = (const codi_block_q8_0 *)(s + (size_t)r * ldw) + i;

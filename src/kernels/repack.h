@@ -11,6 +11,7 @@
  *   Q4_0x8 (144 bytes): uint16 d[8]; uint8 qs[128]
  *   Q4_1x8 (160 bytes): uint16 d[8]; uint16 m[8]; uint8 qs[128]
  *   Q8_0x8 (272 bytes): uint16 d[8]; int8 qs[256]
+ *   Q5_0x8 (176 bytes): uint16 d[8]; uint32 qh[8]; uint8 qs[128]
  *   W4A8_Gx8 (8 (2 + G / 2) bytes per group of G in-features):
  *       uint8 sg[8]; int8 z[8]; then G / 32 times uint8 qs[128]
  *
@@ -20,7 +21,10 @@
  * 32 k + 4 r + t (k < 8) holds element 4 k + t of row r. So the low (high)
  * nibbles of 32 bytes, or 32 bytes of Q8_0x8, are 4 elements of each of 8
  * rows: one maddubs against 4 activation bytes broadcast gives each row's
- * partial sum in its own 32-bit lane.
+ * partial sum in its own 32-bit lane. Q5_0's nibbles are laid out as
+ * Q4_0's; its fifth bits as 8 masks, one per vector of nibbles: bit
+ * 4 r + t of qh[2 k + h] is the fifth bit of element 8 k + 4 h + t of row
+ * r, i.e. of the low (h = 0) or high (h = 1) nibble of byte 32 k + 4 r + t.
  *
  * A group is exactly as large as the 8 rows it came from. The layout is an
  * in-memory one: files keep llama.cpp's. */
@@ -33,7 +37,7 @@
 
 #define CODI_X8_ROWS 8
 
-/* Q4_0, Q4_1, Q8_0 and W4A8 have an x8 layout; Q4G32 and Q8G32,
+/* Q4_0, Q4_1, Q5_0, Q8_0 and W4A8 have an x8 layout; Q4G32 and Q8G32,
  * byte-identical to Q4_1 and Q8_0, use theirs. */
 bool codi_x8_has_layout(int type);
 
@@ -65,6 +69,8 @@ void codi_gemm_x8_q4_1_avx2(int64_t n, int ng, const void *w, int nc, const void
                             float *y, size_t ldy);
 void codi_gemm_x8_q8_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
+void codi_gemm_x8_q5_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
 /* The same kernels with AVX-VNNI's vpdpbusd; equal to the AVX2 ones bit
  * for bit. Only on CPUs with AVX-VNNI (codi_cpu_features.avxvnni). */
 void codi_gemm_x8_q4_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
@@ -72,6 +78,8 @@ void codi_gemm_x8_q4_0_avxvnni(int64_t n, int ng, const void *w, int nc, const v
 void codi_gemm_x8_q4_1_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q8_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_q5_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 /* Q4_1 with AVX-512 (F, BW, VL, DQ, VNNI): two groups per 512-bit vector,
  * 8 tokens a tile; equal to codi_gemm_x8_q4_1_avxvnni bit for bit (which

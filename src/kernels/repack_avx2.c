@@ -54,8 +54,9 @@ static void q8_0_scales(const codi_block_q8_0 *x, int64_t ns, float *dy) {
         dy[i] = fp16(x[i].d);
 }
 
-/* 8 * (sum of the 32 quants) and the scale of activation blocks [0, ns). */
-static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, float *dy, int32_t *s8) {
+/* mul * (sum of the 32 quants) and the scale of activation blocks [0, ns):
+ * Q4_0's offset 8, Q5_0's 16. */
+static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, int mul, float *dy, int32_t *s8) {
     const __m256i one8 = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
     for (int64_t i = 0; i < ns; i++) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
@@ -63,9 +64,21 @@ static void q8_0_sums(const codi_block_q8_0 *x, int64_t ns, float *dy, int32_t *
         __m128i r = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4E));
         r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xB1));
-        s8[i] = 8 * _mm_cvtsi128_si32(r);
+        s8[i] = mul * _mm_cvtsi128_si32(r);
         dy[i] = fp16(x[i].d);
     }
+}
+
+/* Q5_0x8: a 32-bit mask (repack.h) as 32 bytes, 0x10 where its bit is set:
+ * byte j takes mask byte j / 8, keeps bit j % 8, and becomes 0x10 or 0. */
+static inline __m256i fifth_bits(const uint8_t *mask) {
+    uint32_t m;
+    memcpy(&m, mask, sizeof m);
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000LL, 0x0101010101010101LL,
+                                            0x0202020202020202LL, 0x0303030303030303LL);
+    const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)m), shuf), sel);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(v, sel), _mm256_set1_epi8(0x10));
 }
 
 /* tiles of up to 4 tokens */

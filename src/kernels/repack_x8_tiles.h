@@ -160,6 +160,54 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
         _mm256_storeu_ps(yr[t], acc[t]);
 }
 
+/* ---- Q5_0 x Q8_0: (q - 16) y = q y - 16 y, q = nibble + 16 * fifth bit.
+ * q <= 31 against |y| <= 128: a maddubs pair reaches 7936, so each one is
+ * widened (X8_DOT8) ---- */
+
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_0_tile)(
+    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
+    const int32_t (*s16)[SLICE], float *const *yr, int first) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q5_0) * CODI_X8_ROWS);
+        prefetch_ahead(b, sizeof(codi_block_q5_0) * CODI_X8_ROWS);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        const uint8_t *qh = b + 16, *qs = b + 48;
+        const int8_t *q[TILE];
+        __m256i s[TILE];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            q[t] = ((const codi_block_q8_0 *)xr[t])[i].qs;
+            s[t] = _mm256_setzero_si256();
+        }
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 4; k++) {
+            const __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(p, m4), fifth_bits(qh + 8 * k));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4),
+                                               fifth_bits(qh + 8 * k + 4));
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                X8_DOT8(s[t], lo, bcast4(q[t] + 8 * k));
+                X8_DOT8(s[t], hi, bcast4(q[t] + 8 * k + 4));
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            const __m256i si = _mm256_sub_epi32(s[t], _mm256_set1_epi32(s16[t][i]));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
+                                     _mm256_cvtepi32_ps(si), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(yr[t], acc[t]);
+}
+
 /* ---- driver ---- */
 
 /* kind is a constant once inlined, so each entry point keeps only its own
@@ -171,6 +219,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
     const int64_t nb = n / CODI_QK;
     const size_t bbytes = (kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q4_1)
                            : kind == CODI_TYPE_Q4_0 ? sizeof(codi_block_q4_0)
+                           : kind == CODI_TYPE_Q5_0 ? sizeof(codi_block_q5_0)
                                                     : sizeof(codi_block_q8_0)) *
                           CODI_X8_ROWS;
     const size_t xbytes = kind == CODI_TYPE_Q4_1 ? sizeof(codi_block_q8_1) : sizeof(codi_block_q8_0);
@@ -178,7 +227,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
     float dy[XC][SLICE];
     union {
         float f[XC][SLICE];   /* Q4_1: the activation blocks' s */
-        int32_t i[XC][SLICE]; /* Q4_0: 8 * their sums of quants */
+        int32_t i[XC][SLICE]; /* Q4_0 (Q5_0): 8 (16) * their sums of quants */
     } aux;
     for (int cb = 0; cb < nc; cb += XC) {
         const int ncb = nc - cb < XC ? nc - cb : XC;
@@ -188,8 +237,9 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                 const uint8_t *xs = (const uint8_t *)x + (size_t)(cb + t) * ldx + (size_t)i0 * xbytes;
                 if (kind == CODI_TYPE_Q4_1)
                     q8_1_scales((const codi_block_q8_1 *)xs, ns, dy[t], aux.f[t]);
-                else if (kind == CODI_TYPE_Q4_0)
-                    q8_0_sums((const codi_block_q8_0 *)xs, ns, dy[t], aux.i[t]);
+                else if (kind == CODI_TYPE_Q4_0 || kind == CODI_TYPE_Q5_0)
+                    q8_0_sums((const codi_block_q8_0 *)xs, ns, kind == CODI_TYPE_Q5_0 ? 16 : 8, dy[t],
+                              aux.i[t]);
                 else
                     q8_0_scales((const codi_block_q8_0 *)xs, ns, dy[t]);
             }
@@ -209,6 +259,9 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                                                        (const float(*)[SLICE])(aux.f + c0), yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q4_0)
                         X8_TOKENS(tn, X8_FN(q4_0_tile)(ns, wg, T, xr, d,
+                                                       (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
+                    else if (kind == CODI_TYPE_Q5_0)
+                        X8_TOKENS(tn, X8_FN(q5_0_tile)(ns, wg, T, xr, d,
                                                        (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
                     else
                         X8_TOKENS(tn, X8_FN(q8_0_tile)(ns, wg, T, xr, d, yr, i0 == 0))
@@ -231,6 +284,11 @@ X8_TARGET void X8_FN(codi_gemm_x8_q8_0)(int64_t n, int ng, const void *w, int nc
 X8_TARGET void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q4_0, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+X8_TARGET void X8_FN(codi_gemm_x8_q5_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q5_0, n, ng, w, nc, x, ldx, y, ldy);
 }
 
 #undef X8_DOT4
