@@ -184,11 +184,11 @@ static void aio_close(aio_context_t ctx) {
 }
 
 /* Submits the parts not yet failed (perr[p] == 0, span > 0) and waits for
- * them: got[p] bytes arrived, or perr[p] = errno. A part that could not be
- * submitted is left at got 0 for pread. An error in the wait itself (never
- * expected with valid arguments) destroys the context, which waits for or
- * cancels what is in flight, so nothing writes the slot afterwards, and
- * turns AIO off for this caller. */
+ * them: got[p] (0 on entry) bytes arrived, or perr[p] = errno. A part that
+ * could not be submitted is left at got 0 for pread. An error in the wait
+ * itself (never expected with valid arguments) destroys the context, which
+ * waits for or cancels what is in flight, so nothing writes the slot
+ * afterwards, and turns AIO off for this caller. */
 static void aio_read_parts(const codi_expert_store *s, aio_context_t *ctx, uint8_t *dst,
                            const part_range *r, const size_t *pos, uint64_t *got, int *perr) {
     struct iocb cb[CODI_EXPERT_MAX_PARTS];
@@ -225,10 +225,8 @@ static void aio_read_parts(const codi_expert_store *s, aio_context_t *ctx, uint8
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            aio_close(*ctx);
+            aio_close(*ctx); /* parts not collected keep got 0: pread reads them */
             *ctx = 0;
-            for (int i = done; i < sub; i++) /* their bytes are unknown: read again */
-                got[cbs[i]->aio_data] = 0;
             return;
         }
         for (long i = 0; i < k; i++) {
