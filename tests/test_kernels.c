@@ -930,17 +930,19 @@ static void test_gemm_x8(void **state) {
     /* Q4G32 and Q8G32 are byte-identical to Q4_1 and Q8_0 and run their
      * kernels (W4A8's x8 kernels: tests/test_quant_codi.c) */
     static const int types[] = {CODI_TYPE_Q4_0, CODI_TYPE_Q4_1, CODI_TYPE_Q8_0, CODI_TYPE_Q4G32,
-                                CODI_TYPE_Q8G32, CODI_TYPE_Q5_0};
+                                CODI_TYPE_Q8G32, CODI_TYPE_Q5_0, CODI_TYPE_Q4_K};
     static const codi_gemm_x8_fn fns[] = {codi_gemm_x8_q4_0_avx2, codi_gemm_x8_q4_1_avx2,
                                           codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q4_1_avx2,
-                                          codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q5_0_avx2};
+                                          codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q5_0_avx2,
+                                          codi_gemm_x8_q4_K_avx2};
     /* the AVX-VNNI twins: handed out where the CPU has AVX-VNNI (and
      * CODI_NO_VNNI is unset), and equal to the AVX2 kernels bit for bit;
      * 1..5 groups cover pairs and an odd last group of the AVX-512 Q4_1
      * kernel, 1..19 tokens its tiles of 8 */
     static const codi_gemm_x8_fn vnni[] = {codi_gemm_x8_q4_0_avxvnni, codi_gemm_x8_q4_1_avxvnni,
                                            codi_gemm_x8_q8_0_avxvnni, codi_gemm_x8_q4_1_avxvnni,
-                                           codi_gemm_x8_q8_0_avxvnni, codi_gemm_x8_q5_0_avxvnni};
+                                           codi_gemm_x8_q8_0_avxvnni, codi_gemm_x8_q5_0_avxvnni,
+                                           codi_gemm_x8_q4_K_avxvnni};
     _Static_assert(sizeof vnni == sizeof fns && sizeof fns / sizeof fns[0] == sizeof types / sizeof types[0],
                    "one kernel of each kind per type");
     const char *novnni = getenv("CODI_NO_VNNI");
@@ -949,7 +951,7 @@ static void test_gemm_x8(void **state) {
     /* and the AVX-512 Q4_1 and Q8_0 kernels (two groups per vector), the
      * same bits */
     static const codi_gemm_x8_fn x512[] = {NULL, codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512,
-                                           codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512, NULL};
+                                           codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512, NULL, NULL};
     _Static_assert(sizeof x512 == sizeof fns, "one AVX-512 entry (or NULL) per type");
     const char *no512 = getenv("CODI_NO_AVX512");
     const int has_512 = has_vnni && codi_cpu_get_features()->avx512;
@@ -964,7 +966,7 @@ static void test_gemm_x8(void **state) {
             assert_ptr_equal(codi_kernel_gemm_x8(types[k]), on ? (use_vnni ? vnni[k] : fns[k]) : NULL);
         else
             assert_ptr_equal(codi_kernel_gemm_x8(types[k]), x512[k]);
-    assert_null(codi_kernel_gemm_x8(CODI_TYPE_Q4_K));
+    assert_null(codi_kernel_gemm_x8(CODI_TYPE_Q6_K));
     assert_null(codi_kernel_gemm_x8(CODI_TYPE_F16));
     float *xf = malloc(MAXN * sizeof *xf), *wf = malloc(MAXN * sizeof *wf),
           *af = malloc(MAXN * sizeof *af);
@@ -978,7 +980,13 @@ static void test_gemm_x8(void **state) {
         for (int seed = 0; seed < 40; seed++) {
             rng_seed((uint64_t)seed * 31 + 1000 * k);
             const int ng = 1 + seed % MAXG, nc = 1 + (seed * 7) % MAXC;
-            const int64_t n = seed == 38 ? 300 * 32 : seed == 39 ? 520 * 32 : 32 * (1 + (seed * 5) % 20);
+            /* K types: 1..8 super-blocks of 256, and 65 (only the 32-wide
+             * types reach past a slice of 256 blocks) */
+            const int64_t n = codi_type_get(types[k])->blck_size == 256
+                                  ? (seed == 39 ? 65 * 256 : 256 * (1 + seed % 8))
+                              : seed == 38 ? 300 * 32
+                              : seed == 39 ? 520 * 32
+                                           : 32 * (1 + (seed * 5) % 20);
             const size_t ldw = codi_row_size(types[k], n), ldx = codi_row_size(t->vec_dot_type, n);
             for (int r = 0; r < ng * CODI_X8_ROWS; r++) {
                 for (int64_t i = 0; i < n; i++)

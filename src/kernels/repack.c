@@ -9,7 +9,7 @@
 
 bool codi_x8_has_layout(int type) {
     return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q5_0 ||
-           type == CODI_TYPE_Q8_0 ||
+           type == CODI_TYPE_Q8_0 || type == CODI_TYPE_Q4_K ||
            type == CODI_TYPE_Q4G32 || type == CODI_TYPE_Q8G32 || codi_type_is_w4a8(type);
 }
 
@@ -41,6 +41,29 @@ static void pack_fifth_bits(uint32_t mask[8], const uint8_t *const qh[CODI_X8_RO
     }
 }
 
+/* Q4_K: per super-block of 256 in-features, as repack.h lays it out. */
+static void pack_q4_K(int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
+    for (int64_t i = 0; i < n / CODI_QK_K; i++) {
+        const codi_block_q4_K *b[CODI_X8_ROWS];
+        for (int r = 0; r < CODI_X8_ROWS; r++) {
+            b[r] = (const codi_block_q4_K *)(s + (size_t)r * ldw) + i;
+            memcpy(o + 2 * r, &b[r]->d, 2);
+            memcpy(o + 16 + 2 * r, &b[r]->dmin, 2);
+            for (int p = 0; p < 3; p++)
+                memcpy(o + 32 + 32 * p + 4 * r, b[r]->scales + 4 * p, 4);
+        }
+        uint8_t *q = o + 128;
+        for (int j = 0; j < 4; j++)
+            for (int k = 0; k < 8; k++)
+                for (int r = 0; r < CODI_X8_ROWS; r++)
+                    for (int t = 0; t < 4; t++) {
+                        const uint8_t v = b[r]->qs[32 * j + 4 * k + t]; /* lo: 64j+4k+t, hi: +32 */
+                        q[256 * j + 32 * k + 4 * r + t] = v;
+                    }
+        o += sizeof(codi_block_q4_K) * CODI_X8_ROWS;
+    }
+}
+
 /* W4A8_G: per group of G in-features, the 8 rows' group scales, then their
  * zero points, then G / 32 blocks of nibbles as Q4_0x8's. */
 static void pack_w4a8(int G, int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
@@ -66,6 +89,10 @@ void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *
     uint8_t *o = dst;
     if (codi_type_is_w4a8(type)) {
         pack_w4a8(codi_type_group_size(type), n, s, ldw, o);
+        return;
+    }
+    if (type == CODI_TYPE_Q4_K) {
+        pack_q4_K(n, s, ldw, o);
         return;
     }
     if (type == CODI_TYPE_Q4G32) /* byte-identical to Q4_1 (docs/formats.md) */

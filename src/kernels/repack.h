@@ -12,6 +12,8 @@
  *   Q4_1x8 (160 bytes): uint16 d[8]; uint16 m[8]; uint8 qs[128]
  *   Q8_0x8 (272 bytes): uint16 d[8]; int8 qs[256]
  *   Q5_0x8 (176 bytes): uint16 d[8]; uint32 qh[8]; uint8 qs[128]
+ *   Q4_Kx8 (1152 bytes per 256 in-features): uint16 d[8]; uint16 dmin[8];
+ *       uint32 sc[3][8]; uint8 qs[1024]
  *   W4A8_Gx8 (8 (2 + G / 2) bytes per group of G in-features):
  *       uint8 sg[8]; int8 z[8]; then G / 32 times uint8 qs[128]
  *
@@ -25,6 +27,11 @@
  * Q4_0's; its fifth bits as 8 masks, one per vector of nibbles: bit
  * 4 r + t of qh[2 k + h] is the fifth bit of element 8 k + 4 h + t of row
  * r, i.e. of the low (h = 0) or high (h = 1) nibble of byte 32 k + 4 r + t.
+ * Q4_K: sc[p][r] is bytes 4 p .. 4 p + 3 of row r's 12 packed scale bytes
+ * (so one 32-bit lane per row unpacks every row's scale and min at once);
+ * byte 256 j + 32 k + 4 r + t of qs holds element 64 j + 4 k + t of row r
+ * in its low nibble (sub-block 2 j) and element 64 j + 32 + 4 k + t in its
+ * high nibble (sub-block 2 j + 1).
  *
  * A group is exactly as large as the 8 rows it came from. The layout is an
  * in-memory one: files keep llama.cpp's. */
@@ -37,7 +44,7 @@
 
 #define CODI_X8_ROWS 8
 
-/* Q4_0, Q4_1, Q5_0, Q8_0 and W4A8 have an x8 layout; Q4G32 and Q8G32,
+/* Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and W4A8 have an x8 layout; Q4G32 and Q8G32,
  * byte-identical to Q4_1 and Q8_0, use theirs. */
 bool codi_x8_has_layout(int type);
 
@@ -71,6 +78,8 @@ void codi_gemm_x8_q8_0_avx2(int64_t n, int ng, const void *w, int nc, const void
                             float *y, size_t ldy);
 void codi_gemm_x8_q5_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
+void codi_gemm_x8_q4_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
 /* The same kernels with AVX-VNNI's vpdpbusd; equal to the AVX2 ones bit
  * for bit. Only on CPUs with AVX-VNNI (codi_cpu_features.avxvnni). */
 void codi_gemm_x8_q4_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
@@ -80,6 +89,8 @@ void codi_gemm_x8_q4_1_avxvnni(int64_t n, int ng, const void *w, int nc, const v
 void codi_gemm_x8_q8_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q5_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_q4_K_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 /* Q4_1 with AVX-512 (F, BW, VL, DQ, VNNI): two groups per 512-bit vector,
  * 8 tokens a tile; equal to codi_gemm_x8_q4_1_avxvnni bit for bit (which

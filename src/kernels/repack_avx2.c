@@ -49,6 +49,11 @@ static void q8_1_scales(const codi_block_q8_1 *x, int64_t ns, float *dy, float *
     }
 }
 
+static void q8_K_scales(const codi_block_q8_K *x, int64_t ns, float *dy) {
+    for (int64_t i = 0; i < ns; i++)
+        dy[i] = x[i].d;
+}
+
 static void q8_0_scales(const codi_block_q8_0 *x, int64_t ns, float *dy) {
     for (int64_t i = 0; i < ns; i++)
         dy[i] = fp16(x[i].d);

@@ -208,6 +208,90 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_0_tile)(
         _mm256_storeu_ps(yr[t], acc[t]);
 }
 
+/* ---- Q4_K x Q8_K, per super-block of 256: d dy sum_s sc_s (q . y)_s -
+ * dmin dy sum_s m_s bsum_s over its 8 sub-blocks s of 32. The 6-bit
+ * scales and mins of the 8 rows are unpacked in 32-bit lanes, one lane a
+ * row; a sub-block's 8 maddubs of q <= 15 stay below 2^15 (X8_DOT4) ---- */
+
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_K_tile)(
+    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
+    float *const *yr, int first) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m6 = _mm256_set1_epi32(63),
+                  l4 = _mm256_set1_epi32(0x0F), l2 = _mm256_set1_epi32(3);
+    __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_K) * CODI_X8_ROWS);
+        _Pragma("GCC unroll 8")
+        for (int o = 0; o < 1152; o += 256)
+            prefetch_ahead(b + o, 256);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
+        const __m256i s0 = _mm256_loadu_si256((const __m256i *)(b + 32)),
+                      s1 = _mm256_loadu_si256((const __m256i *)(b + 64)),
+                      s2 = _mm256_loadu_si256((const __m256i *)(b + 96));
+        __m256i sc[8], mn[8];
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) { /* as get_scale_min_k4 */
+            const __m256i a0 = _mm256_srli_epi32(s0, 8 * k), a1 = _mm256_srli_epi32(s1, 8 * k),
+                          a2 = _mm256_srli_epi32(s2, 8 * k);
+            sc[k] = _mm256_and_si256(a0, m6);
+            mn[k] = _mm256_and_si256(a1, m6);
+            sc[k + 4] = _mm256_or_si256(_mm256_and_si256(a2, l4),
+                                        _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(a0, 6), l2), 4));
+            mn[k + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(a2, 4), l4),
+                                        _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(a1, 6), l2), 4));
+        }
+        const uint8_t *qs = b + 128;
+        const codi_block_q8_K *y[TILE];
+        __m256i is[TILE];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            y[t] = (const codi_block_q8_K *)xr[t] + i;
+            is[t] = _mm256_setzero_si256();
+        }
+        for (int j = 0; j < 4; j++) {
+            __m256i slo[TILE], shi[TILE];
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++)
+                slo[t] = shi[t] = _mm256_setzero_si256();
+            _Pragma("GCC unroll 8")
+            for (int k = 0; k < 8; k++) {
+                const __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 256 * j + 32 * k));
+                const __m256i lo = _mm256_and_si256(p, m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+                _Pragma("GCC unroll 8")
+                for (int t = 0; t < T; t++) {
+                    X8_DOT4(slo[t], lo, bcast4(y[t]->qs + 64 * j + 4 * k));
+                    X8_DOT4(shi[t], hi, bcast4(y[t]->qs + 64 * j + 32 + 4 * k));
+                }
+            }
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++)
+                is[t] = _mm256_add_epi32(is[t],
+                                         _mm256_add_epi32(_mm256_mullo_epi32(sc[2 * j], X8_DOT4_SUM(slo[t])),
+                                                          _mm256_mullo_epi32(sc[2 * j + 1], X8_DOT4_SUM(shi[t]))));
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            __m256i ms = _mm256_setzero_si256();
+            _Pragma("GCC unroll 8")
+            for (int s = 0; s < 8; s++)
+                ms = _mm256_add_epi32(ms, _mm256_mullo_epi32(mn[s], _mm256_set1_epi32(
+                                                                        (int)y[t]->bsums[2 * s] +
+                                                                        (int)y[t]->bsums[2 * s + 1])));
+            const __m256 yd = _mm256_broadcast_ss(&dy[t][i]);
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(is[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, yd), _mm256_cvtepi32_ps(ms), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(yr[t], acc[t]);
+}
+
 /* ---- driver ---- */
 
 /* kind is a constant once inlined, so each entry point keeps only its own
@@ -216,13 +300,16 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                                                                   const void *w, int nc,
                                                                   const void *x, size_t ldx,
                                                                   float *y, size_t ldy) {
-    const int64_t nb = n / CODI_QK;
+    const int64_t nb = n / (kind == CODI_TYPE_Q4_K ? CODI_QK_K : CODI_QK);
     const size_t bbytes = (kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q4_1)
                            : kind == CODI_TYPE_Q4_0 ? sizeof(codi_block_q4_0)
                            : kind == CODI_TYPE_Q5_0 ? sizeof(codi_block_q5_0)
+                           : kind == CODI_TYPE_Q4_K ? sizeof(codi_block_q4_K)
                                                     : sizeof(codi_block_q8_0)) *
                           CODI_X8_ROWS;
-    const size_t xbytes = kind == CODI_TYPE_Q4_1 ? sizeof(codi_block_q8_1) : sizeof(codi_block_q8_0);
+    const size_t xbytes = kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q8_1)
+                          : kind == CODI_TYPE_Q4_K ? sizeof(codi_block_q8_K)
+                                                   : sizeof(codi_block_q8_0);
     const size_t gbytes = (size_t)nb * bbytes;
     float dy[XC][SLICE];
     union {
@@ -237,6 +324,8 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                 const uint8_t *xs = (const uint8_t *)x + (size_t)(cb + t) * ldx + (size_t)i0 * xbytes;
                 if (kind == CODI_TYPE_Q4_1)
                     q8_1_scales((const codi_block_q8_1 *)xs, ns, dy[t], aux.f[t]);
+                else if (kind == CODI_TYPE_Q4_K)
+                    q8_K_scales((const codi_block_q8_K *)xs, ns, dy[t]);
                 else if (kind == CODI_TYPE_Q4_0 || kind == CODI_TYPE_Q5_0)
                     q8_0_sums((const codi_block_q8_0 *)xs, ns, kind == CODI_TYPE_Q5_0 ? 16 : 8, dy[t],
                               aux.i[t]);
@@ -263,6 +352,8 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                     else if (kind == CODI_TYPE_Q5_0)
                         X8_TOKENS(tn, X8_FN(q5_0_tile)(ns, wg, T, xr, d,
                                                        (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
+                    else if (kind == CODI_TYPE_Q4_K)
+                        X8_TOKENS(tn, X8_FN(q4_K_tile)(ns, wg, T, xr, d, yr, i0 == 0))
                     else
                         X8_TOKENS(tn, X8_FN(q8_0_tile)(ns, wg, T, xr, d, yr, i0 == 0))
                 }
@@ -284,6 +375,11 @@ X8_TARGET void X8_FN(codi_gemm_x8_q8_0)(int64_t n, int ng, const void *w, int nc
 X8_TARGET void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q4_0, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+X8_TARGET void X8_FN(codi_gemm_x8_q4_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q4_K, n, ng, w, nc, x, ldx, y, ldy);
 }
 
 X8_TARGET void X8_FN(codi_gemm_x8_q5_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
