@@ -9,7 +9,7 @@
 
 bool codi_x8_has_layout(int type) {
     return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q5_0 ||
-           type == CODI_TYPE_Q8_0 || type == CODI_TYPE_Q4_K ||
+           type == CODI_TYPE_Q8_0 || type == CODI_TYPE_Q4_K || type == CODI_TYPE_Q6_K ||
            type == CODI_TYPE_Q4G32 || type == CODI_TYPE_Q8G32 || codi_type_is_w4a8(type);
 }
 
@@ -64,6 +64,40 @@ static void pack_q4_K(int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
     }
 }
 
+/* The 6-bit quant (0..63) of element e (< 256) of a Q6_K block, as
+ * llama.cpp lays them out: halves of 128, quarters of 32 within. */
+static uint8_t q6_quant(const codi_block_q6_K *b, int e) {
+    const int n = e / 128, q = (e % 128) / 32, l = e % 32;
+    const uint8_t ql = b->ql[64 * n + l + 32 * (q & 1)];
+    const uint8_t lo = q < 2 ? (uint8_t)(ql & 0x0F) : (uint8_t)(ql >> 4);
+    return (uint8_t)(lo | ((b->qh[32 * n + l] >> (2 * q)) & 3) << 4);
+}
+
+/* Q6_K: per super-block of 256 in-features, as repack.h lays it out. */
+static void pack_q6_K(int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
+    for (int64_t i = 0; i < n / CODI_QK_K; i++) {
+        const codi_block_q6_K *b[CODI_X8_ROWS];
+        for (int r = 0; r < CODI_X8_ROWS; r++) {
+            b[r] = (const codi_block_q6_K *)(s + (size_t)r * ldw) + i;
+            memcpy(o + 2 * r, &b[r]->d, 2);
+            for (int sb = 0; sb < 16; sb++)
+                o[16 + 8 * sb + r] = (uint8_t)b[r]->scales[sb];
+        }
+        uint8_t *ql = o + 144, *qh = o + 144 + 1024;
+        memset(ql, 0, 1024);
+        memset(qh, 0, 512);
+        for (int m = 0; m < 64; m++)
+            for (int r = 0; r < CODI_X8_ROWS; r++)
+                for (int t = 0; t < 4; t++) {
+                    const uint8_t v = q6_quant(b[r], 4 * m + t);
+                    const int i8 = 4 * r + t;
+                    ql[32 * (m / 2) + i8] |= (uint8_t)((v & 0x0F) << (4 * (m % 2)));
+                    qh[32 * (m / 4) + i8] |= (uint8_t)((v >> 4) << (2 * (m % 4)));
+                }
+        o += sizeof(codi_block_q6_K) * CODI_X8_ROWS;
+    }
+}
+
 /* W4A8_G: per group of G in-features, the 8 rows' group scales, then their
  * zero points, then G / 32 blocks of nibbles as Q4_0x8's. */
 static void pack_w4a8(int G, int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
@@ -93,6 +127,10 @@ void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *
     }
     if (type == CODI_TYPE_Q4_K) {
         pack_q4_K(n, s, ldw, o);
+        return;
+    }
+    if (type == CODI_TYPE_Q6_K) {
+        pack_q6_K(n, s, ldw, o);
         return;
     }
     if (type == CODI_TYPE_Q4G32) /* byte-identical to Q4_1 (docs/formats.md) */

@@ -14,6 +14,8 @@
  *   Q5_0x8 (176 bytes): uint16 d[8]; uint32 qh[8]; uint8 qs[128]
  *   Q4_Kx8 (1152 bytes per 256 in-features): uint16 d[8]; uint16 dmin[8];
  *       uint32 sc[3][8]; uint8 qs[1024]
+ *   Q6_Kx8 (1680 bytes per 256 in-features): uint16 d[8]; int8 sc[16][8];
+ *       uint8 ql[1024]; uint8 qh[512]
  *   W4A8_Gx8 (8 (2 + G / 2) bytes per group of G in-features):
  *       uint8 sg[8]; int8 z[8]; then G / 32 times uint8 qs[128]
  *
@@ -32,6 +34,12 @@
  * byte 256 j + 32 k + 4 r + t of qs holds element 64 j + 4 k + t of row r
  * in its low nibble (sub-block 2 j) and element 64 j + 32 + 4 k + t in its
  * high nibble (sub-block 2 j + 1).
+ * Q6_K: sc[s][r] is row r's scale of elements 16 s .. 16 s + 15. Let V_m
+ * (m < 64) be the 32 bytes whose byte 4 r + t is the 6-bit quant of
+ * element 4 m + t of row r. Byte i of ql vector k (32 bytes at 32 k) holds
+ * the low 4 bits of byte i of V_2k in its low nibble and of V_2k+1 in its
+ * high nibble; byte i of qh vector s (at 32 s) holds the top 2 bits of
+ * byte i of V_4s, V_4s+1, V_4s+2, V_4s+3 in its bits 0-1, 2-3, 4-5, 6-7.
  *
  * A group is exactly as large as the 8 rows it came from. The layout is an
  * in-memory one: files keep llama.cpp's. */
@@ -44,7 +52,7 @@
 
 #define CODI_X8_ROWS 8
 
-/* Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and W4A8 have an x8 layout; Q4G32 and Q8G32,
+/* Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K and W4A8 have an x8 layout; Q4G32 and Q8G32,
  * byte-identical to Q4_1 and Q8_0, use theirs. */
 bool codi_x8_has_layout(int type);
 
@@ -80,6 +88,8 @@ void codi_gemm_x8_q5_0_avx2(int64_t n, int ng, const void *w, int nc, const void
                             float *y, size_t ldy);
 void codi_gemm_x8_q4_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
+void codi_gemm_x8_q6_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
 /* The same kernels with AVX-VNNI's vpdpbusd; equal to the AVX2 ones bit
  * for bit. Only on CPUs with AVX-VNNI (codi_cpu_features.avxvnni). */
 void codi_gemm_x8_q4_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
@@ -91,6 +101,8 @@ void codi_gemm_x8_q8_0_avxvnni(int64_t n, int ng, const void *w, int nc, const v
 void codi_gemm_x8_q5_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q4_K_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_q6_K_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 /* Q4_1 with AVX-512 (F, BW, VL, DQ, VNNI): two groups per 512-bit vector,
  * 8 tokens a tile; equal to codi_gemm_x8_q4_1_avxvnni bit for bit (which

@@ -292,6 +292,66 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_K_tile)(
         _mm256_storeu_ps(yr[t], acc[t]);
 }
 
+/* ---- Q6_K x Q8_K, per super-block of 256: d dy sum_s sc_s ((q . y)_s -
+ * 32 bsum_s) over its 16 sub-blocks s of 16, sc_s signed. q <= 63: each
+ * maddubs is widened (X8_DOT8) ---- */
+
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q6_K_tile)(
+    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
+    float *const *yr, int first) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[TILE];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q6_K) * CODI_X8_ROWS);
+        _Pragma("GCC unroll 8")
+        for (int o = 0; o < 1680; o += 256)
+            prefetch_ahead(b + o, 256);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        const uint8_t *ql = b + 144, *qh = b + 144 + 1024;
+        const codi_block_q8_K *y[TILE];
+        __m256i is[TILE];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            y[t] = (const codi_block_q8_K *)xr[t] + i;
+            is[t] = _mm256_setzero_si256();
+        }
+        for (int s = 0; s < 16; s++) {
+            const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 16 + 8 * s)));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * s)),
+                          l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * s + 32)),
+                          h = _mm256_loadu_si256((const __m256i *)(qh + 32 * s));
+            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+            const __m256i v2 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(h, m30));
+            const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                               _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                const int8_t *q = y[t]->qs + 16 * s;
+                __m256i d = _mm256_setzero_si256();
+                X8_DOT8(d, v0, bcast4(q));
+                X8_DOT8(d, v1, bcast4(q + 4));
+                X8_DOT8(d, v2, bcast4(q + 8));
+                X8_DOT8(d, v3, bcast4(q + 12));
+                d = _mm256_sub_epi32(d, _mm256_set1_epi32(32 * (int)y[t]->bsums[s]));
+                is[t] = _mm256_add_epi32(is[t], _mm256_mullo_epi32(sc, d));
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
+                                     _mm256_cvtepi32_ps(is[t]), acc[t]);
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(yr[t], acc[t]);
+}
+
 /* ---- driver ---- */
 
 /* kind is a constant once inlined, so each entry point keeps only its own
@@ -300,16 +360,18 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                                                                   const void *w, int nc,
                                                                   const void *x, size_t ldx,
                                                                   float *y, size_t ldy) {
-    const int64_t nb = n / (kind == CODI_TYPE_Q4_K ? CODI_QK_K : CODI_QK);
+    const bool kq = kind == CODI_TYPE_Q4_K || kind == CODI_TYPE_Q6_K; /* Q8_K activations */
+    const int64_t nb = n / (kq ? CODI_QK_K : CODI_QK);
     const size_t bbytes = (kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q4_1)
                            : kind == CODI_TYPE_Q4_0 ? sizeof(codi_block_q4_0)
                            : kind == CODI_TYPE_Q5_0 ? sizeof(codi_block_q5_0)
                            : kind == CODI_TYPE_Q4_K ? sizeof(codi_block_q4_K)
+                           : kind == CODI_TYPE_Q6_K ? sizeof(codi_block_q6_K)
                                                     : sizeof(codi_block_q8_0)) *
                           CODI_X8_ROWS;
-    const size_t xbytes = kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q8_1)
-                          : kind == CODI_TYPE_Q4_K ? sizeof(codi_block_q8_K)
-                                                   : sizeof(codi_block_q8_0);
+    const size_t xbytes = kind == CODI_TYPE_Q4_1 ? sizeof(codi_block_q8_1)
+                          : kq                   ? sizeof(codi_block_q8_K)
+                                                 : sizeof(codi_block_q8_0);
     const size_t gbytes = (size_t)nb * bbytes;
     float dy[XC][SLICE];
     union {
@@ -324,7 +386,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                 const uint8_t *xs = (const uint8_t *)x + (size_t)(cb + t) * ldx + (size_t)i0 * xbytes;
                 if (kind == CODI_TYPE_Q4_1)
                     q8_1_scales((const codi_block_q8_1 *)xs, ns, dy[t], aux.f[t]);
-                else if (kind == CODI_TYPE_Q4_K)
+                else if (kq)
                     q8_K_scales((const codi_block_q8_K *)xs, ns, dy[t]);
                 else if (kind == CODI_TYPE_Q4_0 || kind == CODI_TYPE_Q5_0)
                     q8_0_sums((const codi_block_q8_0 *)xs, ns, kind == CODI_TYPE_Q5_0 ? 16 : 8, dy[t],
@@ -354,6 +416,8 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                                                        (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q4_K)
                         X8_TOKENS(tn, X8_FN(q4_K_tile)(ns, wg, T, xr, d, yr, i0 == 0))
+                    else if (kind == CODI_TYPE_Q6_K)
+                        X8_TOKENS(tn, X8_FN(q6_K_tile)(ns, wg, T, xr, d, yr, i0 == 0))
                     else
                         X8_TOKENS(tn, X8_FN(q8_0_tile)(ns, wg, T, xr, d, yr, i0 == 0))
                 }
@@ -380,6 +444,11 @@ X8_TARGET void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc
 X8_TARGET void X8_FN(codi_gemm_x8_q4_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q4_K, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+X8_TARGET void X8_FN(codi_gemm_x8_q6_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q6_K, n, ng, w, nc, x, ldx, y, ldy);
 }
 
 X8_TARGET void X8_FN(codi_gemm_x8_q5_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
