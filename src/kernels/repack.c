@@ -9,7 +9,8 @@
 
 bool codi_x8_has_layout(int type) {
     return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q5_0 ||
-           type == CODI_TYPE_Q8_0 || type == CODI_TYPE_Q4_K || type == CODI_TYPE_Q6_K ||
+           type == CODI_TYPE_Q8_0 || type == CODI_TYPE_Q4_K || type == CODI_TYPE_Q5_K ||
+           type == CODI_TYPE_Q6_K ||
            type == CODI_TYPE_Q4G32 || type == CODI_TYPE_Q8G32 || codi_type_is_w4a8(type);
 }
 
@@ -41,26 +42,42 @@ static void pack_fifth_bits(uint32_t mask[8], const uint8_t *const qh[CODI_X8_RO
     }
 }
 
-/* Q4_K: per super-block of 256 in-features, as repack.h lays it out. */
-static void pack_q4_K(int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
+/* Q4_K and Q5_K (five): per super-block of 256 in-features, as repack.h
+ * lays them out. Both blocks start d, dmin, scales; Q5_K then has qh. */
+static void pack_k4(bool five, int64_t n, const uint8_t *s, size_t ldw, uint8_t *o) {
+    const size_t bb = five ? sizeof(codi_block_q5_K) : sizeof(codi_block_q4_K);
     for (int64_t i = 0; i < n / CODI_QK_K; i++) {
-        const codi_block_q4_K *b[CODI_X8_ROWS];
+        const codi_block_q4_K *b[CODI_X8_ROWS]; /* d, dmin, scales */
+        const uint8_t *qh[CODI_X8_ROWS], *qs[CODI_X8_ROWS];
         for (int r = 0; r < CODI_X8_ROWS; r++) {
-            b[r] = (const codi_block_q4_K *)(s + (size_t)r * ldw) + i;
+            const uint8_t *blk = s + (size_t)r * ldw + (size_t)i * bb;
+            b[r] = (const codi_block_q4_K *)blk;
+            qh[r] = five ? ((const codi_block_q5_K *)blk)->qh : NULL;
+            qs[r] = five ? ((const codi_block_q5_K *)blk)->qs : b[r]->qs;
             memcpy(o + 2 * r, &b[r]->d, 2);
             memcpy(o + 16 + 2 * r, &b[r]->dmin, 2);
             for (int p = 0; p < 3; p++)
                 memcpy(o + 32 + 32 * p + 4 * r, b[r]->scales + 4 * p, 4);
         }
         uint8_t *q = o + 128;
+        if (five) {
+            uint32_t mask[64] = {0};
+            for (int j = 0; j < 4; j++)
+                for (int k = 0; k < 8; k++)
+                    for (int h = 0; h < 2; h++)
+                        for (int r = 0; r < CODI_X8_ROWS; r++)
+                            for (int t = 0; t < 4; t++)
+                                mask[2 * (8 * j + k) + h] |= (uint32_t)((qh[r][4 * k + t] >> (2 * j + h)) & 1u)
+                                                             << (4 * r + t);
+            memcpy(q, mask, sizeof mask);
+            q += sizeof mask;
+        }
         for (int j = 0; j < 4; j++)
             for (int k = 0; k < 8; k++)
                 for (int r = 0; r < CODI_X8_ROWS; r++)
-                    for (int t = 0; t < 4; t++) {
-                        const uint8_t v = b[r]->qs[32 * j + 4 * k + t]; /* lo: 64j+4k+t, hi: +32 */
-                        q[256 * j + 32 * k + 4 * r + t] = v;
-                    }
-        o += sizeof(codi_block_q4_K) * CODI_X8_ROWS;
+                    for (int t = 0; t < 4; t++) /* lo: element 64j+4k+t, hi: +32 */
+                        q[256 * j + 32 * k + 4 * r + t] = qs[r][32 * j + 4 * k + t];
+        o += bb * CODI_X8_ROWS;
     }
 }
 
@@ -125,8 +142,8 @@ void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *
         pack_w4a8(codi_type_group_size(type), n, s, ldw, o);
         return;
     }
-    if (type == CODI_TYPE_Q4_K) {
-        pack_q4_K(n, s, ldw, o);
+    if (type == CODI_TYPE_Q4_K || type == CODI_TYPE_Q5_K) {
+        pack_k4(type == CODI_TYPE_Q5_K, n, s, ldw, o);
         return;
     }
     if (type == CODI_TYPE_Q6_K) {

@@ -14,6 +14,8 @@
  *   Q5_0x8 (176 bytes): uint16 d[8]; uint32 qh[8]; uint8 qs[128]
  *   Q4_Kx8 (1152 bytes per 256 in-features): uint16 d[8]; uint16 dmin[8];
  *       uint32 sc[3][8]; uint8 qs[1024]
+ *   Q5_Kx8 (1408 bytes per 256 in-features): as Q4_Kx8 with uint32 qh[64]
+ *       between sc and qs
  *   Q6_Kx8 (1680 bytes per 256 in-features): uint16 d[8]; int8 sc[16][8];
  *       uint8 ql[1024]; uint8 qh[512]
  *   W4A8_Gx8 (8 (2 + G / 2) bytes per group of G in-features):
@@ -33,7 +35,8 @@
  * (so one 32-bit lane per row unpacks every row's scale and min at once);
  * byte 256 j + 32 k + 4 r + t of qs holds element 64 j + 4 k + t of row r
  * in its low nibble (sub-block 2 j) and element 64 j + 32 + 4 k + t in its
- * high nibble (sub-block 2 j + 1).
+ * high nibble (sub-block 2 j + 1). Q5_K's fifth bits: bit 4 r + t of
+ * qh[2 (8 j + k) + h] is that of element 64 j + 32 h + 4 k + t of row r.
  * Q6_K: sc[s][r] is row r's scale of elements 16 s .. 16 s + 15. Let V_m
  * (m < 64) be the 32 bytes whose byte 4 r + t is the 6-bit quant of
  * element 4 m + t of row r. Byte i of ql vector k (32 bytes at 32 k) holds
@@ -52,7 +55,8 @@
 
 #define CODI_X8_ROWS 8
 
-/* Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K and W4A8 have an x8 layout; Q4G32 and Q8G32,
+/* Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K and W4A8 have an x8 layout;
+ * Q4G32 and Q8G32,
  * byte-identical to Q4_1 and Q8_0, use theirs. */
 bool codi_x8_has_layout(int type);
 
@@ -88,6 +92,8 @@ void codi_gemm_x8_q5_0_avx2(int64_t n, int ng, const void *w, int nc, const void
                             float *y, size_t ldy);
 void codi_gemm_x8_q4_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
+void codi_gemm_x8_q5_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
 void codi_gemm_x8_q6_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
 /* The same kernels with AVX-VNNI's vpdpbusd; equal to the AVX2 ones bit
@@ -101,6 +107,8 @@ void codi_gemm_x8_q8_0_avxvnni(int64_t n, int ng, const void *w, int nc, const v
 void codi_gemm_x8_q5_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q4_K_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_q5_K_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q6_K_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);

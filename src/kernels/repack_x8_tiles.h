@@ -208,14 +208,16 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_0_tile)(
         _mm256_storeu_ps(yr[t], acc[t]);
 }
 
-/* ---- Q4_K x Q8_K, per super-block of 256: d dy sum_s sc_s (q . y)_s -
- * dmin dy sum_s m_s bsum_s over its 8 sub-blocks s of 32. The 6-bit
- * scales and mins of the 8 rows are unpacked in 32-bit lanes, one lane a
- * row; a sub-block's 8 maddubs of q <= 15 stay below 2^15 (X8_DOT4) ---- */
+/* ---- Q4_K (Q5_K: five) x Q8_K, per super-block of 256: d dy sum_s sc_s
+ * (q . y)_s - dmin dy sum_s m_s bsum_s over its 8 sub-blocks s of 32. The
+ * 6-bit scales and mins of the 8 rows are unpacked in 32-bit lanes, one
+ * lane a row; a sub-block's 8 maddubs of q <= 15 stay below 2^15
+ * (X8_DOT4), those of Q5_K's q <= 31 are widened (X8_DOT8) ---- */
 
-X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_K_tile)(
-    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
-    float *const *yr, int first) {
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(k4_tile)(
+    int five, int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr,
+    const float (*dy)[SLICE], float *const *yr, int first) {
+    const size_t bbytes = (five ? sizeof(codi_block_q5_K) : sizeof(codi_block_q4_K)) * CODI_X8_ROWS;
     const __m256i m4 = _mm256_set1_epi8(0x0F), m6 = _mm256_set1_epi32(63),
                   l4 = _mm256_set1_epi32(0x0F), l2 = _mm256_set1_epi32(3);
     __m256 acc[TILE];
@@ -223,9 +225,9 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_K_tile)(
     for (int t = 0; t < T; t++)
         acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_K) * CODI_X8_ROWS);
+        const uint8_t *b = wg + (size_t)i * bbytes;
         _Pragma("GCC unroll 8")
-        for (int o = 0; o < 1152; o += 256)
+        for (size_t o = 0; o < bbytes; o += 256)
             prefetch_ahead(b + o, 256);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
@@ -244,7 +246,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_K_tile)(
             mn[k + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(a2, 4), l4),
                                         _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(a1, 6), l2), 4));
         }
-        const uint8_t *qs = b + 128;
+        const uint8_t *qh = b + 128, *qs = b + (five ? 384 : 128);
         const codi_block_q8_K *y[TILE];
         __m256i is[TILE];
         _Pragma("GCC unroll 8")
@@ -260,19 +262,30 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_K_tile)(
             _Pragma("GCC unroll 8")
             for (int k = 0; k < 8; k++) {
                 const __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 256 * j + 32 * k));
-                const __m256i lo = _mm256_and_si256(p, m4);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+                __m256i lo = _mm256_and_si256(p, m4);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+                if (five) {
+                    lo = _mm256_or_si256(lo, fifth_bits(qh + 8 * (8 * j + k)));
+                    hi = _mm256_or_si256(hi, fifth_bits(qh + 8 * (8 * j + k) + 4));
+                }
                 _Pragma("GCC unroll 8")
                 for (int t = 0; t < T; t++) {
-                    X8_DOT4(slo[t], lo, bcast4(y[t]->qs + 64 * j + 4 * k));
-                    X8_DOT4(shi[t], hi, bcast4(y[t]->qs + 64 * j + 32 + 4 * k));
+                    if (five) {
+                        X8_DOT8(slo[t], lo, bcast4(y[t]->qs + 64 * j + 4 * k));
+                        X8_DOT8(shi[t], hi, bcast4(y[t]->qs + 64 * j + 32 + 4 * k));
+                    } else {
+                        X8_DOT4(slo[t], lo, bcast4(y[t]->qs + 64 * j + 4 * k));
+                        X8_DOT4(shi[t], hi, bcast4(y[t]->qs + 64 * j + 32 + 4 * k));
+                    }
                 }
             }
             _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++)
-                is[t] = _mm256_add_epi32(is[t],
-                                         _mm256_add_epi32(_mm256_mullo_epi32(sc[2 * j], X8_DOT4_SUM(slo[t])),
-                                                          _mm256_mullo_epi32(sc[2 * j + 1], X8_DOT4_SUM(shi[t]))));
+            for (int t = 0; t < T; t++) {
+                const __m256i a = five ? slo[t] : X8_DOT4_SUM(slo[t]),
+                              c = five ? shi[t] : X8_DOT4_SUM(shi[t]);
+                is[t] = _mm256_add_epi32(is[t], _mm256_add_epi32(_mm256_mullo_epi32(sc[2 * j], a),
+                                                                 _mm256_mullo_epi32(sc[2 * j + 1], c)));
+            }
         }
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
@@ -360,12 +373,14 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                                                                   const void *w, int nc,
                                                                   const void *x, size_t ldx,
                                                                   float *y, size_t ldy) {
-    const bool kq = kind == CODI_TYPE_Q4_K || kind == CODI_TYPE_Q6_K; /* Q8_K activations */
+    const bool kq = kind == CODI_TYPE_Q4_K || kind == CODI_TYPE_Q5_K ||
+                    kind == CODI_TYPE_Q6_K; /* Q8_K activations */
     const int64_t nb = n / (kq ? CODI_QK_K : CODI_QK);
     const size_t bbytes = (kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q4_1)
                            : kind == CODI_TYPE_Q4_0 ? sizeof(codi_block_q4_0)
                            : kind == CODI_TYPE_Q5_0 ? sizeof(codi_block_q5_0)
                            : kind == CODI_TYPE_Q4_K ? sizeof(codi_block_q4_K)
+                           : kind == CODI_TYPE_Q5_K ? sizeof(codi_block_q5_K)
                            : kind == CODI_TYPE_Q6_K ? sizeof(codi_block_q6_K)
                                                     : sizeof(codi_block_q8_0)) *
                           CODI_X8_ROWS;
@@ -415,7 +430,9 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                         X8_TOKENS(tn, X8_FN(q5_0_tile)(ns, wg, T, xr, d,
                                                        (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q4_K)
-                        X8_TOKENS(tn, X8_FN(q4_K_tile)(ns, wg, T, xr, d, yr, i0 == 0))
+                        X8_TOKENS(tn, X8_FN(k4_tile)(0, ns, wg, T, xr, d, yr, i0 == 0))
+                    else if (kind == CODI_TYPE_Q5_K)
+                        X8_TOKENS(tn, X8_FN(k4_tile)(1, ns, wg, T, xr, d, yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q6_K)
                         X8_TOKENS(tn, X8_FN(q6_K_tile)(ns, wg, T, xr, d, yr, i0 == 0))
                     else
@@ -444,6 +461,11 @@ X8_TARGET void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc
 X8_TARGET void X8_FN(codi_gemm_x8_q4_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q4_K, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+X8_TARGET void X8_FN(codi_gemm_x8_q5_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q5_K, n, ng, w, nc, x, ldx, y, ldy);
 }
 
 X8_TARGET void X8_FN(codi_gemm_x8_q6_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
