@@ -931,12 +931,12 @@ static void test_gemm_x8(void **state) {
      * kernels (W4A8's x8 kernels: tests/test_quant_codi.c) */
     static const int types[] = {CODI_TYPE_Q4_0, CODI_TYPE_Q4_1, CODI_TYPE_Q8_0, CODI_TYPE_Q4G32,
                                 CODI_TYPE_Q8G32, CODI_TYPE_Q5_0, CODI_TYPE_Q4_K, CODI_TYPE_Q6_K,
-                                CODI_TYPE_Q5_K};
+                                CODI_TYPE_Q5_K, CODI_TYPE_Q5_1};
     static const codi_gemm_x8_fn fns[] = {codi_gemm_x8_q4_0_avx2, codi_gemm_x8_q4_1_avx2,
                                           codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q4_1_avx2,
                                           codi_gemm_x8_q8_0_avx2, codi_gemm_x8_q5_0_avx2,
                                           codi_gemm_x8_q4_K_avx2, codi_gemm_x8_q6_K_avx2,
-                                          codi_gemm_x8_q5_K_avx2};
+                                          codi_gemm_x8_q5_K_avx2, codi_gemm_x8_q5_1_avx2};
     /* the AVX-VNNI twins: handed out where the CPU has AVX-VNNI (and
      * CODI_NO_VNNI is unset), and equal to the AVX2 kernels bit for bit;
      * 1..5 groups cover pairs and an odd last group of the AVX-512 Q4_1
@@ -945,7 +945,7 @@ static void test_gemm_x8(void **state) {
                                            codi_gemm_x8_q8_0_avxvnni, codi_gemm_x8_q4_1_avxvnni,
                                            codi_gemm_x8_q8_0_avxvnni, codi_gemm_x8_q5_0_avxvnni,
                                            codi_gemm_x8_q4_K_avxvnni, codi_gemm_x8_q6_K_avxvnni,
-                                           codi_gemm_x8_q5_K_avxvnni};
+                                           codi_gemm_x8_q5_K_avxvnni, codi_gemm_x8_q5_1_avxvnni};
     _Static_assert(sizeof vnni == sizeof fns && sizeof fns / sizeof fns[0] == sizeof types / sizeof types[0],
                    "one kernel of each kind per type");
     const char *novnni = getenv("CODI_NO_VNNI");
@@ -954,7 +954,7 @@ static void test_gemm_x8(void **state) {
     /* and the AVX-512 Q4_1 and Q8_0 kernels (two groups per vector), the
      * same bits */
     static const codi_gemm_x8_fn x512[] = {NULL, codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512,
-                                           codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512, NULL, NULL, NULL, NULL};
+                                           codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512, NULL, NULL, NULL, NULL, NULL};
     _Static_assert(sizeof x512 == sizeof fns, "one AVX-512 entry (or NULL) per type");
     const char *no512 = getenv("CODI_NO_AVX512");
     const int has_512 = has_vnni && codi_cpu_get_features()->avx512;

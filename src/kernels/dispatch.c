@@ -181,6 +181,7 @@ codi_gemm_x8_fn codi_kernel_gemm_x8(int type) {
         switch (type) {
         case CODI_TYPE_Q4_0: return g_use_vnni ? codi_gemm_x8_q4_0_avxvnni : codi_gemm_x8_q4_0_avx2;
         case CODI_TYPE_Q5_0: return g_use_vnni ? codi_gemm_x8_q5_0_avxvnni : codi_gemm_x8_q5_0_avx2;
+        case CODI_TYPE_Q5_1: return g_use_vnni ? codi_gemm_x8_q5_1_avxvnni : codi_gemm_x8_q5_1_avx2;
         case CODI_TYPE_Q4_K: return g_use_vnni ? codi_gemm_x8_q4_K_avxvnni : codi_gemm_x8_q4_K_avx2;
         case CODI_TYPE_Q5_K: return g_use_vnni ? codi_gemm_x8_q5_K_avxvnni : codi_gemm_x8_q5_K_avx2;
         case CODI_TYPE_Q6_K: return g_use_vnni ? codi_gemm_x8_q6_K_avxvnni : codi_gemm_x8_q6_K_avx2;

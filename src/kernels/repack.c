@@ -9,6 +9,7 @@
 
 bool codi_x8_has_layout(int type) {
     return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q5_0 ||
+           type == CODI_TYPE_Q5_1 ||
            type == CODI_TYPE_Q8_0 || type == CODI_TYPE_Q4_K || type == CODI_TYPE_Q5_K ||
            type == CODI_TYPE_Q6_K ||
            type == CODI_TYPE_Q4G32 || type == CODI_TYPE_Q8G32 || codi_type_is_w4a8(type);
@@ -192,6 +193,22 @@ void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *
             memcpy(o + sizeof d, mask, sizeof mask);
             pack_nibbles(o + sizeof d + sizeof mask, qs);
             o += sizeof(codi_block_q5_0) * CODI_X8_ROWS;
+        } else if (type == CODI_TYPE_Q5_1) {
+            const uint8_t *qh[CODI_X8_ROWS];
+            uint32_t mask[8];
+            for (int r = 0; r < CODI_X8_ROWS; r++) {
+                const codi_block_q5_1 *b = (const codi_block_q5_1 *)(s + (size_t)r * ldw) + i;
+                d[r] = b->d;
+                m[r] = b->m;
+                qh[r] = b->qh;
+                qs[r] = b->qs;
+            }
+            pack_fifth_bits(mask, qh);
+            memcpy(o, d, sizeof d);
+            memcpy(o + sizeof d, m, sizeof m);
+            memcpy(o + sizeof d + sizeof m, mask, sizeof mask);
+            pack_nibbles(o + sizeof d + sizeof m + sizeof mask, qs);
+            o += sizeof(codi_block_q5_1) * CODI_X8_ROWS;
         } else { /* Q8_0 */
             for (int r = 0; r < CODI_X8_ROWS; r++) {
                 const codi_block_q8_0 *b = (const codi_block_q8_0 *)(s + (size_t)r * ldw) + i;

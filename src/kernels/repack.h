@@ -12,6 +12,7 @@
  *   Q4_1x8 (160 bytes): uint16 d[8]; uint16 m[8]; uint8 qs[128]
  *   Q8_0x8 (272 bytes): uint16 d[8]; int8 qs[256]
  *   Q5_0x8 (176 bytes): uint16 d[8]; uint32 qh[8]; uint8 qs[128]
+ *   Q5_1x8 (192 bytes): uint16 d[8]; uint16 m[8]; uint32 qh[8]; uint8 qs[128]
  *   Q4_Kx8 (1152 bytes per 256 in-features): uint16 d[8]; uint16 dmin[8];
  *       uint32 sc[3][8]; uint8 qs[1024]
  *   Q5_Kx8 (1408 bytes per 256 in-features): as Q4_Kx8 with uint32 qh[64]
@@ -27,8 +28,8 @@
  * 32 k + 4 r + t (k < 8) holds element 4 k + t of row r. So the low (high)
  * nibbles of 32 bytes, or 32 bytes of Q8_0x8, are 4 elements of each of 8
  * rows: one maddubs against 4 activation bytes broadcast gives each row's
- * partial sum in its own 32-bit lane. Q5_0's nibbles are laid out as
- * Q4_0's; its fifth bits as 8 masks, one per vector of nibbles: bit
+ * partial sum in its own 32-bit lane. Q5_0's and Q5_1's nibbles are laid
+ * out as Q4_0's; their fifth bits as 8 masks, one per vector of nibbles: bit
  * 4 r + t of qh[2 k + h] is the fifth bit of element 8 k + 4 h + t of row
  * r, i.e. of the low (h = 0) or high (h = 1) nibble of byte 32 k + 4 r + t.
  * Q4_K: sc[p][r] is bytes 4 p .. 4 p + 3 of row r's 12 packed scale bytes
@@ -55,7 +56,7 @@
 
 #define CODI_X8_ROWS 8
 
-/* Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K and W4A8 have an x8 layout;
+/* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K and W4A8 have an x8 layout;
  * Q4G32 and Q8G32,
  * byte-identical to Q4_1 and Q8_0, use theirs. */
 bool codi_x8_has_layout(int type);
@@ -90,6 +91,8 @@ void codi_gemm_x8_q8_0_avx2(int64_t n, int ng, const void *w, int nc, const void
                             float *y, size_t ldy);
 void codi_gemm_x8_q5_0_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
+void codi_gemm_x8_q5_1_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                            float *y, size_t ldy);
 void codi_gemm_x8_q4_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                             float *y, size_t ldy);
 void codi_gemm_x8_q5_K_avx2(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
@@ -105,6 +108,8 @@ void codi_gemm_x8_q4_1_avxvnni(int64_t n, int ng, const void *w, int nc, const v
 void codi_gemm_x8_q8_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q5_0_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
+                               size_t ldx, float *y, size_t ldy);
+void codi_gemm_x8_q5_1_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);
 void codi_gemm_x8_q4_K_avxvnni(int64_t n, int ng, const void *w, int nc, const void *x,
                                size_t ldx, float *y, size_t ldy);

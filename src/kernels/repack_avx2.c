@@ -283,7 +283,7 @@ K512 void codi_gemm_x8_q4_1_avx512(int64_t n, int ng, const void *w, int nc, con
                     if (pair)
                         X16_TOKENS(tn, q4_1_tile16(ns, wg, wg + gbytes, T, xr, d, sm, y0, y1, i0 == 0))
                     else
-                        X8_TOKENS(tn, q4_1_tile_avxvnni(ns, wg, T, xr, d, sm, y0, i0 == 0))
+                        X8_TOKENS(tn, q4_1_tile_avxvnni(0, ns, wg, T, xr, d, sm, y0, i0 == 0))
                 }
             }
         }

@@ -59,18 +59,41 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_block_sums)
     }
 }
 
-/* ---- Q4_1 x Q8_1: (d_w d_y) sum q y + m_w s_y per block ---- */
+/* A Q5_x block's integer sums in 32 bits (X8_DOT8): the nibbles at qs
+ * as Q4_x's, each vector's fifth bits from its mask at qh. */
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_block_sums)(
+    const uint8_t *qh, const uint8_t *qs, int T, const int8_t *const *q, __m256i *s) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        s[t] = _mm256_setzero_si256();
+    _Pragma("GCC unroll 8")
+    for (int k = 0; k < 4; k++) {
+        const __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+        const __m256i lo = _mm256_or_si256(_mm256_and_si256(p, m4), fifth_bits(qh + 8 * k));
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4),
+                                           fifth_bits(qh + 8 * k + 4));
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+            X8_DOT8(s[t], lo, bcast4(q[t] + 8 * k));
+            X8_DOT8(s[t], hi, bcast4(q[t] + 8 * k + 4));
+        }
+    }
+}
+
+/* ---- Q4_1 (Q5_1: five) x Q8_1: (d_w d_y) sum q y + m_w s_y per block ---- */
 
 X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
-    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
-    const float (*sy)[SLICE], float *const *yr, int first) {
+    int five, int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr,
+    const float (*dy)[SLICE], const float (*sy)[SLICE], float *const *yr, int first) {
+    const size_t bbytes = (five ? sizeof(codi_block_q5_1) : sizeof(codi_block_q4_1)) * CODI_X8_ROWS;
     __m256 acc[TILE];
     _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_1) * CODI_X8_ROWS);
-        prefetch_ahead(b, sizeof(codi_block_q4_1) * CODI_X8_ROWS);
+        const uint8_t *b = wg + (size_t)i * bbytes;
+        prefetch_ahead(b, bbytes);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
         const int8_t *q[TILE];
@@ -78,10 +101,13 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
         for (int t = 0; t < T; t++)
             q[t] = ((const codi_block_q8_1 *)xr[t])[i].qs;
         __m256i s[TILE];
-        X8_FN(q4_block_sums)(b + 32, T, q, s);
+        if (five)
+            X8_FN(q5_block_sums)(b + 32, b + 64, T, q, s);
+        else
+            X8_FN(q4_block_sums)(b + 32, T, q, s);
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
-            const __m256 sum = _mm256_cvtepi32_ps(X8_DOT4_SUM(s[t]));
+            const __m256 sum = _mm256_cvtepi32_ps(five ? s[t] : X8_DOT4_SUM(s[t]));
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])), sum, acc[t]);
             acc[t] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&sy[t][i]), acc[t]);
         }
@@ -167,7 +193,6 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
 X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_0_tile)(
     int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
     const int32_t (*s16)[SLICE], float *const *yr, int first) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[TILE];
     _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
@@ -176,26 +201,12 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_0_tile)(
         const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q5_0) * CODI_X8_ROWS);
         prefetch_ahead(b, sizeof(codi_block_q5_0) * CODI_X8_ROWS);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
-        const uint8_t *qh = b + 16, *qs = b + 48;
         const int8_t *q[TILE];
-        __m256i s[TILE];
         _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < T; t++)
             q[t] = ((const codi_block_q8_0 *)xr[t])[i].qs;
-            s[t] = _mm256_setzero_si256();
-        }
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < 4; k++) {
-            const __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(p, m4), fifth_bits(qh + 8 * k));
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4),
-                                               fifth_bits(qh + 8 * k + 4));
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) {
-                X8_DOT8(s[t], lo, bcast4(q[t] + 8 * k));
-                X8_DOT8(s[t], hi, bcast4(q[t] + 8 * k + 4));
-            }
-        }
+        __m256i s[TILE];
+        X8_FN(q5_block_sums)(b + 16, b + 48, T, q, s);
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const __m256i si = _mm256_sub_epi32(s[t], _mm256_set1_epi32(s16[t][i]));
@@ -377,6 +388,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                     kind == CODI_TYPE_Q6_K; /* Q8_K activations */
     const int64_t nb = n / (kq ? CODI_QK_K : CODI_QK);
     const size_t bbytes = (kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q4_1)
+                           : kind == CODI_TYPE_Q5_1 ? sizeof(codi_block_q5_1)
                            : kind == CODI_TYPE_Q4_0 ? sizeof(codi_block_q4_0)
                            : kind == CODI_TYPE_Q5_0 ? sizeof(codi_block_q5_0)
                            : kind == CODI_TYPE_Q4_K ? sizeof(codi_block_q4_K)
@@ -384,13 +396,14 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                            : kind == CODI_TYPE_Q6_K ? sizeof(codi_block_q6_K)
                                                     : sizeof(codi_block_q8_0)) *
                           CODI_X8_ROWS;
-    const size_t xbytes = kind == CODI_TYPE_Q4_1 ? sizeof(codi_block_q8_1)
+    const bool q81 = kind == CODI_TYPE_Q4_1 || kind == CODI_TYPE_Q5_1; /* Q8_1 activations */
+    const size_t xbytes = q81                    ? sizeof(codi_block_q8_1)
                           : kq                   ? sizeof(codi_block_q8_K)
                                                  : sizeof(codi_block_q8_0);
     const size_t gbytes = (size_t)nb * bbytes;
     float dy[XC][SLICE];
     union {
-        float f[XC][SLICE];   /* Q4_1: the activation blocks' s */
+        float f[XC][SLICE];   /* Q4_1, Q5_1: the activation blocks' s */
         int32_t i[XC][SLICE]; /* Q4_0 (Q5_0): 8 (16) * their sums of quants */
     } aux;
     for (int cb = 0; cb < nc; cb += XC) {
@@ -399,7 +412,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
             const int64_t ns = nb - i0 < SLICE ? nb - i0 : SLICE;
             for (int t = 0; t < ncb; t++) {
                 const uint8_t *xs = (const uint8_t *)x + (size_t)(cb + t) * ldx + (size_t)i0 * xbytes;
-                if (kind == CODI_TYPE_Q4_1)
+                if (q81)
                     q8_1_scales((const codi_block_q8_1 *)xs, ns, dy[t], aux.f[t]);
                 else if (kq)
                     q8_K_scales((const codi_block_q8_K *)xs, ns, dy[t]);
@@ -421,7 +434,10 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                     }
                     const float(*d)[SLICE] = (const float(*)[SLICE])(dy + c0);
                     if (kind == CODI_TYPE_Q4_1)
-                        X8_TOKENS(tn, X8_FN(q4_1_tile)(ns, wg, T, xr, d,
+                        X8_TOKENS(tn, X8_FN(q4_1_tile)(0, ns, wg, T, xr, d,
+                                                       (const float(*)[SLICE])(aux.f + c0), yr, i0 == 0))
+                    else if (kind == CODI_TYPE_Q5_1)
+                        X8_TOKENS(tn, X8_FN(q4_1_tile)(1, ns, wg, T, xr, d,
                                                        (const float(*)[SLICE])(aux.f + c0), yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q4_0)
                         X8_TOKENS(tn, X8_FN(q4_0_tile)(ns, wg, T, xr, d,
@@ -471,6 +487,11 @@ X8_TARGET void X8_FN(codi_gemm_x8_q5_K)(int64_t n, int ng, const void *w, int nc
 X8_TARGET void X8_FN(codi_gemm_x8_q6_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
                               float *y, size_t ldy) {
     X8_FN(x8_drive)(CODI_TYPE_Q6_K, n, ng, w, nc, x, ldx, y, ldy);
+}
+
+X8_TARGET void X8_FN(codi_gemm_x8_q5_1)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
+                              float *y, size_t ldy) {
+    X8_FN(x8_drive)(CODI_TYPE_Q5_1, n, ng, w, nc, x, ldx, y, ldy);
 }
 
 X8_TARGET void X8_FN(codi_gemm_x8_q5_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
