@@ -8,11 +8,14 @@
 #include "tensor/types.h"
 
 bool codi_x8_has_layout(int type) {
-    return type == CODI_TYPE_Q4_0 || type == CODI_TYPE_Q4_1 || type == CODI_TYPE_Q5_0 ||
-           type == CODI_TYPE_Q5_1 ||
-           type == CODI_TYPE_Q8_0 || type == CODI_TYPE_Q4_K || type == CODI_TYPE_Q5_K ||
-           type == CODI_TYPE_Q6_K ||
-           type == CODI_TYPE_Q4G32 || type == CODI_TYPE_Q8G32 || codi_type_is_w4a8(type);
+    switch (type) {
+    case CODI_TYPE_Q4_0: case CODI_TYPE_Q4_1: case CODI_TYPE_Q5_0: case CODI_TYPE_Q5_1:
+    case CODI_TYPE_Q8_0: case CODI_TYPE_Q4_K: case CODI_TYPE_Q5_K: case CODI_TYPE_Q6_K:
+    case CODI_TYPE_Q4G32: case CODI_TYPE_Q8G32:
+        return true;
+    default:
+        return codi_type_is_w4a8(type);
+    }
 }
 
 /* Element j (< 32) of a legacy 4-bit block's nibbles. */
@@ -28,7 +31,8 @@ static void pack_nibbles(uint8_t *dst, const uint8_t *const qs[CODI_X8_ROWS]) {
                     (uint8_t)(nib(qs[r], 8 * k + t) | nib(qs[r], 8 * k + 4 + t) << 4);
 }
 
-/* Q5_0's fifth bits of the 8 rows' blocks as the masks of repack.h. */
+/* Q5_0's or Q5_1's fifth bits of the 8 rows' blocks as the masks of
+ * repack.h. */
 static void pack_fifth_bits(uint32_t mask[8], const uint8_t *const qh[CODI_X8_ROWS]) {
     for (int v = 0; v < 8; v++) {
         const int k = v / 2, h = v % 2;
@@ -179,36 +183,37 @@ void codi_x8_pack_group(int type, int64_t n, const void *src, size_t ldw, void *
             memcpy(o + sizeof d, m, sizeof m);
             pack_nibbles(o + sizeof d + sizeof m, qs);
             o += sizeof(codi_block_q4_1) * CODI_X8_ROWS;
-        } else if (type == CODI_TYPE_Q5_0) {
+        } else if (type == CODI_TYPE_Q5_0 || type == CODI_TYPE_Q5_1) {
+            /* d (and Q5_1's m), the fifth-bit masks, the nibbles */
+            const bool q51 = type == CODI_TYPE_Q5_1;
             const uint8_t *qh[CODI_X8_ROWS];
             uint32_t mask[8];
             for (int r = 0; r < CODI_X8_ROWS; r++) {
-                const codi_block_q5_0 *b = (const codi_block_q5_0 *)(s + (size_t)r * ldw) + i;
-                d[r] = b->d;
-                qh[r] = b->qh;
-                qs[r] = b->qs;
+                const uint8_t *row = s + (size_t)r * ldw;
+                if (q51) {
+                    const codi_block_q5_1 *b = (const codi_block_q5_1 *)row + i;
+                    d[r] = b->d;
+                    m[r] = b->m;
+                    qh[r] = b->qh;
+                    qs[r] = b->qs;
+                } else {
+                    const codi_block_q5_0 *b = (const codi_block_q5_0 *)row + i;
+                    d[r] = b->d;
+                    qh[r] = b->qh;
+                    qs[r] = b->qs;
+                }
             }
             pack_fifth_bits(mask, qh);
-            memcpy(o, d, sizeof d);
-            memcpy(o + sizeof d, mask, sizeof mask);
-            pack_nibbles(o + sizeof d + sizeof mask, qs);
-            o += sizeof(codi_block_q5_0) * CODI_X8_ROWS;
-        } else if (type == CODI_TYPE_Q5_1) {
-            const uint8_t *qh[CODI_X8_ROWS];
-            uint32_t mask[8];
-            for (int r = 0; r < CODI_X8_ROWS; r++) {
-                const codi_block_q5_1 *b = (const codi_block_q5_1 *)(s + (size_t)r * ldw) + i;
-                d[r] = b->d;
-                m[r] = b->m;
-                qh[r] = b->qh;
-                qs[r] = b->qs;
+            uint8_t *p = o;
+            memcpy(p, d, sizeof d);
+            p += sizeof d;
+            if (q51) {
+                memcpy(p, m, sizeof m);
+                p += sizeof m;
             }
-            pack_fifth_bits(mask, qh);
-            memcpy(o, d, sizeof d);
-            memcpy(o + sizeof d, m, sizeof m);
-            memcpy(o + sizeof d + sizeof m, mask, sizeof mask);
-            pack_nibbles(o + sizeof d + sizeof m + sizeof mask, qs);
-            o += sizeof(codi_block_q5_1) * CODI_X8_ROWS;
+            memcpy(p, mask, sizeof mask);
+            pack_nibbles(p + sizeof mask, qs);
+            o += (q51 ? sizeof(codi_block_q5_1) : sizeof(codi_block_q5_0)) * CODI_X8_ROWS;
         } else { /* Q8_0 */
             for (int r = 0; r < CODI_X8_ROWS; r++) {
                 const codi_block_q8_0 *b = (const codi_block_q8_0 *)(s + (size_t)r * ldw) + i;
