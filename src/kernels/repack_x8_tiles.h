@@ -154,62 +154,36 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
         _mm256_storeu_ps(yr[t], acc[t]);
 }
 
-/* ---- Q4_0 x Q8_0: (q - 8) y = q y - 8 y, with the blocks' sums of y
- * staged with their scales ---- */
+/* ---- Q4_0 (Q5_0: five) x Q8_0: (q - 8) y = q y - 8 y (Q5_0: q =
+ * nibble + 16 * fifth bit, offset 16), with the blocks' sums of y staged
+ * with their scales. Q5_x's q <= 31 against |y| <= 128 reaches 7936 per
+ * maddubs pair, so its sums are widened each time (q5_block_sums) ---- */
 
 X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
-    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
-    const int32_t (*s8)[SLICE], float *const *yr, int first) {
+    int five, int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr,
+    const float (*dy)[SLICE], const int32_t (*s8)[SLICE], float *const *yr, int first) {
+    const size_t bbytes = (five ? sizeof(codi_block_q5_0) : sizeof(codi_block_q4_0)) * CODI_X8_ROWS;
     __m256 acc[TILE];
     _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q4_0) * CODI_X8_ROWS);
-        prefetch_ahead(b, sizeof(codi_block_q4_0) * CODI_X8_ROWS);
+        const uint8_t *b = wg + (size_t)i * bbytes;
+        prefetch_ahead(b, bbytes);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         const int8_t *q[TILE];
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++)
             q[t] = ((const codi_block_q8_0 *)xr[t])[i].qs;
         __m256i s[TILE];
-        X8_FN(q4_block_sums)(b + 16, T, q, s);
+        if (five)
+            X8_FN(q5_block_sums)(b + 16, b + 48, T, q, s);
+        else
+            X8_FN(q4_block_sums)(b + 16, T, q, s);
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
-            const __m256i si = _mm256_sub_epi32(X8_DOT4_SUM(s[t]), _mm256_set1_epi32(s8[t][i]));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
-                                     _mm256_cvtepi32_ps(si), acc[t]);
-        }
-    }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
-}
-
-/* ---- Q5_0 x Q8_0: (q - 16) y = q y - 16 y, q = nibble + 16 * fifth bit.
- * q <= 31 against |y| <= 128: a maddubs pair reaches 7936, so each one is
- * widened (X8_DOT8) ---- */
-
-X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_0_tile)(
-    int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
-    const int32_t (*s16)[SLICE], float *const *yr, int first) {
-    __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q5_0) * CODI_X8_ROWS);
-        prefetch_ahead(b, sizeof(codi_block_q5_0) * CODI_X8_ROWS);
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
-        const int8_t *q[TILE];
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++)
-            q[t] = ((const codi_block_q8_0 *)xr[t])[i].qs;
-        __m256i s[TILE];
-        X8_FN(q5_block_sums)(b + 16, b + 48, T, q, s);
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++) {
-            const __m256i si = _mm256_sub_epi32(s[t], _mm256_set1_epi32(s16[t][i]));
+            const __m256i si =
+                _mm256_sub_epi32(five ? s[t] : X8_DOT4_SUM(s[t]), _mm256_set1_epi32(s8[t][i]));
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
                                      _mm256_cvtepi32_ps(si), acc[t]);
         }
@@ -440,10 +414,10 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                         X8_TOKENS(tn, X8_FN(q4_1_tile)(1, ns, wg, T, xr, d,
                                                        (const float(*)[SLICE])(aux.f + c0), yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q4_0)
-                        X8_TOKENS(tn, X8_FN(q4_0_tile)(ns, wg, T, xr, d,
+                        X8_TOKENS(tn, X8_FN(q4_0_tile)(0, ns, wg, T, xr, d,
                                                        (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q5_0)
-                        X8_TOKENS(tn, X8_FN(q5_0_tile)(ns, wg, T, xr, d,
+                        X8_TOKENS(tn, X8_FN(q4_0_tile)(1, ns, wg, T, xr, d,
                                                        (const int32_t(*)[SLICE])(aux.i + c0), yr, i0 == 0))
                     else if (kind == CODI_TYPE_Q4_K)
                         X8_TOKENS(tn, X8_FN(k4_tile)(0, ns, wg, T, xr, d, yr, i0 == 0))
