@@ -358,22 +358,11 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
                                                                   const void *w, int nc,
                                                                   const void *x, size_t ldx,
                                                                   float *y, size_t ldy) {
-    const bool kq = kind == CODI_TYPE_Q4_K || kind == CODI_TYPE_Q5_K ||
-                    kind == CODI_TYPE_Q6_K; /* Q8_K activations */
-    const int64_t nb = n / (kq ? CODI_QK_K : CODI_QK);
-    const size_t bbytes = (kind == CODI_TYPE_Q4_1   ? sizeof(codi_block_q4_1)
-                           : kind == CODI_TYPE_Q5_1 ? sizeof(codi_block_q5_1)
-                           : kind == CODI_TYPE_Q4_0 ? sizeof(codi_block_q4_0)
-                           : kind == CODI_TYPE_Q5_0 ? sizeof(codi_block_q5_0)
-                           : kind == CODI_TYPE_Q4_K ? sizeof(codi_block_q4_K)
-                           : kind == CODI_TYPE_Q5_K ? sizeof(codi_block_q5_K)
-                           : kind == CODI_TYPE_Q6_K ? sizeof(codi_block_q6_K)
-                                                    : sizeof(codi_block_q8_0)) *
-                          CODI_X8_ROWS;
-    const bool q81 = kind == CODI_TYPE_Q4_1 || kind == CODI_TYPE_Q5_1; /* Q8_1 activations */
-    const size_t xbytes = q81                    ? sizeof(codi_block_q8_1)
-                          : kq                   ? sizeof(codi_block_q8_K)
-                                                 : sizeof(codi_block_q8_0);
+    /* block sizes and the activation type from the type table */
+    const codi_type_traits *tw = codi_type_get(kind), *tx = codi_type_get(tw->vec_dot_type);
+    const bool kq = tw->vec_dot_type == CODI_TYPE_Q8_K, q81 = tw->vec_dot_type == CODI_TYPE_Q8_1;
+    const int64_t nb = n / tw->blck_size;
+    const size_t bbytes = tw->type_size * CODI_X8_ROWS, xbytes = tx->type_size;
     const size_t gbytes = (size_t)nb * bbytes;
     float dy[XC][SLICE];
     union {
@@ -433,45 +422,21 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(x8_drive)(int 
     }
 }
 
-X8_TARGET void X8_FN(codi_gemm_x8_q4_1)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q4_1, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-X8_TARGET void X8_FN(codi_gemm_x8_q8_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q8_0, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-X8_TARGET void X8_FN(codi_gemm_x8_q4_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q4_0, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-X8_TARGET void X8_FN(codi_gemm_x8_q4_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q4_K, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-X8_TARGET void X8_FN(codi_gemm_x8_q5_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q5_K, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-X8_TARGET void X8_FN(codi_gemm_x8_q6_K)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q6_K, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-X8_TARGET void X8_FN(codi_gemm_x8_q5_1)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q5_1, n, ng, w, nc, x, ldx, y, ldy);
-}
-
-X8_TARGET void X8_FN(codi_gemm_x8_q5_0)(int64_t n, int ng, const void *w, int nc, const void *x, size_t ldx,
-                              float *y, size_t ldy) {
-    X8_FN(x8_drive)(CODI_TYPE_Q5_0, n, ng, w, nc, x, ldx, y, ldy);
-}
+/* the entry points (repack.h): one per type, each the driver for its kind */
+#define X8_ENTRY(name, kind)                                                                      \
+    X8_TARGET void X8_FN(codi_gemm_x8_##name)(int64_t n, int ng, const void *w, int nc,           \
+                                              const void *x, size_t ldx, float *y, size_t ldy) {  \
+        X8_FN(x8_drive)(kind, n, ng, w, nc, x, ldx, y, ldy);                                     \
+    }
+X8_ENTRY(q4_1, CODI_TYPE_Q4_1)
+X8_ENTRY(q8_0, CODI_TYPE_Q8_0)
+X8_ENTRY(q4_0, CODI_TYPE_Q4_0)
+X8_ENTRY(q4_K, CODI_TYPE_Q4_K)
+X8_ENTRY(q5_K, CODI_TYPE_Q5_K)
+X8_ENTRY(q6_K, CODI_TYPE_Q6_K)
+X8_ENTRY(q5_1, CODI_TYPE_Q5_1)
+X8_ENTRY(q5_0, CODI_TYPE_Q5_0)
+#undef X8_ENTRY
 
 #undef X8_DOT4
 #undef X8_DOT4_SUM
