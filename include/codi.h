@@ -185,6 +185,10 @@ typedef struct codi_moe_info {
 } codi_moe_info;
 void codi_moe_stats(const codi_context *ctx, codi_moe_info *out);
 void codi_moe_reset(codi_context *ctx);
+/* Of stall_seconds, the part each layer's experts were waited for: fills
+ * out[0 .. min(cap, n_layer) - 1] and returns n_layer (0 for a dense model).
+ * out may be NULL to ask for n_layer. */
+int codi_moe_layer_stalls(const codi_context *ctx, double *out, int cap);
 /* "resident" | "ondemand" | "prefetch" | "lookahead" and "lru" | "lfu" |
  * "next"; -1 when unknown. */
 int codi_moe_mode_from_name(const char *name);

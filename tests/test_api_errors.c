@@ -113,6 +113,7 @@ static void test_strerror_and_free_null(void **state) {
     assert_string_equal(codi_strerror(-100), "unknown error");
     assert_string_equal(codi_strerror(7), "unknown error");
     codi_model_free(NULL);
+    assert_int_equal(codi_moe_layer_stalls(NULL, NULL, 0), 0);
     codi_context_free(NULL);
     codi_sampler_free(NULL);
     codi_file_close(NULL);

@@ -232,7 +232,21 @@ static void all_bytes(bool direct) {
     if (st.direct && !g_no_aio && !aio)
         print_message("Linux AIO unavailable: the O_DIRECT reads used pread\n");
     assert_int_equal(st.aio_reads, aio ? (uint64_t)(NL * NE) : 0);
+    /* each layer's sync loads waited under that layer, and the layers add
+     * up to the total */
+    double sum = 0.0;
+    for (int l = 0; l < NL; l++) {
+        const double w = codi_expert_store_layer_stall(s, l);
+        assert_true(w > 0.0);
+        sum += w;
+    }
+    assert_float_equal(sum, st.stall_seconds, 1e-9 + 1e-9 * st.stall_seconds);
+    assert_true(codi_expert_store_layer_stall(s, -1) == 0.0);
+    assert_true(codi_expert_store_layer_stall(s, NL) == 0.0);
+    assert_true(codi_expert_store_layer_stall(NULL, 0) == 0.0);
     codi_expert_store_reset_stats(s);
+    for (int l = 0; l < NL; l++)
+        assert_true(codi_expert_store_layer_stall(s, l) == 0.0);
     codi_expert_store_get_stats(s, &st);
     assert_int_equal(st.acquires, 0);
     assert_int_equal(st.bytes_read, 0);
@@ -439,6 +453,11 @@ static void test_prefetch(void **state) {
     assert_int_equal(st.prefetch_used, 2);
     assert_int_equal(st.prefetch_dropped, 0);
     assert_int_equal(st.bytes_read, read_bytes(f, 1, 2) + read_bytes(f, 1, 3));
+    /* a wait for a read in flight counts under its layer, 1, only */
+    assert_true(codi_expert_store_layer_stall(s, 0) == 0.0);
+    assert_float_equal(codi_expert_store_layer_stall(s, 1), st.stall_seconds, 1e-12);
+    if (st.inflight_hits > 0)
+        assert_true(codi_expert_store_layer_stall(s, 1) > 0.0);
     codi_expert_store_close(s);
 
     /* no I/O threads: prefetch is a no-op */

@@ -244,6 +244,17 @@ static void test_offload_same_logits(void **state) {
                         assert_true(mo.next_used > 0 && mo.predicted_right <= mo.next_used);
                     }
                     assert_int_equal(mo.cache_slots, bi == 0 ? 16 : bi == 1 ? 2 * k + 1 : k);
+                    { /* the stalls by layer add up to the total */
+                        double ls[64], sum = 0.0;
+                        const int nl = codi_moe_layer_stalls(c, ls, 64);
+                        assert_int_equal(nl, codi_moe_layer_stalls(c, NULL, 0));
+                        assert_true(nl >= 1 && nl <= 64);
+                        for (int l = 0; l < nl; l++) {
+                            assert_true(ls[l] >= 0.0);
+                            sum += ls[l];
+                        }
+                        assert_float_equal(sum, mo.stall_seconds, 1e-9 + 1e-9 * mo.stall_seconds);
+                    }
                     codi_context_free(c);
                 }
         free(want);

@@ -699,6 +699,19 @@ void cli_print_moe(const codi_context *c) {
                 mo.n_expert, mo.n_expert_used, mo.expert_bytes / MiB, mo.dense_bytes / MiB);
     else
         print_moe_offload(&mo);
+    if (mo.mode != CODI_MOE_RESIDENT && mo.stall_seconds > 0.0 && mo.tokens > 0) {
+        /* where the waits were: the token's first layers, whose experts
+         * are known only once it is sampled, or all along */
+        const int nl = codi_moe_layer_stalls(c, NULL, 0);
+        double *ls = nl > 0 ? malloc((size_t)nl * sizeof(double)) : NULL;
+        if (ls && codi_moe_layer_stalls(c, ls, nl) == nl) {
+            fprintf(stderr, "moe: stalled by layer (ms per evaluated token):");
+            for (int l = 0; l < nl; l++)
+                fprintf(stderr, " %d: %.3f", l, 1e3 * ls[l] / (double)mo.tokens);
+            fprintf(stderr, "\n");
+        }
+        free(ls);
+    }
     if (mo.nested)
         fprintf(stderr, "moe: bit-nested experts, %.1f%% of expert uses at 8 bits\n",
                 mo.expert_uses ? 100.0 * (double)mo.uses_8bit / (double)mo.expert_uses : 0.0);

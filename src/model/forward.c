@@ -231,6 +231,18 @@ void codi_moe_reset(codi_context *c) {
         codi_expert_store_reset_stats(c->store);
 }
 
+int codi_moe_layer_stalls(const codi_context *c, double *out, int cap) {
+    if (!c || c->m->hp.n_expert <= 0)
+        return 0;
+    const int NL = c->m->hp.n_layer;
+    for (int l = 0; out && l < NL && l < cap; l++) {
+        out[l] = 0.0;
+        for (int j = 0; c->store && j < c->sl_mul; j++) /* a nested layer's two halves */
+            out[l] += codi_expert_store_layer_stall(c->store, l * c->sl_mul + j);
+    }
+    return NL;
+}
+
 int codi_moe_mode_from_name(const char *name) {
     static const char *const names[] = {"resident", "ondemand", "prefetch", "lookahead"};
     for (int i = 0; name && i < 4; i++)

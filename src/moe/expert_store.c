@@ -63,6 +63,7 @@ struct codi_expert_store {
     int64_t *map;        /* [layer * n_expert + e] -> slot, or -1 */
     uint64_t *freq;      /* [layer * n_expert + e] acquires, kept across evictions */
     uint64_t *layer_pass;/* [layer] times the acquires moved on from that layer */
+    double *layer_stall; /* [layer] stall_seconds of that layer's acquires */
     int cur_layer;       /* layer of the last acquire, -1 before the first */
     uint64_t tick;
     int64_t queue[QUEUE_CAP]; /* slot indices, reserved LOADING by a prefetch */
@@ -507,7 +508,9 @@ int codi_expert_store_acquire(codi_expert_store *s, int layer, int e,
         if (i >= 0 && s->slots[i].state == SLOT_READY) {
             if (waited) {
                 s->st.inflight_hits++;
-                s->st.stall_seconds += now_seconds() - t_wait;
+                const double w = now_seconds() - t_wait;
+                s->st.stall_seconds += w;
+                s->layer_stall[layer] += w;
             } else {
                 s->st.hits++;
             }
@@ -559,7 +562,9 @@ int codi_expert_store_acquire(codi_expert_store *s, int layer, int e,
             atomic_store(&s->sync_ctx, ctx);
         pthread_mutex_lock(&s->mu);
         count_read(s, &ri, rc);
-        s->st.stall_seconds += now_seconds() - t0;
+        const double w = now_seconds() - t0;
+        s->st.stall_seconds += w;
+        s->layer_stall[layer] += w;
         if (rc) {
             unreserve(s, v);
             pthread_cond_broadcast(&s->ready_cv);
@@ -680,7 +685,18 @@ void codi_expert_store_reset_stats(codi_expert_store *s) {
     pthread_mutex_lock(&s->mu);
     memset(&s->st, 0, sizeof(s->st));
     s->st.direct = s->direct;
+    memset(s->layer_stall, 0, (size_t)s->n_layer * sizeof(double));
     pthread_mutex_unlock(&s->mu);
+}
+
+double codi_expert_store_layer_stall(const codi_expert_store *s, int layer) {
+    if (!s || layer < 0 || layer >= s->n_layer)
+        return 0.0;
+    codi_expert_store *m = (codi_expert_store *)s; /* the lock only */
+    pthread_mutex_lock(&m->mu);
+    const double v = s->layer_stall[layer];
+    pthread_mutex_unlock(&m->mu);
+    return v;
 }
 
 static void stop_threads(codi_expert_store *s) {
@@ -704,6 +720,7 @@ static void free_partial(codi_expert_store *s) {
     free(s->map);
     free(s->freq);
     free(s->layer_pass);
+    free(s->layer_stall);
     free(s->part_off);
     free(s->part_bytes);
     free(s);
@@ -855,10 +872,11 @@ int codi_expert_store_open(const codi_expert_store_params *p, codi_expert_store 
     s->map = malloc(n_keys * sizeof(int64_t));
     s->freq = calloc(n_keys, sizeof(uint64_t));
     s->layer_pass = calloc((size_t)p->n_layer, sizeof(uint64_t));
+    s->layer_stall = calloc((size_t)p->n_layer, sizeof(double));
     s->part_off = malloc(n_pl * sizeof(uint64_t));
     s->part_bytes = malloc(n_pl * sizeof(uint64_t));
     s->threads = calloc((size_t)CODI_MAX(p->n_io_threads, 1), sizeof(pthread_t));
-    if (!s->buf || !s->slots || !s->map || !s->freq || !s->layer_pass || !s->part_off ||
+    if (!s->buf || !s->slots || !s->map || !s->freq || !s->layer_pass || !s->layer_stall || !s->part_off ||
         !s->part_bytes || !s->threads) {
         free_partial(s);
         return codi_errorf(err, errlen, CODI_ENOMEM,

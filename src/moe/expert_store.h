@@ -115,5 +115,8 @@ void codi_expert_store_fail_reads(long long after);
 
 void codi_expert_store_get_stats(const codi_expert_store *s, codi_expert_stats *out);
 void codi_expert_store_reset_stats(codi_expert_store *s);
+/* The part of stall_seconds spent by acquires of that layer (0 when out of
+ * range); reset with the stats. */
+double codi_expert_store_layer_stall(const codi_expert_store *s, int layer);
 
 #endif
