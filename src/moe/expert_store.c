@@ -876,8 +876,8 @@ int codi_expert_store_open(const codi_expert_store_params *p, codi_expert_store 
     s->part_off = malloc(n_pl * sizeof(uint64_t));
     s->part_bytes = malloc(n_pl * sizeof(uint64_t));
     s->threads = calloc((size_t)CODI_MAX(p->n_io_threads, 1), sizeof(pthread_t));
-    if (!s->buf || !s->slots || !s->map || !s->freq || !s->layer_pass || !s->layer_stall || !s->part_off ||
-        !s->part_bytes || !s->threads) {
+    if (!s->buf || !s->slots || !s->map || !s->freq || !s->layer_pass || !s->layer_stall ||
+        !s->part_off || !s->part_bytes || !s->threads) {
         free_partial(s);
         return codi_errorf(err, errlen, CODI_ENOMEM,
                            "expert store: out of memory for %lld slots of %zu bytes",
