@@ -954,7 +954,8 @@ static void test_gemm_x8(void **state) {
     /* and the AVX-512 Q4_1 and Q8_0 kernels (two groups per vector), the
      * same bits */
     static const codi_gemm_x8_fn x512[] = {NULL, codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512,
-                                           codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512, NULL, NULL, NULL, NULL, NULL};
+                                           codi_gemm_x8_q4_1_avx512, codi_gemm_x8_q8_0_avx512,
+                                           NULL, NULL, NULL, NULL, NULL};
     _Static_assert(sizeof x512 == sizeof fns, "one AVX-512 entry (or NULL) per type");
     const char *no512 = getenv("CODI_NO_AVX512");
     const int has_512 = has_vnni && codi_cpu_get_features()->avx512;

@@ -59,6 +59,22 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_block_sums)
     }
 }
 
+/* A tile's accumulators: zero for the first slice of in-features, else
+ * the partial sums of the slices before (in y); and back into y. */
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(acc_start)(
+    __m256 *acc, int T, float *const *yr, int first) {
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+}
+
+X8_TARGET __attribute__((always_inline)) static inline void X8_FN(acc_end)(
+    const __m256 *acc, int T, float *const *yr) {
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(yr[t], acc[t]);
+}
+
 /* A Q5_x block's integer sums in 32 bits (X8_DOT8): the nibbles at qs
  * as Q4_x's, each vector's fifth bits from its mask at qh. */
 X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q5_block_sums)(
@@ -88,9 +104,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
     const float (*dy)[SLICE], const float (*sy)[SLICE], float *const *yr, int first) {
     const size_t bbytes = (five ? sizeof(codi_block_q5_1) : sizeof(codi_block_q4_1)) * CODI_X8_ROWS;
     __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    X8_FN(acc_start)(acc, T, yr, first);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = wg + (size_t)i * bbytes;
         prefetch_ahead(b, bbytes);
@@ -112,9 +126,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_1_tile)(
             acc[t] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&sy[t][i]), acc[t]);
         }
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
+    X8_FN(acc_end)(acc, T, yr);
 }
 
 /* ---- Q8_0 x Q8_0: |w| times y with w's sign, per 4-byte quad ---- */
@@ -123,9 +135,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
     int64_t nb, const uint8_t *wg, int T, const uint8_t *const *xr, const float (*dy)[SLICE],
     float *const *yr, int first) {
     __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    X8_FN(acc_start)(acc, T, yr, first);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q8_0) * CODI_X8_ROWS);
         prefetch_ahead(b, sizeof(codi_block_q8_0) * CODI_X8_ROWS);
@@ -149,9 +159,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q8_0_tile)(
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
                                      _mm256_cvtepi32_ps(s[t]), acc[t]);
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
+    X8_FN(acc_end)(acc, T, yr);
 }
 
 /* ---- Q4_0 (Q5_0: five) x Q8_0: (q - 8) y = q y - 8 y (Q5_0: q =
@@ -164,9 +172,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
     const float (*dy)[SLICE], const int32_t (*s8)[SLICE], float *const *yr, int first) {
     const size_t bbytes = (five ? sizeof(codi_block_q5_0) : sizeof(codi_block_q4_0)) * CODI_X8_ROWS;
     __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    X8_FN(acc_start)(acc, T, yr, first);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = wg + (size_t)i * bbytes;
         prefetch_ahead(b, bbytes);
@@ -188,9 +194,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q4_0_tile)(
                                      _mm256_cvtepi32_ps(si), acc[t]);
         }
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
+    X8_FN(acc_end)(acc, T, yr);
 }
 
 /* ---- Q4_K (Q5_K: five) x Q8_K, per super-block of 256: d dy sum_s sc_s
@@ -206,9 +210,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(k4_tile)(
     const __m256i m4 = _mm256_set1_epi8(0x0F), m6 = _mm256_set1_epi32(63),
                   l4 = _mm256_set1_epi32(0x0F), l2 = _mm256_set1_epi32(3);
     __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    X8_FN(acc_start)(acc, T, yr, first);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = wg + (size_t)i * bbytes;
         _Pragma("GCC unroll 8")
@@ -285,9 +287,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(k4_tile)(
             acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, yd), _mm256_cvtepi32_ps(ms), acc[t]);
         }
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
+    X8_FN(acc_end)(acc, T, yr);
 }
 
 /* ---- Q6_K x Q8_K, per super-block of 256: d dy sum_s sc_s ((q . y)_s -
@@ -299,13 +299,11 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q6_K_tile)(
     float *const *yr, int first) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     __m256 acc[TILE];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        acc[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yr[t]);
+    X8_FN(acc_start)(acc, T, yr, first);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = wg + (size_t)i * (sizeof(codi_block_q6_K) * CODI_X8_ROWS);
         _Pragma("GCC unroll 8")
-        for (int o = 0; o < 1680; o += 256)
+        for (size_t o = 0; o < sizeof(codi_block_q6_K) * CODI_X8_ROWS; o += 256)
             prefetch_ahead(b + o, 256);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         const uint8_t *ql = b + 144, *qh = b + 144 + 1024;
@@ -345,9 +343,7 @@ X8_TARGET __attribute__((always_inline)) static inline void X8_FN(q6_K_tile)(
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(&dy[t][i])),
                                      _mm256_cvtepi32_ps(is[t]), acc[t]);
     }
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(yr[t], acc[t]);
+    X8_FN(acc_end)(acc, T, yr);
 }
 
 /* ---- driver ---- */
